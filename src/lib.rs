@@ -1,0 +1,12 @@
+//! vgpud: a vendor-neutral manager for mediated devices (mdev) and vGPUs.
+//!
+//! The library holds everything; the binaries in src/bin parse flags and call in.
+
+pub mod backend;
+pub mod error;
+pub mod events;
+pub mod model;
+pub mod sim;
+pub mod sysfs;
+
+pub use error::{Error, ErrorClass, Result};

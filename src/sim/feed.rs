@@ -1,0 +1,133 @@
+//! The simulator's uevent feed: a SOCK_SEQPACKET Unix socket; every subscriber gets every
+//! event from the moment it connects, one kernel-format message per packet (like netlink).
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    accept, bind, listen, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+
+use crate::events::UEvent;
+
+#[derive(Default)]
+pub struct Feed {
+    subscribers: Mutex<Vec<OwnedFd>>,
+    /// Events every subscriber has been sent (or dropped, as netlink does when a reader lags).
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Feed {
+    /// Sends to every subscriber without blocking: a subscriber that does not read loses
+    /// messages (netlink's ENOBUFS), one that hung up is forgotten.
+    pub fn publish(&self, event: &UEvent) {
+        let wire = event.encode();
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|fd| {
+            match send(
+                fd.as_raw_fd(),
+                &wire,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(_) => true,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    tracing::warn!(
+                        seqnum = event.seqnum,
+                        "a uevent subscriber is not reading; event dropped"
+                    );
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    fn add(&self, fd: OwnedFd) {
+        if let Ok(mut subs) = self.subscribers.lock() {
+            subs.push(fd);
+        }
+    }
+}
+
+/// Binds the feed socket and accepts subscribers on a thread until the process ends.
+pub fn serve(feed: std::sync::Arc<Feed>, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&listener, Backlog::new(64)?)?;
+    std::thread::Builder::new()
+        .name("sim-feed".into())
+        .spawn(move || loop {
+            match accept(listener.as_raw_fd()) {
+                Ok(raw) => {
+                    // SAFETY: accept returned a new descriptor that nothing else owns.
+                    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+                    let _ = nix::sys::socket::setsockopt(
+                        &fd,
+                        nix::sys::socket::sockopt::SndBuf,
+                        &(4 << 20),
+                    );
+                    feed.add(fd);
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!("uevent feed stopped accepting: {e}");
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// A blocking subscriber, for tests and `vgpud-sim ctl monitor`.
+pub struct Subscriber {
+    fd: OwnedFd,
+}
+
+impl Subscriber {
+    pub fn connect(path: &Path) -> std::io::Result<Self> {
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+        Ok(Self { fd })
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Waits up to `timeout` for the next event.
+    pub fn next(&self, timeout: std::time::Duration) -> std::io::Result<Option<UEvent>> {
+        let tv =
+            nix::sys::time::TimeVal::new(timeout.as_secs() as i64, timeout.subsec_micros() as i64);
+        nix::sys::socket::setsockopt(&self.fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)?;
+        let mut buf = vec![0u8; crate::events::MAX_UEVENT_LEN];
+        match nix::sys::socket::recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the simulator closed the uevent feed",
+            )),
+            Ok(n) => UEvent::parse(&buf[..n])
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(nix::errno::Errno::EAGAIN) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
