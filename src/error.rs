@@ -92,6 +92,12 @@ pub enum Error {
 
     #[error("{0}")]
     Failed(String),
+
+    #[error("no parent offers a type with id or name {0:?}")]
+    NoSuchType(String),
+
+    #[error("no parent has room for another {0:?} device")]
+    NoCapacityAnywhere(String),
 }
 
 /// The coarse kind of an error, as front ends report it (D-Bus `org.vgpud1.Error.<class>`).
@@ -155,6 +161,8 @@ impl Error {
             Error::AccessDenied(_) => ErrorClass::AccessDenied,
             Error::PolicyDenied { .. } => ErrorClass::PolicyDenied,
             Error::Failed(_) => ErrorClass::Failed,
+            Error::NoSuchType(_) => ErrorClass::NotFound,
+            Error::NoCapacityAnywhere(_) => ErrorClass::NoCapacity,
         }
     }
 

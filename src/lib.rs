@@ -3,9 +3,14 @@
 //! The library holds everything; the binaries in src/bin parse flags and call in.
 
 pub mod backend;
+pub mod daemon;
+pub mod dbus;
 pub mod error;
 pub mod events;
+pub mod holders;
+pub mod manager;
 pub mod model;
+pub mod privbus;
 pub mod sim;
 pub mod sysfs;
 

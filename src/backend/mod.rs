@@ -124,6 +124,39 @@ impl Host {
         self.owner(parent)?.create(parent, type_id, uuid)
     }
 
+    /// Writes a vendor attribute of an mdev (`nvidia/vgpu_params`, vfio-ap's `assign_adapter`),
+    /// as mdevctl's `attrs` do after create. `name` is NAME or DIR/NAME; kernel files such as
+    /// `remove` are refused so an attribute can never act as another operation.
+    pub fn set_device_attr(&self, uuid: &MdevUuid, name: &str, value: &str) -> Result<()> {
+        let parts: Vec<&str> = name.split('/').collect();
+        const KERNEL_FILES: &[&str] = &[
+            "remove",
+            "uevent",
+            "driver",
+            "subsystem",
+            "mdev_type",
+            "iommu_group",
+            "power",
+        ];
+        if parts.len() > 2 || KERNEL_FILES.contains(&parts[0]) {
+            return Err(Error::InvalidArgument(format!(
+                "{name:?} is not a device attribute vgpud may write"
+            )));
+        }
+        let mut path = self.root.at("bus/mdev/devices").join(*uuid);
+        for part in parts {
+            path = path.join(EntryName::new(part)?);
+        }
+        self.root
+            .write_attr(&path, value.as_bytes())
+            .map_err(|e| match e.open_errno() {
+                Some(libc::ENOENT) => {
+                    Error::InvalidArgument(format!("device {uuid} has no attribute {name:?}"))
+                }
+                _ => e.into_error(path.as_path()),
+            })
+    }
+
     /// Removes from whichever backend has the device. Blocking; see the module documentation.
     pub fn remove(&self, uuid: &MdevUuid) -> Result<()> {
         match self.mdev.remove(uuid) {

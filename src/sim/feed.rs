@@ -1,12 +1,13 @@
 //! The simulator's uevent feed: a SOCK_SEQPACKET Unix socket; every subscriber gets every
 //! event from the moment it connects, one kernel-format message per packet (like netlink).
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    accept, bind, listen, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
+    accept4, bind, listen, send, socket, AddressFamily, Backlog, MsgFlags, SockFlag, SockType,
     UnixAddr,
 };
 
@@ -15,6 +16,10 @@ use crate::events::UEvent;
 #[derive(Default)]
 pub struct Feed {
     subscribers: Mutex<Vec<OwnedFd>>,
+    /// The listening socket (non-blocking). Connections waiting on it are accepted before every
+    /// event is sent, so a subscriber gets each event published after its connect() returned,
+    /// as with a netlink bind; accepting only on a thread would lose events in between.
+    listener: std::sync::OnceLock<OwnedFd>,
     /// Events every subscriber has been sent (or dropped, as netlink does when a reader lags).
     sent: std::sync::atomic::AtomicU64,
 }
@@ -25,6 +30,7 @@ impl Feed {
     pub fn publish(&self, event: &UEvent) {
         let wire = event.encode();
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        self.accept_waiting(&mut subs);
         subs.retain(|fd| {
             match send(
                 fd.as_raw_fd(),
@@ -49,43 +55,66 @@ impl Feed {
         self.subscribers.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    fn add(&self, fd: OwnedFd) {
-        if let Ok(mut subs) = self.subscribers.lock() {
-            subs.push(fd);
-        }
-    }
-}
-
-/// Binds the feed socket and accepts subscribers on a thread until the process ends.
-pub fn serve(feed: std::sync::Arc<Feed>, path: &Path) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = socket(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
-    listen(&listener, Backlog::new(64)?)?;
-    std::thread::Builder::new()
-        .name("sim-feed".into())
-        .spawn(move || loop {
-            match accept(listener.as_raw_fd()) {
+    /// Accepts every connection waiting on the listener.
+    fn accept_waiting(&self, subs: &mut Vec<OwnedFd>) {
+        let Some(listener) = self.listener.get() else {
+            return;
+        };
+        loop {
+            match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
                 Ok(raw) => {
-                    // SAFETY: accept returned a new descriptor that nothing else owns.
+                    // SAFETY: accept4 returned a new descriptor that nothing else owns.
                     let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
                     let _ = nix::sys::socket::setsockopt(
                         &fd,
                         nix::sys::socket::sockopt::SndBuf,
                         &(4 << 20),
                     );
-                    feed.add(fd);
+                    subs.push(fd);
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
                 Err(e) => {
-                    tracing::error!("uevent feed stopped accepting: {e}");
+                    tracing::error!("uevent feed cannot accept a subscriber: {e}");
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// Binds the feed socket; subscribers are accepted before each event and, between events, on
+/// a thread until the process ends.
+pub fn serve(feed: std::sync::Arc<Feed>, path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(listener.as_raw_fd(), &UnixAddr::new(path)?)?;
+    listen(&listener, Backlog::new(64)?)?;
+    feed.listener
+        .set(listener)
+        .map_err(|_| std::io::Error::other("the uevent feed is already being served"))?;
+    std::thread::Builder::new()
+        .name("sim-feed".into())
+        .spawn(move || {
+            let Some(listener) = feed.listener.get() else {
+                return;
+            };
+            loop {
+                let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        tracing::error!("uevent feed stopped accepting: {e}");
+                        return;
+                    }
+                }
+                let mut subs = feed.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+                feed.accept_waiting(&mut subs);
             }
         })?;
     Ok(())

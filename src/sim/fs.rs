@@ -201,13 +201,16 @@ pub enum Completion {
 
 impl Completion {
     pub fn run(self, shared: &Shared) {
-        let (ids, then): (Vec<String>, Box<dyn FnOnce(&mut Kernel)>) = match self {
-            Completion::Remove(u) => (vec![u.clone()], Box::new(move |k| k.finish_remove(&u))),
-            Completion::Unbind(p, ids) => (ids, Box::new(move |k| k.finish_unbind(&p))),
+        let ids = match &self {
+            Completion::Remove(u) => vec![u.clone()],
+            Completion::Unbind(_, ids) => ids.clone(),
         };
         let guard = shared.lock();
         let mut guard = shared.wait_released(guard, &ids);
-        then(&mut guard);
+        match self {
+            Completion::Remove(u) => guard.finish_remove(&u),
+            Completion::Unbind(p, _) => guard.finish_unbind(&p),
+        }
         drop(guard);
         shared.changed.notify_all();
     }
@@ -418,6 +421,80 @@ impl Filesystem for SysFs {
         reply: fuser::ReplyEmpty,
     ) {
         reply.ok();
+    }
+
+    // sysfs has no create, mkdir, unlink, rmdir or rename: the VFS answers as it does there.
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        reply.error(Errno::EACCES);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let regular = mode & libc::S_IFMT == libc::S_IFREG;
+        reply.error(if regular { Errno::EACCES } else { Errno::EPERM });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: fuser::ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: fuser::ReplyEmpty) {
+        reply.error(Errno::EPERM);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
+        reply.error(Errno::EPERM);
+    }
+
+    /// No security labels or capabilities on simulated attributes.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENODATA);
     }
 
     fn readdir(

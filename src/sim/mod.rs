@@ -74,6 +74,18 @@ pub fn default_run_dir(mountpoint: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `dir` as /proc/self/mountinfo shows it, found without stat'ing `dir` itself (a stale mount
+/// point answers ENOTCONN): its parent with links resolved, then its own name.
+fn mountinfo_path(dir: &Path) -> PathBuf {
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or(absolute),
+        _ => absolute,
+    }
+}
+
 impl Simulator {
     pub fn start(opts: &SimOptions) -> Result<Self, SimError> {
         let setup = |what: &str, e: &dyn std::fmt::Display| SimError::Setup(format!("{what}: {e}"));
@@ -94,9 +106,10 @@ impl Simulator {
             catalog.insert(t.profile.clone(), t.clone());
         }
 
+        // A stale mount point cannot even be stat'ed: clear it before touching the directory.
+        mount::clear_stale(&mountinfo_path(&opts.mountpoint)).map_err(SimError::Setup)?;
         std::fs::create_dir_all(&opts.mountpoint)
             .map_err(|e| setup(&format!("cannot create {}", opts.mountpoint.display()), &e))?;
-        mount::clear_stale(&opts.mountpoint).map_err(SimError::Setup)?;
         let mountpoint = std::fs::canonicalize(&opts.mountpoint)
             .map_err(|e| setup(&format!("cannot resolve {}", opts.mountpoint.display()), &e))?;
         let run_dir = opts
@@ -190,6 +203,15 @@ impl Simulator {
         let result = match self.session.take() {
             Some(s) => s.umount_and_join(),
             None => Ok(()),
+        };
+        // Something still has a file or directory open in the mount (a shell's cwd, a writer
+        // the shutdown just released): detach it as `umount -l` does, so the mount point is free.
+        let result = match result {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(std::io::Error::from)
+            }
+            other => other,
         };
         let _ = std::fs::remove_file(control_socket(&self.run_dir));
         let _ = std::fs::remove_file(uevent_socket(&self.run_dir));

@@ -1,0 +1,186 @@
+//! vgpud: the mdev/vGPU manager daemon. Parses flags and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use vgpud::daemon::{self, DaemonOptions};
+use vgpud::dbus::BusChoice;
+use vgpud::events::EventSpec;
+use vgpud::privbus::{BusKind, PrivateBus};
+use vgpud::sim::{SimOptions, Simulator};
+
+/// The vendor-neutral mdev/vGPU manager: publishes GPUs, vGPU types and devices on D-Bus.
+#[derive(Parser)]
+#[command(name = "vgpud", version)]
+struct Args {
+    /// Serve on the system bus (the default).
+    #[arg(long, conflicts_with_all = ["session", "address"])]
+    system: bool,
+    /// Serve on the session bus.
+    #[arg(long, conflicts_with = "address")]
+    session: bool,
+    /// Serve on the bus at this D-Bus address.
+    #[arg(long, value_name = "ADDR")]
+    address: Option<String>,
+    /// Root of sysfs.
+    #[arg(long, value_name = "DIR", default_value = "/sys")]
+    sysfs: PathBuf,
+    /// Root of device nodes (VFIO groups are DIR/vfio/N).
+    #[arg(long, value_name = "DIR", default_value = "/dev")]
+    dev: PathBuf,
+    /// Where to find processes holding devices open.
+    #[arg(long = "proc", value_name = "DIR", default_value = "/proc")]
+    proc_root: PathBuf,
+    /// Event source: udev, kernel (raw netlink, no udevd needed) or sim:SOCKET.
+    #[arg(long, value_name = "SPEC", default_value = "udev")]
+    events: EventSpec,
+    /// Run on a built-in simulated host: mounts vgpud-sim in a temporary directory, starts a
+    /// private bus unless one is given, and prints how to talk to it. Optional profiles
+    /// (NAME[:COUNT]) replace the default host.
+    #[arg(long, value_name = "PROFILE", num_args = 0.., conflicts_with_all = ["sysfs", "events"])]
+    simulate: Option<Vec<String>>,
+}
+
+const DEFAULT_SIMULATED_HOST: &[&str] = &["nvidia-t4:2", "nvidia-a100", "nvidia-l40s", "mtty"];
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vgpud: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("vgpud: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot listen for SIGINT/SIGTERM");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    }
+}
+
+fn bus_choice(args: &Args) -> Option<BusChoice> {
+    if let Some(a) = &args.address {
+        Some(BusChoice::Address(a.clone()))
+    } else if args.session {
+        Some(BusChoice::Session)
+    } else if args.system {
+        Some(BusChoice::System)
+    } else {
+        None
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let mut opts = DaemonOptions {
+        bus: bus_choice(&args).unwrap_or(BusChoice::System),
+        sysfs: args.sysfs.clone(),
+        dev: args.dev.clone(),
+        proc_root: args.proc_root.clone(),
+        events: args.events.clone(),
+    };
+    let Some(profiles) = args.simulate.clone() else {
+        return daemon::run(opts, |_| {}, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string());
+    };
+
+    // --simulate: everything lives in one temporary directory and goes away with it.
+    let work = tempfile::Builder::new()
+        .prefix("vgpud-simulate.")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+    let profiles = if profiles.is_empty() {
+        DEFAULT_SIMULATED_HOST
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        profiles
+    };
+    let sim_opts = SimOptions {
+        mountpoint: work.path().join("sys"),
+        profiles: profiles.clone(),
+        ..SimOptions::default()
+    };
+    let sim = tokio::task::spawn_blocking(move || Simulator::start(&sim_opts))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let bus = match bus_choice(&args) {
+        Some(b) => (b, None),
+        None => {
+            let bus = PrivateBus::start_with_policy(
+                BusKind::System,
+                &[("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf"))],
+            )
+            .map_err(|e| format!("cannot start a private dbus-daemon: {e}"))?;
+            (BusChoice::Address(bus.address().to_owned()), Some(bus))
+        }
+    };
+    opts.bus = bus.0.clone();
+    opts.sysfs = sim.mountpoint().to_owned();
+    opts.dev = sim.dev_dir().to_owned();
+    opts.events = EventSpec::Sim(sim.uevent_socket());
+    let address = match &opts.bus {
+        BusChoice::Address(a) => a.clone(),
+        BusChoice::Session => std::env::var("DBUS_SESSION_BUS_ADDRESS").unwrap_or_default(),
+        BusChoice::System => "unix:path=/run/dbus/system_bus_socket".to_owned(),
+    };
+    let mount = sim.mountpoint().display().to_string();
+    let ctl = sim.mountpoint().display().to_string();
+    let ready = move |_: &zbus::Connection| {
+        println!(
+            "vgpud is running on a simulated host ({})",
+            profiles.join(", ")
+        );
+        println!("VGPUD_BUS_ADDRESS={address}");
+        println!("VGPUD_SIM_ROOT={mount}");
+        println!();
+        println!("Try, in another terminal:");
+        println!("  export ADDR='{address}'");
+        println!("  busctl --address=$ADDR tree org.vgpud");
+        println!("  busctl --address=$ADDR introspect org.vgpud /org/vgpud");
+        println!("  busctl --address=$ADDR call org.vgpud /org/vgpud org.vgpud1.Manager CreateDevice 'sa{{sv}}' 'GRID T4-2Q' 0");
+        println!("  busctl --address=$ADDR monitor org.vgpud");
+        println!("  ls {mount}/bus/mdev/devices");
+        println!("  vgpud-sim ctl {ctl} unplug 0000:20:00.0");
+        println!();
+        println!("Ctrl-C stops vgpud, unmounts the simulator and stops the private bus.");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    };
+    let result = daemon::run(opts, ready, shutdown_signal()).await;
+    drop(bus);
+    tokio::task::spawn_blocking(move || sim.stop())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("unmounting the simulator failed: {e}"))?;
+    drop(work);
+    result.map_err(|e| e.to_string())
+}

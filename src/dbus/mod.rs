@@ -1,0 +1,72 @@
+//! The D-Bus front end: thin zbus adapters over the manager. Objects are served first and the
+//! well-known name is requested last, so a client activated by the name finds every object.
+
+pub mod error;
+pub mod names;
+mod objects;
+pub mod proxies;
+mod publisher;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use zbus::Connection;
+
+pub use error::VgpudError;
+pub use objects::Ctx;
+pub use publisher::Publisher;
+
+use crate::manager::{ManagerHandle, Update};
+
+/// Which bus to serve on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusChoice {
+    System,
+    Session,
+    Address(String),
+}
+
+pub async fn connect(bus: &BusChoice) -> zbus::Result<Connection> {
+    match bus {
+        BusChoice::System => Connection::system().await,
+        BusChoice::Session => Connection::session().await,
+        BusChoice::Address(a) => {
+            zbus::connection::Builder::address(a.as_str())?
+                .build()
+                .await
+        }
+    }
+}
+
+/// Publishes the manager's model on `conn` and keeps it current; returns once the name is
+/// owned. The returned task applies later changes until the manager stops.
+pub async fn serve(
+    conn: &Connection,
+    manager: ManagerHandle,
+    mut changes: mpsc::UnboundedReceiver<Update>,
+) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    let publisher = Publisher::new(conn.clone());
+    let ctx = Arc::new(Ctx {
+        manager,
+        publisher: publisher.clone(),
+    });
+    publisher.set_ctx(&ctx);
+    conn.object_server()
+        .at(names::ROOT_PATH, zbus::fdo::ObjectManager)
+        .await?;
+    conn.object_server()
+        .at(names::ROOT_PATH, objects::ManagerObj { ctx: ctx.clone() })
+        .await?;
+    // Everything the manager adopted at start is already queued: publish it before the name.
+    while let Ok(update) = changes.try_recv() {
+        publisher.update(update).await;
+    }
+    conn.request_name(names::BUS_NAME).await?;
+    tracing::info!("serving {} on the bus", names::BUS_NAME);
+    Ok(tokio::spawn(async move {
+        let _ctx = ctx;
+        while let Some(update) = changes.recv().await {
+            publisher.update(update).await;
+        }
+    }))
+}

@@ -1,0 +1,229 @@
+//! Keeps the object tree on the bus equal to the manager's model: applies each `Change` by
+//! adding, updating (with PropertiesChanged) or removing objects. ObjectManager at the root
+//! turns additions and removals into InterfacesAdded / InterfacesRemoved.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+
+use tokio::sync::Mutex;
+use zbus::zvariant::OwnedObjectPath;
+use zbus::Connection;
+
+use super::names;
+use super::objects::{Ctx, DeviceObj, ParentObj, TypeObj};
+use crate::manager::{Change, DeviceView, Update};
+use crate::model::{MdevUuid, Parent, ParentName, TypeId};
+
+#[derive(Default)]
+struct Published {
+    parents: BTreeMap<ParentName, Parent>,
+    devices: BTreeMap<MdevUuid, DeviceView>,
+}
+
+/// Cloneable; one lock serializes every change so the tree is never seen half-applied.
+#[derive(Clone)]
+pub struct Publisher {
+    conn: Connection,
+    state: Arc<Mutex<Published>>,
+    ctx: Arc<std::sync::OnceLock<Weak<Ctx>>>,
+}
+
+impl Publisher {
+    pub fn new(conn: Connection) -> Self {
+        Self {
+            conn,
+            state: Arc::default(),
+            ctx: Arc::default(),
+        }
+    }
+
+    /// The objects need the context that holds this publisher: tie the knot once.
+    pub fn set_ctx(&self, ctx: &Arc<Ctx>) {
+        let _ = self.ctx.set(Arc::downgrade(ctx));
+    }
+
+    fn ctx(&self) -> Option<Arc<Ctx>> {
+        self.ctx.get().and_then(Weak::upgrade)
+    }
+
+    pub async fn update(&self, update: Update) {
+        match update {
+            Update::Change(c) => self.apply(c).await,
+            Update::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+
+    pub async fn apply(&self, change: Change) {
+        let mut state = self.state.lock().await;
+        if let Err(e) = self.apply_locked(&mut state, change).await {
+            tracing::warn!("updating the D-Bus objects failed: {e}");
+        }
+    }
+
+    /// Adds or updates a device now (used before replying with its path).
+    pub async fn device_changed(&self, view: &DeviceView) {
+        self.apply(Change::DeviceUpdated(view.clone())).await;
+    }
+
+    async fn apply_locked(&self, state: &mut Published, change: Change) -> zbus::Result<()> {
+        let server = self.conn.object_server();
+        let Some(ctx) = self.ctx() else { return Ok(()) };
+        match change {
+            Change::ParentAdded(p) | Change::ParentUpdated(p) => {
+                let path = names::parent_path(&p.name);
+                let old = state.parents.get(&p.name).cloned();
+                // Types first, so a client that sees the parent can resolve its Types.
+                for t in &p.types {
+                    let tpath = names::type_path(&p.name, &t.id);
+                    let devices = type_devices(state, &p.name, &t.id);
+                    match server.interface::<_, TypeObj>(&tpath).await {
+                        Ok(iref) => {
+                            iref.get()
+                                .await
+                                .update(t.clone(), iref.signal_emitter())
+                                .await?
+                        }
+                        Err(_) => {
+                            server
+                                .at(
+                                    &tpath,
+                                    TypeObj {
+                                        data: std::sync::Mutex::new(super::objects::TypeData {
+                                            ty: t.clone(),
+                                            devices,
+                                        }),
+                                        ctx: ctx.clone(),
+                                    },
+                                )
+                                .await?;
+                        }
+                    }
+                }
+                if let Some(old) = &old {
+                    for t in old
+                        .types
+                        .iter()
+                        .filter(|t| !p.types.iter().any(|n| n.id == t.id))
+                    {
+                        server
+                            .remove::<TypeObj, _>(&names::type_path(&p.name, &t.id))
+                            .await?;
+                    }
+                }
+                match server.interface::<_, ParentObj>(&path).await {
+                    Ok(iref) => {
+                        iref.get()
+                            .await
+                            .update(p.clone(), iref.signal_emitter())
+                            .await?
+                    }
+                    Err(_) => {
+                        server
+                            .at(
+                                &path,
+                                ParentObj {
+                                    parent: std::sync::Mutex::new(p.clone()),
+                                },
+                            )
+                            .await?;
+                    }
+                }
+                state.parents.insert(p.name.clone(), p);
+            }
+            Change::ParentRemoved(name) => {
+                if let Some(old) = state.parents.remove(&name) {
+                    for t in &old.types {
+                        server
+                            .remove::<TypeObj, _>(&names::type_path(&name, &t.id))
+                            .await?;
+                    }
+                }
+                server
+                    .remove::<ParentObj, _>(&names::parent_path(&name))
+                    .await?;
+            }
+            Change::DeviceAdded(d) | Change::DeviceUpdated(d) => {
+                let path = names::device_path(&d.device.uuid);
+                let old_type = state
+                    .devices
+                    .get(&d.device.uuid)
+                    .and_then(|o| o.device.type_id.clone());
+                state.devices.insert(d.device.uuid, d.clone());
+                match server.interface::<_, DeviceObj>(&path).await {
+                    Ok(iref) => {
+                        iref.get()
+                            .await
+                            .update(d.clone(), iref.signal_emitter())
+                            .await?
+                    }
+                    Err(_) => {
+                        server
+                            .at(
+                                &path,
+                                DeviceObj {
+                                    view: std::sync::Mutex::new(d.clone()),
+                                    ctx: ctx.clone(),
+                                },
+                            )
+                            .await?;
+                    }
+                }
+                if old_type != d.device.type_id {
+                    if let Some(t) = &old_type {
+                        self.refresh_type_devices(state, &d.device.parent, t)
+                            .await?;
+                    }
+                    if let Some(t) = &d.device.type_id {
+                        self.refresh_type_devices(state, &d.device.parent, t)
+                            .await?;
+                    }
+                }
+            }
+            Change::DeviceRemoved(uuid) => {
+                server
+                    .remove::<DeviceObj, _>(&names::device_path(&uuid))
+                    .await?;
+                if let Some(old) = state.devices.remove(&uuid) {
+                    if let Some(t) = &old.device.type_id {
+                        self.refresh_type_devices(state, &old.device.parent, t)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_type_devices(
+        &self,
+        state: &Published,
+        parent: &ParentName,
+        type_id: &TypeId,
+    ) -> zbus::Result<()> {
+        let path = names::type_path(parent, type_id);
+        if let Ok(iref) = self
+            .conn
+            .object_server()
+            .interface::<_, TypeObj>(&path)
+            .await
+        {
+            let devices = type_devices(state, parent, type_id);
+            iref.get()
+                .await
+                .set_devices(devices, iref.signal_emitter())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+fn type_devices(state: &Published, parent: &ParentName, type_id: &TypeId) -> Vec<OwnedObjectPath> {
+    state
+        .devices
+        .values()
+        .filter(|d| d.device.parent == *parent && d.device.type_id.as_ref() == Some(type_id))
+        .map(|d| names::device_path(&d.device.uuid))
+        .collect()
+}
