@@ -8,7 +8,9 @@ use crate::backend::Host;
 use crate::dbus::{self, BusChoice};
 use crate::error::{Error, Result};
 use crate::events::{EventSpec, EventStream};
+use crate::manager::Caller;
 use crate::manager::{self, ManagerConfig};
+use crate::store::Store;
 use crate::sysfs::SysfsRoot;
 
 /// Every root the daemon reads or writes under, and how it talks to the world.
@@ -19,6 +21,11 @@ pub struct DaemonOptions {
     pub dev: PathBuf,
     pub proc_root: PathBuf,
     pub events: EventSpec,
+    /// mdevctl's definitions directory.
+    pub definitions_dir: PathBuf,
+    /// Policy lives in `<config_dir>/policy.d/*.toml`.
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
 }
 
 impl Default for DaemonOptions {
@@ -29,6 +36,9 @@ impl Default for DaemonOptions {
             dev: PathBuf::from("/dev"),
             proc_root: PathBuf::from("/proc"),
             events: EventSpec::Udev,
+            definitions_dir: PathBuf::from("/etc/mdevctl.d"),
+            config_dir: PathBuf::from("/etc/vgpud"),
+            state_dir: PathBuf::from("/var/lib/vgpud"),
         }
     }
 }
@@ -50,6 +60,23 @@ pub async fn run(
     let mut config = ManagerConfig::new(host);
     config.dev_root = opts.dev.clone();
     config.proc_root = opts.proc_root.clone();
+    config.store = Some(Store::open(&opts.definitions_dir, &opts.state_dir)?);
+    config.state_dir = Some(opts.state_dir.clone());
+    let policy_dir = opts.config_dir.join("policy.d");
+    config.policy = match crate::policy::load_dir(&policy_dir) {
+        Ok(p) => p,
+        Err(diags) => {
+            let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+            tracing::error!(
+                "the policy in {} is invalid; only root may act until it is fixed and reloaded:\n{}",
+                policy_dir.display(),
+                text.join("\n")
+            );
+            crate::policy::Policy::default()
+        }
+    };
+    tracing::info!("policy: {}", config.policy.summary());
+    config.policy_dir = Some(policy_dir);
     let (handle, changes) = manager::spawn(config)?;
     let conn = dbus::connect(&opts.bus).await.map_err(|e| {
         Error::Failed(format!(
@@ -80,11 +107,39 @@ pub async fn run(
             }
         }
     };
+    let reloader = {
+        let handle = handle.clone();
+        async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return std::future::pending::<()>().await;
+            };
+            while hup.recv().await.is_some() {
+                match handle.reload(Caller::internal("SIGHUP")).await {
+                    Ok(summary) => tracing::info!("SIGHUP: reloaded; policy: {summary}"),
+                    Err(e) => tracing::error!("SIGHUP: {e}"),
+                }
+            }
+        }
+    };
     let result = tokio::select! {
         r = feeder => r,
+        _ = reloader => Ok(()),
         _ = shutdown => Ok(()),
     };
     publisher.abort();
     drop(conn);
     result
+}
+
+/// An error with its sources, for messages that end up in front of a person.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

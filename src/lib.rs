@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; the binaries in src/bin parse flags and call in.
 
+pub mod authz;
 pub mod backend;
 pub mod daemon;
 pub mod dbus;
@@ -10,8 +11,11 @@ pub mod events;
 pub mod holders;
 pub mod manager;
 pub mod model;
+pub mod policy;
+pub mod polkitd;
 pub mod privbus;
 pub mod sim;
+pub mod store;
 pub mod sysfs;
 
 pub use error::{Error, ErrorClass, Result};

@@ -493,7 +493,7 @@ fn remove_of_a_held_device_blocks_until_release() {
     sim.hold(&uuid);
     let pending = sim.remove_pending(&uuid);
     assert!(pending.still_pending_after(BLOCKED), "remove did not block");
-    assert_eq!(sim.devices(), [uuid.clone()], "still there while blocked");
+    assert_eq!(sim.devices(), [uuid.as_str()], "still there while blocked");
     sim.release(&uuid);
     let (r, _) = pending.wait();
     assert_eq!(r, Ok(()));
@@ -759,7 +759,7 @@ fn an_injected_errno_applies_to_its_path_only() {
 #[test]
 fn an_injected_delay_slows_the_write_but_not_readers() {
     let sim = Sim::start(&["mtty"]);
-    let delay = Duration::from_millis(800);
+    let delay = Duration::from_millis(1000);
     sim.ctl(Request::Inject {
         path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
         errno: None,

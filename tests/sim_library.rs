@@ -30,12 +30,20 @@ struct TypeView {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct PciView {
+    vendor: u16,
+    device: u16,
+    class: u32,
+    subsystem_vendor: Option<u16>,
+    subsystem_device: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct ParentView {
     name: String,
     backend: String,
     sysfs_path: PathBuf,
-    /// vendor, device, class, subsystem vendor, subsystem device
-    pci: Option<(u16, u16, u32, Option<u16>, Option<u16>)>,
+    pci: Option<PciView>,
     driver: Option<String>,
     numa_node: Option<i32>,
     iommu_group: Option<u32>,
@@ -92,13 +100,13 @@ fn walk_parent_base(name: &str, dir: &Path, backend: &str) -> ParentView {
         hex(&sysfs_path.join("device")),
         hex(&sysfs_path.join("class")),
     ) {
-        (Some(v), Some(d), Some(c)) => Some((
-            v as u16,
-            d as u16,
-            c,
-            hex(&sysfs_path.join("subsystem_vendor")).map(|x| x as u16),
-            hex(&sysfs_path.join("subsystem_device")).map(|x| x as u16),
-        )),
+        (Some(vendor), Some(device), Some(class)) => Some(PciView {
+            vendor: vendor as u16,
+            device: device as u16,
+            class,
+            subsystem_vendor: hex(&sysfs_path.join("subsystem_vendor")).map(|x| x as u16),
+            subsystem_device: hex(&sysfs_path.join("subsystem_device")).map(|x| x as u16),
+        }),
         _ => None,
     };
     let mut virtfns: Vec<(u32, String)> = names(&sysfs_path)
@@ -261,14 +269,12 @@ fn host_parents(host: &Host) -> Vec<ParentView> {
                 name: p.name.to_string(),
                 backend: p.backend.to_string(),
                 sysfs_path: p.sysfs_path.clone(),
-                pci: p.pci.as_ref().map(|i| {
-                    (
-                        i.vendor,
-                        i.device,
-                        i.class,
-                        i.subsystem_vendor,
-                        i.subsystem_device,
-                    )
+                pci: p.pci.as_ref().map(|i| PciView {
+                    vendor: i.vendor,
+                    device: i.device,
+                    class: i.class,
+                    subsystem_vendor: i.subsystem_vendor,
+                    subsystem_device: i.subsystem_device,
                 }),
                 driver: p.driver.clone(),
                 numa_node: p.numa_node,

@@ -35,11 +35,34 @@ struct Args {
     /// Event source: udev, kernel (raw netlink, no udevd needed) or sim:SOCKET.
     #[arg(long, value_name = "SPEC", default_value = "udev")]
     events: EventSpec,
+    /// mdevctl's definitions directory.
+    #[arg(long, value_name = "DIR")]
+    definitions_dir: Option<PathBuf>,
+    /// Configuration directory (policy in DIR/policy.d/*.toml).
+    #[arg(long, value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// vgpud's own state (device owners, definition metadata).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// With --simulate: do not start a polkit authority on the private bus.
+    #[arg(long, requires = "simulate")]
+    no_polkit: bool,
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Run on a built-in simulated host: mounts vgpud-sim in a temporary directory, starts a
     /// private bus unless one is given, and prints how to talk to it. Optional profiles
     /// (NAME[:COUNT]) replace the default host.
     #[arg(long, value_name = "PROFILE", num_args = 0.., conflicts_with_all = ["sysfs", "events"])]
     simulate: Option<Vec<String>>,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Validate policy files offline; prints file:line:column for every problem.
+    CheckPolicy {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 const DEFAULT_SIMULATED_HOST: &[&str] = &["nvidia-t4:2", "nvidia-a100", "nvidia-l40s", "mtty"];
@@ -96,13 +119,38 @@ fn bus_choice(args: &Args) -> Option<BusChoice> {
     }
 }
 
+fn check_policy(files: &[PathBuf]) -> Result<(), String> {
+    match vgpud::policy::check_files(files) {
+        Ok(policy) => {
+            println!("policy is valid: {}", policy.summary());
+            Ok(())
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            Err(format!("{} problem(s) found", diags.len()))
+        }
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
+    if let Some(Sub::CheckPolicy { files }) = &args.command {
+        return check_policy(files);
+    }
+    let defaults = DaemonOptions::default();
     let mut opts = DaemonOptions {
         bus: bus_choice(&args).unwrap_or(BusChoice::System),
         sysfs: args.sysfs.clone(),
         dev: args.dev.clone(),
         proc_root: args.proc_root.clone(),
         events: args.events.clone(),
+        definitions_dir: args
+            .definitions_dir
+            .clone()
+            .unwrap_or(defaults.definitions_dir),
+        config_dir: args.config_dir.clone().unwrap_or(defaults.config_dir),
+        state_dir: args.state_dir.clone().unwrap_or(defaults.state_dir),
     };
     let Some(profiles) = args.simulate.clone() else {
         return daemon::run(opts, |_| {}, shutdown_signal())
@@ -137,12 +185,44 @@ async fn run(args: Args) -> Result<(), String> {
         None => {
             let bus = PrivateBus::start_with_policy(
                 BusKind::System,
-                &[("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf"))],
+                &[
+                    ("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf")),
+                    (
+                        "org.freedesktop.PolicyKit1.conf",
+                        vgpud::polkitd::BUS_POLICY,
+                    ),
+                ],
             )
             .map_err(|e| format!("cannot start a private dbus-daemon: {e}"))?;
             (BusChoice::Address(bus.address().to_owned()), Some(bus))
         }
     };
+    // A real polkit authority on the private bus, so authorization works as on a host.
+    let polkit = match (&bus.1, args.no_polkit) {
+        (Some(b), false) => {
+            let actions = [("org.vgpud.policy", vgpud::polkitd::ACTIONS)];
+            match vgpud::polkitd::Polkitd::start(b.address(), &actions, &[]) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!("no polkit authority on the private bus ({e}); only root may change anything");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    opts.definitions_dir = args
+        .definitions_dir
+        .clone()
+        .unwrap_or_else(|| work.path().join("mdevctl.d"));
+    opts.config_dir = args
+        .config_dir
+        .clone()
+        .unwrap_or_else(|| work.path().join("config"));
+    opts.state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| work.path().join("state"));
     opts.bus = bus.0.clone();
     opts.sysfs = sim.mountpoint().to_owned();
     opts.dev = sim.dev_dir().to_owned();
@@ -153,6 +233,9 @@ async fn run(args: Args) -> Result<(), String> {
         BusChoice::System => "unix:path=/run/dbus/system_bus_socket".to_owned(),
     };
     let mount = sim.mountpoint().display().to_string();
+    let defs = opts.definitions_dir.display().to_string();
+    let config = opts.config_dir.display().to_string();
+    let polkit_state = if polkit.is_some() { "polkitd" } else { "none" };
     let ctl = sim.mountpoint().display().to_string();
     let ready = move |_: &zbus::Connection| {
         println!(
@@ -161,6 +244,9 @@ async fn run(args: Args) -> Result<(), String> {
         );
         println!("VGPUD_BUS_ADDRESS={address}");
         println!("VGPUD_SIM_ROOT={mount}");
+        println!("VGPUD_DEFINITIONS_DIR={defs}");
+        println!("VGPUD_CONFIG_DIR={config}");
+        println!("VGPUD_POLKIT={polkit_state}");
         println!();
         println!("Try, in another terminal:");
         println!("  export ADDR='{address}'");
@@ -176,11 +262,12 @@ async fn run(args: Args) -> Result<(), String> {
         let _ = std::io::stdout().flush();
     };
     let result = daemon::run(opts, ready, shutdown_signal()).await;
+    drop(polkit);
     drop(bus);
     tokio::task::spawn_blocking(move || sim.stop())
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("unmounting the simulator failed: {e}"))?;
     drop(work);
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| daemon::chain(&e))
 }

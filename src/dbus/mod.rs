@@ -1,6 +1,8 @@
 //! The D-Bus front end: thin zbus adapters over the manager. Objects are served first and the
 //! well-known name is requested last, so a client activated by the name finds every object.
 
+mod args;
+mod device;
 pub mod error;
 pub mod names;
 mod objects;
@@ -46,16 +48,24 @@ pub async fn serve(
     mut changes: mpsc::UnboundedReceiver<Update>,
 ) -> zbus::Result<tokio::task::JoinHandle<()>> {
     let publisher = Publisher::new(conn.clone());
+    let authority = crate::authz::Authority::new(conn.clone());
     let ctx = Arc::new(Ctx {
         manager,
         publisher: publisher.clone(),
+        authority,
     });
     publisher.set_ctx(&ctx);
     conn.object_server()
         .at(names::ROOT_PATH, zbus::fdo::ObjectManager)
         .await?;
     conn.object_server()
-        .at(names::ROOT_PATH, objects::ManagerObj { ctx: ctx.clone() })
+        .at(
+            names::ROOT_PATH,
+            objects::ManagerObj {
+                ctx: ctx.clone(),
+                problems: Default::default(),
+            },
+        )
         .await?;
     // Everything the manager adopted at start is already queued: publish it before the name.
     while let Ok(update) = changes.try_recv() {

@@ -9,8 +9,9 @@ use tokio::sync::Mutex;
 use zbus::zvariant::OwnedObjectPath;
 use zbus::Connection;
 
+use super::device::DeviceObj;
 use super::names;
-use super::objects::{Ctx, DeviceObj, ParentObj, TypeObj};
+use super::objects::{Ctx, ParentObj, TypeObj};
 use crate::manager::{Change, DeviceView, Update};
 use crate::model::{MdevUuid, Parent, ParentName, TypeId};
 
@@ -145,12 +146,9 @@ impl Publisher {
                     .await?;
             }
             Change::DeviceAdded(d) | Change::DeviceUpdated(d) => {
-                let path = names::device_path(&d.device.uuid);
-                let old_type = state
-                    .devices
-                    .get(&d.device.uuid)
-                    .and_then(|o| o.device.type_id.clone());
-                state.devices.insert(d.device.uuid, d.clone());
+                let path = names::device_path(&d.uuid);
+                let old_type = state.devices.get(&d.uuid).and_then(|o| o.type_id.clone());
+                state.devices.insert(d.uuid, d.clone());
                 match server.interface::<_, DeviceObj>(&path).await {
                     Ok(iref) => {
                         iref.get()
@@ -170,15 +168,24 @@ impl Publisher {
                             .await?;
                     }
                 }
-                if old_type != d.device.type_id {
+                if old_type != d.type_id {
                     if let Some(t) = &old_type {
-                        self.refresh_type_devices(state, &d.device.parent, t)
-                            .await?;
+                        self.refresh_type_devices(state, &d.parent, t).await?;
                     }
-                    if let Some(t) = &d.device.type_id {
-                        self.refresh_type_devices(state, &d.device.parent, t)
-                            .await?;
+                    if let Some(t) = &d.type_id {
+                        self.refresh_type_devices(state, &d.parent, t).await?;
                     }
+                }
+            }
+            Change::Problems(problems) => {
+                if let Ok(iref) = server
+                    .interface::<_, super::objects::ManagerObj>(names::ROOT_PATH)
+                    .await
+                {
+                    iref.get()
+                        .await
+                        .set_problems(problems, iref.signal_emitter())
+                        .await?;
                 }
             }
             Change::DeviceRemoved(uuid) => {
@@ -186,9 +193,8 @@ impl Publisher {
                     .remove::<DeviceObj, _>(&names::device_path(&uuid))
                     .await?;
                 if let Some(old) = state.devices.remove(&uuid) {
-                    if let Some(t) = &old.device.type_id {
-                        self.refresh_type_devices(state, &old.device.parent, t)
-                            .await?;
+                    if let Some(t) = &old.type_id {
+                        self.refresh_type_devices(state, &old.parent, t).await?;
                     }
                 }
             }
@@ -223,7 +229,7 @@ fn type_devices(state: &Published, parent: &ParentName, type_id: &TypeId) -> Vec
     state
         .devices
         .values()
-        .filter(|d| d.device.parent == *parent && d.device.type_id.as_ref() == Some(type_id))
-        .map(|d| names::device_path(&d.device.uuid))
+        .filter(|d| d.parent == *parent && d.type_id.as_ref() == Some(type_id))
+        .map(|d| names::device_path(&d.uuid))
         .collect()
 }

@@ -2,7 +2,9 @@
 //! libvirt hook) send it a `Command` with a reply channel; it reconciles its model with sysfs on
 //! start, on every uevent and after every write, and publishes each difference as a `Change`.
 
-mod placement;
+mod converge;
+mod ops;
+mod owners;
 mod state;
 
 use std::path::PathBuf;
@@ -13,9 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::Host;
 use crate::error::{Error, Result};
 use crate::events::UEvent;
-use crate::model::{Device, MdevUuid, Parent, ParentName};
+use crate::model::{Device, MdevUuid, Parent, ParentName, TypeId};
+use crate::policy::{Policy, Subject};
+use crate::store::Store;
 
-pub use placement::{place, InFlight, Placement};
+pub use owners::Owner;
 
 /// What the manager needs from the outside world; every path comes from injected roots.
 #[derive(Clone)]
@@ -29,6 +33,13 @@ pub struct ManagerConfig {
     pub create_timeout: Duration,
     /// Bound on a remove; a forced remove may ask for longer.
     pub remove_timeout: Duration,
+    /// Persistent definitions (mdevctl's layout); None = definitions are not managed.
+    pub store: Option<Store>,
+    /// vgpud's own state (device owners).
+    pub state_dir: Option<PathBuf>,
+    /// `<config-dir>/policy.d/*.toml`; None = the built-in policy only.
+    pub policy_dir: Option<PathBuf>,
+    pub policy: Policy,
 }
 
 impl ManagerConfig {
@@ -39,18 +50,32 @@ impl ManagerConfig {
             proc_root: PathBuf::from("/proc"),
             create_timeout: Duration::from_secs(10),
             remove_timeout: Duration::from_secs(10),
+            store: None,
+            state_dir: None,
+            policy_dir: None,
+            policy: Policy::default(),
         }
     }
 }
 
-/// A device as vgpud presents it.
+/// A device as vgpud presents it: live in sysfs, defined persistently, or both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceView {
-    pub device: Device,
-    /// A process holds its VFIO group open (a VM uses it).
+    pub uuid: MdevUuid,
+    pub parent: ParentName,
+    /// None while the kernel has not linked the type of a live device yet.
+    pub type_id: Option<TypeId>,
+    /// The device in sysfs now; None for a definition that is not started.
+    pub live: Option<Device>,
+    /// A persistent definition exists (in mdevctl's layout).
+    pub defined: bool,
+    pub autostart: bool,
+    /// A process (a VM) holds its VFIO group open.
     pub in_use: bool,
     /// A remove is in progress.
     pub removing: bool,
+    pub owner_uid: Option<u32>,
+    pub origin: Option<String>,
 }
 
 /// One difference between the manager's model before and after a reconciliation.
@@ -62,11 +87,14 @@ pub enum Change {
     DeviceAdded(DeviceView),
     DeviceUpdated(DeviceView),
     DeviceRemoved(MdevUuid),
+    /// What the daemon cannot make true (ensure rules, autostart failures, policy problems).
+    Problems(Vec<String>),
 }
 
 /// What the manager sends its publisher: changes, and barriers that are answered once every
 /// change before them has been applied (so a reply never overtakes the state it reports).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // each update is moved once through a channel; boxing buys nothing
 pub enum Update {
     Change(Change),
     Barrier(oneshot::Sender<()>),
@@ -78,9 +106,41 @@ pub struct Caller {
     /// The D-Bus unique name, when the request came over D-Bus.
     pub bus_name: Option<String>,
     pub uid: Option<u32>,
+    /// The user's name and groups, resolved once by the front end.
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    /// The caller allows polkit to ask for authentication (ALLOW_INTERACTIVE_AUTHORIZATION).
+    pub interactive: bool,
+    /// What made the request, recorded with what it creates: "dbus:<name>", "autostart", "ensure:<rule>".
+    pub origin: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl Caller {
+    /// vgpud acting on its own (autostart, ensure rules): root's rights, no owner.
+    pub fn internal(origin: impl Into<String>) -> Self {
+        Caller {
+            uid: Some(0),
+            user: Some("root".into()),
+            origin: origin.into(),
+            ..Caller::default()
+        }
+    }
+
+    pub fn subject(&self) -> Subject {
+        Subject {
+            // A caller the bus could not identify gets no rights at all.
+            uid: self.uid.unwrap_or(u32::MAX),
+            user: self.user.clone(),
+            groups: self.groups.clone(),
+        }
+    }
+
+    fn is_internal(&self) -> bool {
+        self.bus_name.is_none() && self.uid == Some(0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CreateRequest {
     /// A type id (`nvidia-231`) or a type name (`GRID T4-2Q`).
     pub type_spec: String,
@@ -88,6 +148,21 @@ pub struct CreateRequest {
     pub uuid: Option<MdevUuid>,
     /// Vendor attributes written in order after create.
     pub attrs: Vec<(String, String)>,
+    /// Prefer parents on this NUMA node (numa-local placement).
+    pub numa_node: Option<i32>,
+    /// Also store a persistent definition.
+    pub persistent: bool,
+    /// Persistent and started when its parent registers.
+    pub autostart: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefineRequest {
+    pub type_spec: String,
+    pub parent: ParentName,
+    pub uuid: Option<MdevUuid>,
+    pub attrs: Vec<(String, String)>,
+    pub autostart: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,18 +178,26 @@ pub struct RemoveRequest {
 pub struct Snapshot {
     pub parents: Vec<Parent>,
     pub devices: Vec<DeviceView>,
+    pub problems: Vec<String>,
 }
+
+type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
-    Create(Caller, CreateRequest, oneshot::Sender<Result<DeviceView>>),
-    Remove(Caller, MdevUuid, RemoveRequest, oneshot::Sender<Result<()>>),
+    Create(Caller, CreateRequest, Reply<DeviceView>),
+    Remove(Caller, MdevUuid, RemoveRequest, Reply<()>),
+    Define(Caller, DefineRequest, Reply<DeviceView>),
+    Undefine(Caller, MdevUuid, Reply<()>),
+    Start(Caller, MdevUuid, Reply<DeviceView>),
+    SetAutostart(Caller, MdevUuid, bool, Reply<()>),
+    ReloadPolicy(Caller, Reply<String>),
     Device(MdevUuid, oneshot::Sender<Option<DeviceView>>),
     Event(UEvent),
     /// Re-read one device (the add-before-mdev_type race), `n` retries left.
-    RefreshDevice(MdevUuid, ParentName, u32),
-    CreateDone(state::CreateDone),
-    RemoveDone(state::RemoveDone),
+    RefreshDevice(MdevUuid, u32),
+    CreateDone(ops::CreateDone),
+    RemoveDone(ops::RemoveDone),
     Barrier(oneshot::Sender<()>),
 }
 
@@ -148,6 +231,28 @@ impl ManagerHandle {
             .await?
     }
 
+    pub async fn define(&self, caller: Caller, req: DefineRequest) -> Result<DeviceView> {
+        self.ask(|tx| Command::Define(caller, req, tx)).await?
+    }
+
+    pub async fn undefine(&self, caller: Caller, uuid: MdevUuid) -> Result<()> {
+        self.ask(|tx| Command::Undefine(caller, uuid, tx)).await?
+    }
+
+    pub async fn start(&self, caller: Caller, uuid: MdevUuid) -> Result<DeviceView> {
+        self.ask(|tx| Command::Start(caller, uuid, tx)).await?
+    }
+
+    pub async fn set_autostart(&self, caller: Caller, uuid: MdevUuid, on: bool) -> Result<()> {
+        self.ask(|tx| Command::SetAutostart(caller, uuid, on, tx))
+            .await?
+    }
+
+    /// Re-reads the policy files and the definitions; returns the policy summary.
+    pub async fn reload(&self, caller: Caller) -> Result<String> {
+        self.ask(|tx| Command::ReloadPolicy(caller, tx)).await?
+    }
+
     pub async fn device(&self, uuid: MdevUuid) -> Result<Option<DeviceView>> {
         self.ask(|tx| Command::Device(uuid, tx)).await
     }
@@ -168,7 +273,7 @@ impl ManagerHandle {
 pub fn spawn(config: ManagerConfig) -> Result<(ManagerHandle, mpsc::UnboundedReceiver<Update>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let mut manager = state::Manager::new(config, tx.clone(), changes_tx);
+    let mut manager = state::Manager::new(config, tx.clone(), changes_tx)?;
     manager.scan()?;
     tokio::spawn(manager.run(rx));
     Ok((ManagerHandle { tx }, changes_rx))

@@ -1,0 +1,688 @@
+//! The daemon's cost as its clients pay it, on the simulator: a CreateDevice + Remove round
+//! trip over D-Bus against the raw sysfs writes it stands for, start-up time to the bus name
+//! and resident memory with 64 and 512 GPUs, and how long an external create takes to reach a
+//! client as InterfacesAdded. Prints a table and writes the same figures to
+//! target/bench-daemon.json; asserts nothing about time.
+//!
+//! `cargo bench --bench daemon` (root, /dev/fuse and dbus-daemon needed; it skips otherwise).
+//! Each timed loop also stops at a time budget so the whole run stays under two minutes; a
+//! row that stopped early says so.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value as Json};
+use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
+use vgpud::privbus::{BusKind, PrivateBus};
+use zbus::zvariant::OwnedObjectPath;
+
+const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
+const VGPUD_SIM: &str = env!("CARGO_BIN_EXE_vgpud-sim");
+
+const ROUND_TRIPS: usize = 300;
+const STARTUP_ROUNDS: usize = 200;
+const SIGNAL_SAMPLES: usize = 100;
+/// The most one timed loop may take; it stops early (and says so) past this.
+const LOOP_BUDGET: Duration = Duration::from_secs(12);
+/// The most a daemon may take to own its name.
+const START_BUDGET: Duration = Duration::from_secs(40);
+
+const BUS_NAME: &str = "org.vgpud";
+const MTTY: &str = "mtty";
+const MTTY_TYPE: &str = "mtty-1";
+const T4: &str = "0000:20:00.0";
+const T4_TYPE: &str = "nvidia-231";
+
+// ---- measurements ----------------------------------------------------------------------------
+
+/// Latencies of one kind of operation, and whether the loop stopped at its budget.
+struct Samples {
+    name: String,
+    wanted: usize,
+    times: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Samples {
+    fn new(name: impl Into<String>, wanted: usize) -> Self {
+        Self {
+            name: name.into(),
+            wanted,
+            times: Vec::with_capacity(wanted),
+            wall: Duration::ZERO,
+        }
+    }
+
+    fn us(&self, p: f64) -> f64 {
+        if self.times.is_empty() {
+            return f64::NAN;
+        }
+        let mut v = self.times.clone();
+        v.sort();
+        // Nearest rank.
+        let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
+        v[rank - 1].as_secs_f64() * 1e6
+    }
+
+    fn mean_us(&self) -> f64 {
+        let total: Duration = self.times.iter().sum();
+        total.as_secs_f64() * 1e6 / self.times.len() as f64
+    }
+
+    /// Sequential operations per second of wall time (what one client gets).
+    fn ops_per_s(&self) -> f64 {
+        self.times.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    fn note(&self) -> String {
+        if self.times.len() < self.wanted {
+            format!(
+                "stopped at the {} s budget ({} of {})",
+                LOOP_BUDGET.as_secs(),
+                self.times.len(),
+                self.wanted
+            )
+        } else {
+            String::new()
+        }
+    }
+
+    fn row(&self) -> String {
+        format!(
+            "  {:<52} {:>5} {:>10.0} {:>10.0} {:>10.0} {:>9.1}  {}",
+            self.name,
+            self.times.len(),
+            self.us(0.50),
+            self.us(0.99),
+            self.mean_us(),
+            self.ops_per_s(),
+            self.note()
+        )
+    }
+
+    fn json(&self) -> Json {
+        json!({
+            "name": self.name,
+            "n": self.times.len(),
+            "wanted": self.wanted,
+            "p50_us": round(self.us(0.50)),
+            "p99_us": round(self.us(0.99)),
+            "mean_us": round(self.mean_us()),
+            "ops_per_s": round(self.ops_per_s()),
+            "stopped_at_budget": self.times.len() < self.wanted,
+        })
+    }
+}
+
+fn round(x: f64) -> Json {
+    if x.is_finite() {
+        json!((x * 10.0).round() / 10.0)
+    } else {
+        Json::Null
+    }
+}
+
+const HEADER: &str = "  operation                                                n    p50 us     p99 us    mean us     ops/s";
+
+/// Runs `op` up to `n` times or until the budget is spent; `op` returns its own latency
+/// (so set-up steps such as a matching remove stay out of the figure).
+async fn timed<F>(name: &str, n: usize, mut op: F) -> Samples
+where
+    F: AsyncFnMut(usize) -> Duration,
+{
+    let mut s = Samples::new(name, n);
+    let start = Instant::now();
+    for i in 0..n {
+        s.times.push(op(i).await);
+        if start.elapsed() > LOOP_BUDGET {
+            break;
+        }
+    }
+    s.wall = start.elapsed();
+    s
+}
+
+fn uuid(case: u32, i: usize) -> String {
+    format!("6a1e{case:04x}-0000-4000-8000-{i:012x}")
+}
+
+fn device_path(uuid: &str) -> String {
+    format!("/org/vgpud/devices/{}", uuid.replace('-', "_"))
+}
+
+/// VmRSS of a process in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ---- the simulated host ----------------------------------------------------------------------
+
+/// `vgpud-sim DIR -p PROFILE...` as a child process; SIGTERM unmounts it.
+struct Sim {
+    child: Child,
+    mount: PathBuf,
+    uevents: PathBuf,
+    dev: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    fn start(profiles: &[&str]) -> Result<Sim, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("vgpud-bench.")
+            .tempdir()
+            .map_err(|e| format!("temporary directory: {e}"))?;
+        let mount = dir.path().join("sys");
+        let mut cmd = Command::new(VGPUD_SIM);
+        cmd.arg(&mount);
+        for p in profiles {
+            cmd.args(["--profile", p]);
+        }
+        let log = std::fs::File::create(dir.path().join("vgpud-sim.log"))
+            .map_err(|e| format!("sim log: {e}"))?;
+        let mut child = cmd
+            .env("VGPUD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run vgpud-sim: {e}"))?;
+        let stdout = child.stdout.take().ok_or("vgpud-sim stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Keep reading so the simulator never blocks on a full pipe.
+                    continue;
+                }
+            }
+        });
+        let (mut uevents, mut dev, mut mounted) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line == "ready" => break,
+                Ok(line) => {
+                    if let Some(p) = line.strip_prefix("uevents ") {
+                        uevents = Some(PathBuf::from(p));
+                    } else if let Some(p) = line.strip_prefix("dev ") {
+                        dev = Some(PathBuf::from(p));
+                    } else if let Some(p) = line.strip_prefix("mounted ") {
+                        mounted = Some(PathBuf::from(p));
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(dir.path().join("vgpud-sim.log"))
+                        .unwrap_or_default();
+                    return Err(format!("vgpud-sim did not get ready: {}", log.trim()));
+                }
+            }
+        }
+        let sim = Sim {
+            child,
+            mount: mounted.unwrap_or(mount),
+            uevents: uevents.ok_or("vgpud-sim printed no uevents socket")?,
+            dev: dev.ok_or("vgpud-sim printed no dev directory")?,
+            _dir: dir,
+        };
+        Ok(sim)
+    }
+
+    fn sys(&self, rel: &str) -> PathBuf {
+        self.mount.join(rel)
+    }
+
+    fn create_file(&self, parent: &str, type_id: &str) -> PathBuf {
+        self.sys(&format!(
+            "class/mdev_bus/{parent}/mdev_supported_types/{type_id}/create"
+        ))
+    }
+
+    fn remove_file(&self, uuid: &str) -> PathBuf {
+        self.sys(&format!("bus/mdev/devices/{uuid}/remove"))
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        terminate(&mut self.child, "vgpud-sim");
+    }
+}
+
+fn terminate(child: &mut Child, what: &str) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("{what} did not stop within 20 s of SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The simulator, a private bus, the daemon on both and a client connection.
+struct Host {
+    // Dropped in this order: the daemon, then the bus, then the simulator.
+    daemon: Child,
+    conn: zbus::Connection,
+    _bus: PrivateBus,
+    sim: Sim,
+    log: PathBuf,
+    /// From spawning vgpud to org.vgpud having an owner.
+    startup: Duration,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        terminate(&mut self.daemon, "vgpud");
+    }
+}
+
+impl Host {
+    async fn start(profiles: &[&str]) -> Result<Host, String> {
+        let sim = Sim::start(profiles)?;
+        Self::start_on(sim).await
+    }
+
+    /// Starts vgpud on a running simulator and times it to its bus name.
+    async fn start_on(sim: Sim) -> Result<Host, String> {
+        let bus = PrivateBus::start_with_policy(BusKind::System, &[])
+            .map_err(|e| format!("private bus: {e}"))?;
+        let conn = zbus::connection::Builder::address(bus.address())
+            .map_err(|e| e.to_string())?
+            .build()
+            .await
+            .map_err(|e| format!("client connection: {e}"))?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut owners = dbus
+            .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
+            .await
+            .map_err(|e| e.to_string())?;
+        let log = sim._dir.path().join("vgpud.log");
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("vgpud log: {e}"))?;
+        let t0 = Instant::now();
+        let mut daemon = Command::new(VGPUD)
+            .arg("--address")
+            .arg(bus.address())
+            .arg("--sysfs")
+            .arg(&sim.mount)
+            .arg("--events")
+            .arg(format!("sim:{}", sim.uevents.display()))
+            .arg("--dev")
+            .arg(&sim.dev)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot run vgpud: {e}"))?;
+        let owned = async {
+            while let Some(signal) = owners.next().await {
+                if let Ok(args) = signal.args() {
+                    if args.new_owner().is_some() {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        let acquired = tokio::time::timeout(START_BUDGET, owned).await;
+        let startup = t0.elapsed();
+        if acquired != Ok(true) {
+            terminate(&mut daemon, "vgpud");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            return Err(format!(
+                "vgpud did not own {BUS_NAME} within {} s (log tail: {})",
+                START_BUDGET.as_secs(),
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        Ok(Host {
+            daemon,
+            conn,
+            _bus: bus,
+            sim,
+            log,
+            startup,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    async fn manager(&self) -> ManagerProxy<'static> {
+        ManagerProxy::new(&self.conn)
+            .await
+            .expect("a Manager proxy")
+    }
+
+    async fn device(&self, path: OwnedObjectPath) -> DeviceProxy<'static> {
+        DeviceProxy::builder(&self.conn)
+            .path(path)
+            .expect("a device path")
+            .build()
+            .await
+            .expect("a Device proxy")
+    }
+
+    /// One CreateDevice + Remove over D-Bus; returns (create, remove) latencies.
+    async fn dbus_round_trip(&self, m: &ManagerProxy<'_>, type_spec: &str) -> (Duration, Duration) {
+        let t0 = Instant::now();
+        let path = m
+            .create_device(type_spec, HashMap::new())
+            .await
+            .unwrap_or_else(|e| {
+                panic!("CreateDevice {type_spec}: {e}; see {}", self.log.display())
+            });
+        let created = t0.elapsed();
+        // Building the proxy is client-side set-up, not part of the remove.
+        let dev = self.device(path).await;
+        let t1 = Instant::now();
+        dev.remove(HashMap::new())
+            .await
+            .unwrap_or_else(|e| panic!("Remove: {e}; see {}", self.log.display()));
+        (created, t1.elapsed())
+    }
+}
+
+/// One raw create + remove through the simulator's files, as a shell or mdevctl does it.
+fn raw_round_trip(sim: &Sim, parent: &str, type_id: &str, uuid: &str) -> Duration {
+    let t0 = Instant::now();
+    std::fs::write(sim.create_file(parent, type_id), format!("{uuid}\n"))
+        .unwrap_or_else(|e| panic!("raw create {uuid}: {e}"));
+    std::fs::write(sim.remove_file(uuid), "1").unwrap_or_else(|e| panic!("raw remove {uuid}: {e}"));
+    t0.elapsed()
+}
+
+// ---- the cases -------------------------------------------------------------------------------
+
+/// a. CreateDevice + Remove over D-Bus against the raw writes, on one simulator.
+async fn round_trips(out: &mut Vec<Samples>) -> Result<(), String> {
+    let sim = Sim::start(&[MTTY, "nvidia-t4"])?;
+    let cases = [(MTTY, MTTY_TYPE, 1u32), (T4, T4_TYPE, 2u32)];
+    // The kernel's (simulator's) own cost, nobody listening to its uevents.
+    for (parent, type_id, case) in cases {
+        let s = timed(
+            &format!("raw write create+remove {type_id} (no daemon)"),
+            ROUND_TRIPS,
+            async |i| raw_round_trip(&sim, parent, type_id, &uuid(case, i)),
+        )
+        .await;
+        println!("{}", s.row());
+        out.push(s);
+    }
+    let host = Host::start_on(sim).await?;
+    let m = host.manager().await;
+    // One untimed round each, so connection set-up and first-use costs stay out.
+    for (_, type_id, _) in cases {
+        host.dbus_round_trip(&m, type_id).await;
+    }
+    for (parent, type_id, case) in cases {
+        let s = timed(
+            &format!("raw write create+remove {type_id} (daemon running)"),
+            ROUND_TRIPS,
+            async |i| raw_round_trip(&host.sim, parent, type_id, &uuid(case + 0x10, i)),
+        )
+        .await;
+        println!("{}", s.row());
+        out.push(s);
+    }
+    for (_, type_id, _) in cases {
+        let mut creates = Samples::new(format!("D-Bus CreateDevice {type_id}"), ROUND_TRIPS);
+        let mut removes = Samples::new(format!("D-Bus Device.Remove {type_id}"), ROUND_TRIPS);
+        let trips = timed(
+            &format!("D-Bus CreateDevice+Remove {type_id}"),
+            ROUND_TRIPS,
+            async |_| {
+                let (c, r) = host.dbus_round_trip(&m, type_id).await;
+                creates.times.push(c);
+                removes.times.push(r);
+                c + r
+            },
+        )
+        .await;
+        creates.wall = creates.times.iter().sum();
+        removes.wall = removes.times.iter().sum();
+        for s in [trips, creates, removes] {
+            println!("{}", s.row());
+            out.push(s);
+        }
+    }
+    Ok(())
+}
+
+/// b. Start-up to the bus name and RSS, on `gpus` T4s.
+async fn startup(gpus: u32) -> Json {
+    let profile = format!("nvidia-t4:{gpus}");
+    let sim_start = Instant::now();
+    let sim = match Sim::start(&[&profile]) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("  {profile}: the simulator did not start: {e}");
+            return json!({ "gpus": gpus, "error": e });
+        }
+    };
+    let sim_ready = sim_start.elapsed();
+    let host = match Host::start_on(sim).await {
+        Ok(h) => h,
+        Err(e) => {
+            println!("  {profile}: {e}");
+            return json!({ "gpus": gpus, "sim_ready_ms": sim_ready.as_millis() as u64, "error": e });
+        }
+    };
+    let rss_start = rss_kib(host.pid());
+    // The tree a client sees must be complete when the name is owned; count it once.
+    let objects = zbus::fdo::ObjectManagerProxy::builder(&host.conn)
+        .destination(BUS_NAME)
+        .and_then(|b| b.path("/org/vgpud"))
+        .expect("an ObjectManager proxy")
+        .build()
+        .await
+        .expect("an ObjectManager proxy");
+    let t_objects = Instant::now();
+    let managed = objects.get_managed_objects().await.map(|o| o.len());
+    let get_managed = t_objects.elapsed();
+    let m = host.manager().await;
+    let rounds = timed(
+        &format!("D-Bus CreateDevice+Remove GRID T4-2Q ({gpus} GPUs)"),
+        STARTUP_ROUNDS,
+        async |_| {
+            let (c, r) = host.dbus_round_trip(&m, "GRID T4-2Q").await;
+            c + r
+        },
+    )
+    .await;
+    let rss_after = rss_kib(host.pid());
+    let kib =
+        |v: Option<u64>| v.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    println!(
+        "  {profile:<16} sim ready {:>7.0} ms | vgpud to name {:>8.1} ms | objects {:>6} (GetManagedObjects {:>7.1} ms) | RSS {} at start, {} after {} rounds",
+        sim_ready.as_secs_f64() * 1e3,
+        host.startup.as_secs_f64() * 1e3,
+        managed.as_ref().map_or("?".to_owned(), |n| n.to_string()),
+        get_managed.as_secs_f64() * 1e3,
+        kib(rss_start),
+        kib(rss_after),
+        rounds.times.len(),
+    );
+    println!("{HEADER}");
+    println!("{}", rounds.row());
+    json!({
+        "gpus": gpus,
+        "sim_ready_ms": round(sim_ready.as_secs_f64() * 1e3),
+        "start_to_name_ms": round(host.startup.as_secs_f64() * 1e3),
+        "managed_objects": managed.ok(),
+        "get_managed_objects_ms": round(get_managed.as_secs_f64() * 1e3),
+        "rss_kib_after_start": rss_start,
+        "rss_kib_after_rounds": rss_after,
+        "rounds": rounds.json(),
+    })
+}
+
+/// c. An external create (a raw write) until the client sees InterfacesAdded, and the
+/// matching remove until InterfacesRemoved.
+async fn external_signals(out: &mut Vec<Samples>) -> Result<(), String> {
+    let host = Host::start(&[MTTY]).await?;
+    let om = zbus::fdo::ObjectManagerProxy::builder(&host.conn)
+        .destination(BUS_NAME)
+        .and_then(|b| b.path("/org/vgpud"))
+        .map_err(|e| e.to_string())?
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut added = om
+        .receive_interfaces_added()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut removed = om
+        .receive_interfaces_removed()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut removals = Samples::new(
+        "raw remove -> InterfacesRemoved at the client",
+        SIGNAL_SAMPLES,
+    );
+    let wait = Duration::from_secs(10);
+    let adds = timed(
+        "raw create -> InterfacesAdded at the client",
+        SIGNAL_SAMPLES,
+        async |i| {
+            let uuid = uuid(3, i);
+            let path = device_path(&uuid);
+            let t0 = Instant::now();
+            std::fs::write(host.sim.create_file(MTTY, MTTY_TYPE), format!("{uuid}\n"))
+                .unwrap_or_else(|e| panic!("raw create {uuid}: {e}"));
+            let seen = tokio::time::timeout(wait, async {
+                while let Some(s) = added.next().await {
+                    if s.args().is_ok_and(|a| a.object_path().as_str() == path) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            let latency = t0.elapsed();
+            assert!(seen.is_ok(), "no InterfacesAdded for {path} within 10 s");
+            let t1 = Instant::now();
+            std::fs::write(host.sim.remove_file(&uuid), "1")
+                .unwrap_or_else(|e| panic!("raw remove {uuid}: {e}"));
+            let gone = tokio::time::timeout(wait, async {
+                while let Some(s) = removed.next().await {
+                    if s.args().is_ok_and(|a| a.object_path().as_str() == path) {
+                        return;
+                    }
+                }
+            })
+            .await;
+            assert!(gone.is_ok(), "no InterfacesRemoved for {path} within 10 s");
+            removals.times.push(t1.elapsed());
+            latency
+        },
+    )
+    .await;
+    removals.wall = removals.times.iter().sum();
+    removals.wanted = SIGNAL_SAMPLES;
+    println!("{}", adds.row());
+    println!("{}", removals.row());
+    out.push(adds);
+    out.push(removals);
+    Ok(())
+}
+
+fn can_run() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("needs root (FUSE mount with allow_other, owning org.vgpud)".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err("needs /dev/fuse".into());
+    }
+    if Command::new("dbus-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("needs dbus-daemon".into());
+    }
+    Ok(())
+}
+
+fn json_path() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("bench-daemon.json")
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` does not and wants no run.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    if let Err(why) = can_run() {
+        println!("daemon bench skipped: {why}");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let started = Instant::now();
+    let mut report = serde_json::Map::new();
+    runtime.block_on(async {
+        println!("\na. CreateDevice + Remove over D-Bus vs raw sysfs writes (mtty + 1 T4, same simulator)");
+        println!("{HEADER}");
+        let mut trips = Vec::new();
+        if let Err(e) = round_trips(&mut trips).await {
+            println!("  failed: {e}");
+            report.insert("round_trips_error".into(), json!(e));
+        }
+        report.insert("round_trips".into(), trips.iter().map(Samples::json).collect());
+
+        println!("\nb. Start-up to the bus name, and RSS (before any create, after {STARTUP_ROUNDS} create+remove rounds)");
+        let mut starts = Vec::new();
+        for gpus in [64, 512] {
+            starts.push(startup(gpus).await);
+        }
+        report.insert("startup".into(), Json::Array(starts));
+
+        println!("\nc. External create (raw write to the simulator) to the D-Bus client's signal (mtty-1)");
+        println!("{HEADER}");
+        let mut signals = Vec::new();
+        if let Err(e) = external_signals(&mut signals).await {
+            println!("  failed: {e}");
+            report.insert("signals_error".into(), json!(e));
+        }
+        report.insert("signals".into(), signals.iter().map(Samples::json).collect());
+    });
+    report.insert("total_s".into(), round(started.elapsed().as_secs_f64()));
+    let path = json_path();
+    let text = serde_json::to_string_pretty(&Json::Object(report)).expect("JSON");
+    match std::fs::write(&path, text + "\n") {
+        Ok(()) => println!(
+            "\nwrote {} ({:.1} s in all)",
+            path.display(),
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("\ncannot write {}: {e}", path.display()),
+    }
+}

@@ -1,0 +1,473 @@
+//! Creating, starting and removing devices: the decision happens on the manager's loop (policy
+//! plan, quota counted with creates in flight), the kernel writes on a blocking thread with a
+//! bound, and the result comes back as a `*Done` command that reconciles and replies.
+
+use tokio::sync::oneshot;
+
+use super::owners::Owner;
+use super::state::{Manager, Pending, LINK_RETRIES};
+use super::{Caller, Command, CreateRequest, DeviceView, RemoveRequest};
+use crate::backend::{vf_device_uuid, Host};
+use crate::error::{Error, Result};
+use crate::holders::{group_node, holders_of};
+use crate::model::{BackendKind, MdevUuid, ParentName, TypeId};
+use crate::policy::{Action, Decision, Denial, DenialKind, Owned};
+use crate::store::{Definition, Meta, Start, Store};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// Everything a blocking create needs.
+struct CreateJob {
+    /// Where to try, best first; the next is tried when the kernel says "no room".
+    candidates: Vec<(ParentName, TypeId, BackendKind)>,
+    uuid: Option<MdevUuid>,
+    attrs: Vec<(String, String)>,
+    /// Store a definition too (with this start mode and metadata).
+    define: Option<(Start, Meta)>,
+}
+
+pub(crate) struct CreateDone {
+    pending: u64,
+    tried: Vec<ParentName>,
+    owner: Owner,
+    result: Result<(ParentName, MdevUuid)>,
+    reply: Reply<DeviceView>,
+}
+
+pub(crate) struct RemoveDone {
+    uuid: MdevUuid,
+    parent: ParentName,
+    result: Result<()>,
+    /// None when the caller was already answered (the bound ran out first).
+    reply: Option<Reply<()>>,
+}
+
+/// Maps a policy refusal to the error the caller sees.
+pub(super) fn denial_error(d: Denial, type_spec: &str) -> Error {
+    match d.kind {
+        DenialKind::AccessDenied => Error::AccessDenied(d.to_string()),
+        DenialKind::PolicyDenied => Error::PolicyDenied {
+            rule: d.rule,
+            reason: d.reason,
+        },
+        DenialKind::NotFound => Error::NoSuchType(format!("{type_spec} ({})", d.reason)),
+        DenialKind::NoCapacity => Error::NoCapacityAnywhere(type_spec.to_owned()),
+    }
+}
+
+pub(super) fn decision(d: Decision) -> Result<String> {
+    match d {
+        Decision::Allow { rule } => Ok(rule),
+        Decision::Deny { rule, reason } => Err(Error::AccessDenied(format!(
+            "{reason} (policy rule {rule:?})"
+        ))),
+    }
+}
+
+/// The kernel said "not here" in a way another parent may not: try the next candidate.
+fn try_next(e: &Error) -> bool {
+    matches!(e, Error::NoCapacity { .. } | Error::ParentGoingAway(_))
+}
+
+fn run_create(
+    host: &Host,
+    store: Option<&Store>,
+    job: CreateJob,
+) -> Result<(ParentName, MdevUuid)> {
+    let generated = MdevUuid::new_v4();
+    let mut last = Error::NoCapacityAnywhere("the requested type".into());
+    for (parent, type_id, backend) in &job.candidates {
+        let uuid = match (job.uuid, backend) {
+            (Some(u), _) => u,
+            (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
+            (None, BackendKind::Mdev) => generated,
+        };
+        match host.create(parent, type_id, &uuid) {
+            Ok(_) => {}
+            Err(e) if try_next(&e) => {
+                last = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        let undo = |why: String| {
+            if let Err(e) = host.remove(&uuid) {
+                tracing::error!("cannot remove {uuid} after a failed setup: {e}");
+            }
+            Err(Error::Failed(why))
+        };
+        for (name, value) in &job.attrs {
+            if let Err(e) = host.set_device_attr(&uuid, name, value) {
+                return undo(format!("writing attribute {name} of {uuid} failed, so the device was removed again: {e}"));
+            }
+        }
+        if let (Some(store), Some((start, meta))) = (store, &job.define) {
+            let def = Definition {
+                parent: parent.clone(),
+                uuid,
+                mdev_type: type_id.clone(),
+                start: *start,
+                attrs: job.attrs.clone(),
+            };
+            if let Err(e) = store.define(&def, meta) {
+                return undo(format!(
+                    "storing the definition of {uuid} failed, so the device was removed again: {e}"
+                ));
+            }
+        }
+        return Ok((parent.clone(), uuid));
+    }
+    Err(last)
+}
+
+impl Manager {
+    fn owned(&self) -> Vec<Owned> {
+        let mut v: Vec<Owned> = self
+            .live
+            .values()
+            .map(|d| {
+                let o = self.owners.get(&d.uuid);
+                Owned {
+                    uuid: d.uuid,
+                    parent: d.parent.clone(),
+                    type_id: d.type_id.clone(),
+                    owner_uid: o.and_then(|o| o.uid),
+                    owner_groups: o.map(|o| o.groups.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        for p in self.pending.values() {
+            if p.uuid.is_some_and(|u| self.live.contains_key(&u)) {
+                continue;
+            }
+            v.push(Owned {
+                uuid: p.uuid.unwrap_or_else(MdevUuid::new_v4),
+                parent: p.parent.clone(),
+                type_id: None,
+                owner_uid: p.owner_uid,
+                owner_groups: p.owner_groups.clone(),
+            });
+        }
+        v
+    }
+
+    fn backend_of(&self, parent: &ParentName) -> BackendKind {
+        self.parents
+            .get(parent)
+            .map_or(BackendKind::Mdev, |p| p.backend)
+    }
+
+    pub(super) fn start_create(
+        &mut self,
+        caller: Caller,
+        req: CreateRequest,
+        reply: Reply<DeviceView>,
+    ) {
+        if let Some(u) = &req.uuid {
+            if self.devices.contains_key(u) {
+                let what = if self.live.contains_key(u) {
+                    "exists"
+                } else {
+                    "is defined; start it instead"
+                };
+                let _ = reply.send(Err(Error::AlreadyExists(format!("{u} {what}"))));
+                return;
+            }
+        }
+        if (req.persistent || req.autostart) && self.config.store.is_none() {
+            let _ = reply.send(Err(Error::Unsupported(
+                "this daemon has no definitions directory".into(),
+            )));
+            return;
+        }
+        let parents: Vec<_> = self.parents.values().cloned().collect();
+        let plan = self.policy.plan_create(
+            &caller.subject(),
+            &req.type_spec,
+            req.parent.as_ref(),
+            req.numa_node,
+            &parents,
+            &self.owned(),
+        );
+        let plan = match plan {
+            Ok(p) => p,
+            Err(d) => {
+                let _ = reply.send(Err(denial_error(d, &req.type_spec)));
+                return;
+            }
+        };
+        let Some(first) = plan.candidates.first() else {
+            let _ = reply.send(Err(Error::NoCapacityAnywhere(req.type_spec.clone())));
+            return;
+        };
+        let owner = Owner {
+            uid: if caller.is_internal() {
+                None
+            } else {
+                caller.uid
+            },
+            groups: caller.groups.clone(),
+            origin: caller.origin.clone(),
+            rule: first.rule.clone(),
+        };
+        let candidates = plan
+            .candidates
+            .iter()
+            .map(|c| {
+                (
+                    c.parent.clone(),
+                    c.type_id.clone(),
+                    self.backend_of(&c.parent),
+                )
+            })
+            .collect();
+        let start = if req.autostart {
+            Start::Auto
+        } else {
+            Start::Manual
+        };
+        let job = CreateJob {
+            candidates,
+            uuid: req.uuid,
+            attrs: req.attrs,
+            define: (req.persistent || req.autostart)
+                .then(|| (start, Meta::now(owner.uid, owner.origin.clone()))),
+        };
+        tracing::info!(caller = %caller.origin, uid = ?caller.uid, type_spec = %req.type_spec, first = %first.parent, rule = %first.rule, "creating a device");
+        self.launch_create(first.parent.clone(), job, owner, reply);
+    }
+
+    /// Starts a defined device on its (present) parent.
+    pub(super) fn start_defined(
+        &mut self,
+        caller: Caller,
+        uuid: MdevUuid,
+        reply: Reply<DeviceView>,
+    ) {
+        if self.live.contains_key(&uuid) {
+            let _ = reply.send(Err(Error::AlreadyExists(format!(
+                "{uuid} is already started"
+            ))));
+            return;
+        }
+        let defs = self.definitions.get(&uuid).cloned().unwrap_or_default();
+        let Some((def, meta)) = defs
+            .iter()
+            .find(|(d, _)| self.parents.contains_key(&d.parent))
+            .cloned()
+        else {
+            let e = if defs.is_empty() {
+                Error::UnknownDevice(format!("{uuid} (no definition)"))
+            } else {
+                Error::UnknownParent(format!(
+                    "{} (the parent of {uuid} is not present)",
+                    defs[0].0.parent
+                ))
+            };
+            let _ = reply.send(Err(e));
+            return;
+        };
+        let owner_uid = meta.as_ref().and_then(|m| m.owner_uid);
+        let parent = self.parents.get(&def.parent);
+        if let Err(e) = decision(self.policy.decide(
+            &caller.subject(),
+            Action::ManageDefinitions,
+            parent,
+            Some(&def.mdev_type),
+            owner_uid,
+        )) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let owner = Owner {
+            uid: owner_uid,
+            groups: Vec::new(),
+            origin: meta
+                .map(|m| m.origin)
+                .unwrap_or_else(|| caller.origin.clone()),
+            rule: "definition".into(),
+        };
+        let job = CreateJob {
+            candidates: vec![(
+                def.parent.clone(),
+                def.mdev_type.clone(),
+                self.backend_of(&def.parent),
+            )],
+            uuid: Some(uuid),
+            attrs: def.attrs.clone(),
+            define: None,
+        };
+        tracing::info!(caller = %caller.origin, %uuid, parent = %def.parent, "starting a defined device");
+        self.launch_create(def.parent, job, owner, reply);
+    }
+
+    fn launch_create(
+        &mut self,
+        first: ParentName,
+        job: CreateJob,
+        owner: Owner,
+        reply: Reply<DeviceView>,
+    ) {
+        let id = self.next_pending;
+        self.next_pending += 1;
+        self.pending.insert(
+            id,
+            Pending {
+                parent: first,
+                uuid: job.uuid,
+                owner_uid: owner.uid,
+                owner_groups: owner.groups.clone(),
+            },
+        );
+        let tried: Vec<ParentName> = job.candidates.iter().map(|(p, _, _)| p.clone()).collect();
+        let host = self.config.host.clone();
+        let store = self.config.store.clone();
+        let me = self.me.clone();
+        let bound = self.config.create_timeout;
+        tokio::spawn(async move {
+            let work = tokio::task::spawn_blocking(move || run_create(&host, store.as_ref(), job));
+            let result = match tokio::time::timeout(bound, work).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(join)) => Err(Error::Failed(format!("the create thread failed: {join}"))),
+                Err(_) => Err(Error::TimedOut {
+                    what: "creating the device".into(),
+                }),
+            };
+            let _ = me.send(Command::CreateDone(CreateDone {
+                pending: id,
+                tried,
+                owner,
+                result,
+                reply,
+            }));
+        });
+    }
+
+    pub(super) fn finish_create(&mut self, done: CreateDone) {
+        self.pending.remove(&done.pending);
+        for p in &done.tried {
+            self.refresh_parent(p);
+        }
+        let result = done.result.and_then(|(parent, uuid)| {
+            if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
+                tracing::warn!("cannot record the owner of {uuid}: {e}");
+            }
+            self.load_definitions();
+            if self.refresh_device(&uuid) {
+                self.retry_link(uuid, LINK_RETRIES);
+            }
+            tracing::info!(%uuid, %parent, "device created");
+            self.devices.get(&uuid).cloned().ok_or_else(|| {
+                Error::Failed(format!("device {uuid} vanished right after it was created"))
+            })
+        });
+        if let Err(e) = &result {
+            tracing::error!("create failed: {e}");
+        }
+        let _ = done.reply.send(result);
+    }
+
+    pub(super) fn start_remove(
+        &mut self,
+        caller: &Caller,
+        uuid: MdevUuid,
+        req: RemoveRequest,
+        reply: Reply<()>,
+    ) {
+        if !self.live.contains_key(&uuid) {
+            self.refresh_device(&uuid);
+        }
+        let Some(dev) = self.live.get(&uuid).cloned() else {
+            let e = if self.definitions.contains_key(&uuid) {
+                Error::InvalidArgument(format!(
+                    "{uuid} is defined but not started; undefine it to delete it"
+                ))
+            } else {
+                Error::UnknownDevice(uuid.to_string())
+            };
+            let _ = reply.send(Err(e));
+            return;
+        };
+        let owner_uid = self.devices.get(&uuid).and_then(|v| v.owner_uid);
+        let parent = self.parents.get(&dev.parent);
+        if let Err(e) = decision(self.policy.decide(
+            &caller.subject(),
+            Action::RemoveDevice,
+            parent,
+            dev.type_id.as_ref(),
+            owner_uid,
+        )) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if self.removing.contains(&uuid) {
+            let _ = reply.send(Err(Error::Busy(format!(
+                "device {uuid} (a remove is already in progress)"
+            ))));
+            return;
+        }
+        let holders = dev
+            .iommu_group
+            .map(|g| {
+                holders_of(
+                    &self.config.proc_root,
+                    &group_node(&self.config.dev_root, g),
+                )
+            })
+            .unwrap_or_default();
+        if !holders.is_empty() && !req.force {
+            let who: Vec<String> = holders
+                .iter()
+                .map(|h| format!("pid {} ({})", h.pid, h.comm))
+                .collect();
+            let _ = reply.send(Err(Error::Busy(format!(
+                "device {uuid} is held open by {}; stop that VM or remove with force",
+                who.join(", ")
+            ))));
+            return;
+        }
+        tracing::info!(caller = %caller.origin, uid = ?caller.uid, %uuid, force = req.force, "removing a device");
+        self.removing.insert(uuid);
+        self.recompose(&uuid);
+        let host = self.config.host.clone();
+        let me = self.me.clone();
+        let bound = req.timeout.unwrap_or(self.config.remove_timeout);
+        let parent = dev.parent.clone();
+        tokio::spawn(async move {
+            let mut work = tokio::task::spawn_blocking(move || host.remove(&uuid));
+            let joined = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
+                r.unwrap_or_else(|join| {
+                    Err(Error::Failed(format!("the remove thread failed: {join}")))
+                })
+            };
+            let (result, reply) = match tokio::time::timeout(bound, &mut work).await {
+                Ok(r) => (joined(r), Some(reply)),
+                Err(_) => {
+                    let _ = reply.send(Err(Error::TimedOut {
+                        what: format!("removing {uuid} (it goes away once its holder lets go)"),
+                    }));
+                    (joined(work.await), None)
+                }
+            };
+            let _ = me.send(Command::RemoveDone(RemoveDone {
+                uuid,
+                parent,
+                result,
+                reply,
+            }));
+        });
+    }
+
+    pub(super) fn finish_remove(&mut self, done: RemoveDone) {
+        self.removing.remove(&done.uuid);
+        self.refresh_device(&done.uuid);
+        self.refresh_parent(&done.parent);
+        match &done.result {
+            Ok(()) => tracing::info!(uuid = %done.uuid, "device removed"),
+            Err(e) => tracing::error!(uuid = %done.uuid, "remove failed: {e}"),
+        }
+        if let Some(reply) = done.reply {
+            let _ = reply.send(done.result);
+        }
+    }
+}
