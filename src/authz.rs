@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use zbus::zvariant::{OwnedValue, Value};
+use zbus::zvariant::Value;
 use zbus::Connection;
 
 use crate::error::{Error, Result};
@@ -100,7 +100,7 @@ impl Authority {
                     action.polkit_id()
                 ))
             })?;
-        let (authorized, challenge, _details): (bool, bool, HashMap<String, OwnedValue>) =
+        let (authorized, challenge, _details): (bool, bool, HashMap<String, String>) =
             reply.body().deserialize().map_err(|e| {
                 Error::AccessDenied(format!(
                     "{}: polkit's answer was malformed: {e}",

@@ -96,6 +96,10 @@ pub enum Error {
     #[error("no parent offers a type with id or name {0:?}")]
     NoSuchType(String),
 
+    /// Something named in the request does not exist; the string is the whole sentence.
+    #[error("{0}")]
+    Missing(String),
+
     #[error("no parent has room for another {0:?} device")]
     NoCapacityAnywhere(String),
 }
@@ -162,6 +166,7 @@ impl Error {
             Error::PolicyDenied { .. } => ErrorClass::PolicyDenied,
             Error::Failed(_) => ErrorClass::Failed,
             Error::NoSuchType(_) => ErrorClass::NotFound,
+            Error::Missing(_) => ErrorClass::NotFound,
             Error::NoCapacityAnywhere(_) => ErrorClass::NoCapacity,
         }
     }

@@ -16,9 +16,17 @@ pub trait Manager {
         type_spec: &str,
         options: HashMap<&str, Value<'_>>,
     ) -> zbus::Result<OwnedObjectPath>;
+    fn define_device(
+        &self,
+        type_spec: &str,
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     fn get_device(&self, uuid: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reload_policy(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn problems(&self) -> zbus::Result<Vec<String>>;
 }
 
 #[proxy(interface = "org.vgpud1.Parent", default_service = "org.vgpud")]
@@ -67,8 +75,21 @@ pub trait MdevType {
 #[proxy(interface = "org.vgpud1.Device", default_service = "org.vgpud")]
 pub trait Device {
     fn remove(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn start(&self) -> zbus::Result<()>;
+    fn stop(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn define(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn undefine(&self) -> zbus::Result<()>;
+    fn set_autostart(&self, autostart: bool) -> zbus::Result<()>;
     #[zbus(property)]
     fn uuid(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn persistent(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn autostart(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn owner(&self) -> zbus::Result<i64>;
+    #[zbus(property)]
+    fn origin(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn parent(&self) -> zbus::Result<OwnedObjectPath>;
     #[zbus(property, name = "Type")]

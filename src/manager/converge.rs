@@ -190,6 +190,7 @@ impl Manager {
         if self.appeared.is_empty() {
             return;
         }
+        tracing::debug!(appeared = ?self.appeared, "converging");
         let mut appeared = std::mem::take(&mut self.appeared);
         appeared.sort();
         appeared.dedup();
@@ -226,6 +227,14 @@ impl Manager {
                 *counts.entry((d.parent.clone(), t.clone())).or_default() += 1;
             }
         }
+        // Creates in flight count too, or two events in a row would create twice.
+        for p in self.pending.values() {
+            if !p.uuid.is_some_and(|u| self.live.contains_key(&u)) {
+                *counts
+                    .entry((p.parent.clone(), p.type_id.clone()))
+                    .or_default() += 1;
+            }
+        }
         let counts: Vec<EnsureCount> = counts
             .into_iter()
             .map(|((parent, type_id), count)| EnsureCount {
@@ -240,7 +249,9 @@ impl Manager {
             .filter(|p| !parents.iter().any(|n| p.contains(n.as_str())))
             .cloned()
             .collect();
-        for step in self.policy.ensure_plan(&present, &counts) {
+        let steps = self.policy.ensure_plan(&present, &counts);
+        tracing::debug!(?parents, ?counts, ?steps, "ensure rules");
+        for step in steps {
             match step.action {
                 EnsureAction::Create { type_id, count } => {
                     for _ in 0..count {

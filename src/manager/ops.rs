@@ -50,7 +50,7 @@ pub(super) fn denial_error(d: Denial, type_spec: &str) -> Error {
             rule: d.rule,
             reason: d.reason,
         },
-        DenialKind::NotFound => Error::NoSuchType(format!("{type_spec} ({})", d.reason)),
+        DenialKind::NotFound => Error::Missing(d.reason),
         DenialKind::NoCapacity => Error::NoCapacityAnywhere(type_spec.to_owned()),
     }
 }
@@ -310,10 +310,17 @@ impl Manager {
     ) {
         let id = self.next_pending;
         self.next_pending += 1;
+        let type_id = job
+            .candidates
+            .iter()
+            .find(|(p, _, _)| *p == first)
+            .map(|(_, t, _)| t.clone())
+            .unwrap_or_else(|| job.candidates[0].1.clone());
         self.pending.insert(
             id,
             Pending {
                 parent: first,
+                type_id,
                 uuid: job.uuid,
                 owner_uid: owner.uid,
                 owner_groups: owner.groups.clone(),

@@ -24,6 +24,7 @@ const LINK_RETRY_DELAY: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub(super) struct Pending {
     pub parent: ParentName,
+    pub type_id: crate::model::TypeId,
     pub uuid: Option<MdevUuid>,
     pub owner_uid: Option<u32>,
     pub owner_groups: Vec<String>,
@@ -348,6 +349,12 @@ impl Manager {
             return;
         };
         self.refresh_parent(&name);
+        // A parent (re)registering is when autostart and ensure rules apply, even if the model
+        // did not see it go: events can be handled after the state they announce has moved on.
+        let registered = e.prop("MDEV_STATE") == Some("registered") || e.action == "bind";
+        if registered && self.parents.contains_key(&name) {
+            self.appeared.push(name.clone());
+        }
         if !self.parents.contains_key(&name) {
             // A parent that went away took its devices with it (their own events may be lost).
             let orphans: Vec<MdevUuid> = self

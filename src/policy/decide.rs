@@ -131,7 +131,7 @@ impl Policy {
                 Denial::new(
                     DenialKind::NotFound,
                     "",
-                    format!("no parent offers type {type_spec}"),
+                    format!("no parent offers a type with id or name {type_spec:?}"),
                 )
             }));
         }
@@ -338,7 +338,7 @@ fn offers<'a>(
                 Denial::new(
                     DenialKind::NotFound,
                     "",
-                    format!("parent {name} has no type {type_spec}"),
+                    format!("parent {name} has no type with id or name {type_spec:?}"),
                 )
             })?;
         return Ok(vec![(p, t)]);
@@ -357,7 +357,7 @@ fn offers<'a>(
         return Err(Denial::new(
             DenialKind::NotFound,
             "",
-            format!("no parent offers type {type_spec}"),
+            format!("no parent offers a type with id or name {type_spec:?}"),
         ));
     }
     Ok(found)

@@ -271,8 +271,12 @@ impl Policy {
         }
         for r in &self.reserve {
             out.push(format!(
-                "reserve {:?}: {} instances on {} kept for {}",
-                r.name, r.instances, r.parents, r.who
+                "reserve {:?}: {} instance{} on {} kept for {}",
+                r.name,
+                r.instances,
+                if r.instances == 1 { "" } else { "s" },
+                r.parents,
+                r.who
             ));
         }
         for r in &self.ensure {

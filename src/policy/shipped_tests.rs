@@ -8,13 +8,21 @@ use super::fixtures::*;
 use super::*;
 
 fn shipped(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies")
+        .join(rel)
 }
 
 fn check(rel: &str) -> Policy {
     match check_files(&[shipped(rel)]) {
         Ok(p) => p,
-        Err(d) => panic!("{rel}: {}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+        Err(d) => panic!(
+            "{rel}: {}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
     }
 }
 
@@ -51,14 +59,27 @@ fn examples_installed_together_still_check() {
 fn lab_example_limits_students_to_four_q_devices() {
     let p = check("examples/lab.toml");
     let hosts = [t4("0000:3b:00.0", 16)];
-    let have: Vec<Owned> = (0..4).map(|_| owned("0000:3b:00.0", "nvidia-231", Some(&alice()))).collect();
-    assert!(p.plan_create(&alice(), "GRID T4-2Q", None, None, &hosts, &have[..3]).is_ok());
-    let d = p.plan_create(&alice(), "GRID T4-2Q", None, None, &hosts, &have).unwrap_err();
-    assert_eq!((d.kind, d.rule.as_str()), (DenialKind::PolicyDenied, "lab-t4-q"));
-    let d = p.plan_create(&alice(), "GRID T4-1B", None, None, &hosts, &[]).unwrap_err();
+    let have: Vec<Owned> = (0..4)
+        .map(|_| owned("0000:3b:00.0", "nvidia-231", Some(&alice())))
+        .collect();
+    assert!(p
+        .plan_create(&alice(), "GRID T4-2Q", None, None, &hosts, &have[..3])
+        .is_ok());
+    let d = p
+        .plan_create(&alice(), "GRID T4-2Q", None, None, &hosts, &have)
+        .unwrap_err();
+    assert_eq!(
+        (d.kind, d.rule.as_str()),
+        (DenialKind::PolicyDenied, "lab-t4-q")
+    );
+    let d = p
+        .plan_create(&alice(), "GRID T4-1B", None, None, &hosts, &[])
+        .unwrap_err();
     assert_eq!(d.rule, "default");
     let staff = user(1100, "sam", &["lab-admins", "lab"]);
-    let r = p.plan_create(&staff, "GRID T4-1B", None, None, &hosts, &have).unwrap();
+    let r = p
+        .plan_create(&staff, "GRID T4-1B", None, None, &hosts, &have)
+        .unwrap();
     assert_eq!(r.candidates[0].rule, "lab-admins-t4");
 }
 
@@ -67,10 +88,14 @@ fn reservations_example_hides_four_instances_from_others() {
     let p = check("examples/reservations.toml");
     let u = user(1200, "una", &["vgpu-users"]);
     let hosts = [t4("0000:20:00.0", 6)];
-    let r = p.plan_create(&u, "GRID T4-2Q", None, None, &hosts, &[]).unwrap();
+    let r = p
+        .plan_create(&u, "GRID T4-2Q", None, None, &hosts, &[])
+        .unwrap();
     assert_eq!(r.candidates[0].free, 2);
     let monitor = user(1300, "monitor", &["ops"]);
-    let r = p.plan_create(&monitor, "GRID T4-2Q", None, None, &hosts, &[]).unwrap();
+    let r = p
+        .plan_create(&monitor, "GRID T4-2Q", None, None, &hosts, &[])
+        .unwrap();
     assert_eq!(r.candidates[0].free, 6);
 }
 
@@ -81,11 +106,19 @@ fn ensure_example_asks_for_two_q2_per_t4_and_four_on_3b() {
     let wanted: Vec<(&str, &str, u32)> = steps
         .iter()
         .filter_map(|s| match &s.action {
-            EnsureAction::Create { count, .. } => Some((s.rule.as_str(), s.parent.as_str(), *count)),
+            EnsureAction::Create { count, .. } => {
+                Some((s.rule.as_str(), s.parent.as_str(), *count))
+            }
             _ => None,
         })
         .collect();
-    assert_eq!(wanted, [("four-on-3b", "0000:3b:00.0", 4), ("two-q2-per-t4", "0000:5e:00.0", 2)]);
+    assert_eq!(
+        wanted,
+        [
+            ("four-on-3b", "0000:3b:00.0", 4),
+            ("two-q2-per-t4", "0000:5e:00.0", 2)
+        ]
+    );
 }
 
 #[test]
@@ -93,7 +126,9 @@ fn numa_example_prefers_the_requested_node() {
     let p = check("examples/numa.toml");
     let hpc = user(1400, "hal", &["hpc"]);
     let hosts = [a100("0000:17:00.0", 0, 7), a100("0000:ca:00.0", 1, 3)];
-    let r = p.plan_create(&hpc, "GRID A100-4C", None, Some(1), &hosts, &[]).unwrap();
+    let r = p
+        .plan_create(&hpc, "GRID A100-4C", None, Some(1), &hosts, &[])
+        .unwrap();
     assert_eq!(r.candidates[0].parent.as_str(), "0000:ca:00.0");
 }
 
@@ -110,15 +145,21 @@ fn polkit_actions_xml_is_well_formed() {
 fn polkit_actions_xml_declares_every_action_with_its_defaults() {
     let text = std::fs::read_to_string(shipped("org.vgpud.policy")).expect("read the actions file");
     let root = xml::parse(&text).expect("well-formed");
-    let actions: Vec<&xml::Element> = root.children.iter().filter(|e| e.name == "action").collect();
+    let actions: Vec<&xml::Element> = root
+        .children
+        .iter()
+        .filter(|e| e.name == "action")
+        .collect();
     let ids: Vec<&str> = actions.iter().filter_map(|a| a.attr("id")).collect();
     let expected: Vec<&str> = Action::ALL.iter().map(|a| a.polkit_id()).collect();
     assert_eq!(ids, expected);
     for a in actions {
-        let want = if a.attr("id") == Some("org.vgpud.reload-policy") {
-            "auth_admin"
-        } else {
-            "auth_admin_keep"
+        // Device actions are gated by the TOML policy (root only by default), so polkit says
+        // yes; definitions and the policy itself change the host for everyone.
+        let want = match a.attr("id") {
+            Some("org.vgpud.reload-policy") => "auth_admin",
+            Some("org.vgpud.manage-definitions") => "auth_admin_keep",
+            _ => "yes",
         };
         assert!(a.child("description").is_some() && a.child("message").is_some());
         let defaults = a.child("defaults").expect("defaults");
@@ -145,7 +186,9 @@ fn the_xml_checker_refuses_broken_documents() {
     ] {
         assert!(xml::parse(bad).is_err(), "accepted {bad:?}");
     }
-    assert!(xml::parse("<?xml version=\"1.0\"?><!DOCTYPE a><a k='v'>x &amp; y &#38;<b/></a>\n").is_ok());
+    assert!(
+        xml::parse("<?xml version=\"1.0\"?><!DOCTYPE a><a k='v'>x &amp; y &#38;<b/></a>\n").is_ok()
+    );
 }
 
 /// Just enough XML to check the actions file is well-formed (polkitd refuses files that are
@@ -161,7 +204,10 @@ mod xml {
 
     impl Element {
         pub fn attr(&self, key: &str) -> Option<&str> {
-            self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+            self.attrs
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
         }
 
         pub fn child(&self, name: &str) -> Option<&Element> {
@@ -190,7 +236,9 @@ mod xml {
             } else if let Some(after) = rest.strip_prefix("</") {
                 let end = after.find('>').ok_or("unterminated end tag")?;
                 let name = after[..end].trim_end();
-                let open = stack.pop().ok_or(format!("</{name}> without a start tag"))?;
+                let open = stack
+                    .pop()
+                    .ok_or(format!("</{name}> without a start tag"))?;
                 if open.name != name {
                     return Err(format!("</{name}> closes <{}>", open.name));
                 }
@@ -240,7 +288,9 @@ mod xml {
 
     fn is_name(s: &str) -> bool {
         let mut chars = s.chars();
-        chars.next().is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
+        chars
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_' || c == ':')
             && chars.all(|c| c.is_alphanumeric() || "_:.-".contains(c))
     }
 
@@ -256,7 +306,9 @@ mod xml {
         }
         let mut rest = tag[name_end..].trim_start();
         while !rest.is_empty() {
-            let eq = rest.find('=').ok_or(format!("attribute without a value in <{}>", e.name))?;
+            let eq = rest
+                .find('=')
+                .ok_or(format!("attribute without a value in <{}>", e.name))?;
             let key = rest[..eq].trim();
             let value = rest[eq + 1..].trim_start();
             let quote = value
@@ -264,7 +316,9 @@ mod xml {
                 .next()
                 .filter(|q| *q == '"' || *q == '\'')
                 .ok_or(format!("unquoted attribute {key}"))?;
-            let close = value[1..].find(quote).ok_or(format!("unterminated attribute {key}"))?;
+            let close = value[1..]
+                .find(quote)
+                .ok_or(format!("unterminated attribute {key}"))?;
             let raw = &value[1..1 + close];
             if !is_name(key) || raw.contains('<') {
                 return Err(format!("bad attribute {key:?}"));
@@ -279,7 +333,7 @@ mod xml {
     }
 
     fn unescape(s: &str) -> Result<String, String> {
-        if s.contains('>') && s.contains("]]>") {
+        if s.contains("]]>") {
             return Err("']]>' in text".into());
         }
         let mut out = String::new();

@@ -43,7 +43,14 @@ impl Shared {
     }
 }
 
+/// Attributes are never cached: every stat reaches the simulator, so a removed device reads as
+/// gone at once even through a cached name.
 const TTL: Duration = Duration::ZERO;
+/// Names are cached. That is safe without invalidation because a path never changes kind in
+/// this tree, a vanished name fails at its next getattr/open/readlink (attributes are not
+/// cached), and failed lookups are never cached, so new names appear at once. It saves a
+/// LOOKUP round trip per path component on every access.
+const ENTRY_TTL: Duration = Duration::from_secs(30);
 /// sysfs reports every attribute as one page.
 const ATTR_SIZE: u64 = 4096;
 
@@ -253,7 +260,7 @@ impl Filesystem for SysFs {
         match node {
             Some(node) => {
                 let ino = self.remember(&path);
-                reply.entry(&TTL, &self.attr(ino, &node), Generation(0));
+                reply.entry_with_ttls(&TTL, &ENTRY_TTL, &self.attr(ino, &node), Generation(0));
             }
             None => reply.error(Errno::ENOENT),
         }
@@ -312,7 +319,7 @@ impl Filesystem for SysFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let access = flags.0 & libc::O_ACCMODE;
         match self.node(ino) {
             Ok((
@@ -325,6 +332,11 @@ impl Filesystem for SysFs {
                 let wants_read = access == libc::O_RDONLY || access == libc::O_RDWR;
                 let wants_write = access == libc::O_WRONLY || access == libc::O_RDWR;
                 if (wants_read && content.is_none()) || (wants_write && target.is_none()) {
+                    return reply.error(Errno::EACCES);
+                }
+                // Every writable attribute is root's (0200 or 0644): as the kernel's permission
+                // check would say for anyone else. (No default_permissions: see ENTRY_TTL.)
+                if wants_write && req.uid() != 0 {
                     return reply.error(Errno::EACCES);
                 }
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);

@@ -151,7 +151,6 @@ impl Simulator {
         config.mount_options = vec![
             MountOption::FSName("vgpud-sim".into()),
             MountOption::Subtype("vgpud-sim".into()),
-            MountOption::DefaultPermissions,
             MountOption::NoExec,
             MountOption::NoSuid,
             MountOption::NoDev,

@@ -1,0 +1,477 @@
+//! Authorization, quotas, definitions and ensure rules against the real daemon
+//! (`vgpud --simulate`, with the real polkitd on its private bus) and callers that run as
+//! other uids (busctl started through setpriv).
+
+#[path = "common/daemon.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{eventually, Daemon};
+use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
+use zbus::zvariant::Value;
+
+const LIMIT: Duration = Duration::from_secs(120);
+/// uid 1 ("daemon", group "daemon") and uid 2 ("bin", group "bin") exist on every Debian.
+const LAB_UID: u32 = 1;
+const OTHER_UID: u32 = 2;
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// busctl as another user (its own uid, gid and supplementary groups).
+fn busctl_as(d: &Daemon, uid: u32, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--init-groups".into(),
+        ])
+        .arg("busctl")
+        .arg(format!("--address={}", d.address))
+        .args(args)
+        .output()
+        .expect("setpriv runs")
+}
+
+fn create_as(d: &Daemon, uid: u32, type_spec: &str) -> Output {
+    busctl_as(
+        d,
+        uid,
+        &[
+            "call",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            "CreateDevice",
+            "sa{sv}",
+            type_spec,
+            "0",
+        ],
+    )
+}
+
+struct Config {
+    dir: tempfile::TempDir,
+}
+
+impl Config {
+    fn new(policies: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("config/policy.d")).unwrap();
+        for (name, text) in policies {
+            std::fs::write(dir.path().join("config/policy.d").join(name), text).unwrap();
+        }
+        Config { dir }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn args(&self) -> Vec<String> {
+        vec![
+            format!("--config-dir={}", self.path("config").display()),
+            format!("--definitions-dir={}", self.path("mdevctl.d").display()),
+            format!("--state-dir={}", self.path("state").display()),
+        ]
+    }
+    fn start(&self, profiles: &[&str]) -> Daemon {
+        let args = self.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Daemon::start_with(profiles, &args)
+    }
+}
+
+const LAB_POLICY: &str = r#"
+[[allow]]
+name = "lab-t4"
+groups = ["daemon"]
+types = ["GRID T4-*Q"]
+parents = { vendor = "0x10de" }
+max_per_user = 2
+"#;
+
+fn devices(d: &Daemon) -> usize {
+    std::fs::read_dir(d.sys("bus/mdev/devices"))
+        .unwrap()
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unprivileged_caller_is_refused_by_default() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[]);
+        let d = c.start(&["nvidia-t4"]);
+        let out = create_as(&d, LAB_UID, "GRID T4-2Q");
+        assert!(!out.status.success());
+        assert!(text(&out).contains("default"), "{}", text(&out));
+        assert_eq!(devices(&d), 0);
+        // Reading stays open to everyone.
+        let out = busctl_as(
+            &d,
+            LAB_UID,
+            &[
+                "get-property",
+                "org.vgpud",
+                "/org/vgpud",
+                "org.vgpud1.Manager",
+                "Version",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let d = c.start(&["nvidia-t4"]);
+        for _ in 0..2 {
+            let out = create_as(&d, LAB_UID, "GRID T4-2Q");
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let out = create_as(&d, LAB_UID, "GRID T4-2Q");
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("lab-t4"),
+            "the denial names the rule: {}",
+            text(&out)
+        );
+        // Another user, not in the group, gets nothing; a type outside the grant neither.
+        assert!(!create_as(&d, OTHER_UID, "GRID T4-2Q").status.success());
+        assert!(!create_as(&d, LAB_UID, "GRID T4-2B").status.success());
+        assert_eq!(devices(&d), 2);
+        // The owner may remove its device; another user may not.
+        let conn = d.conn().await;
+        let snapshot_path = {
+            let m = ManagerProxy::new(&conn).await.unwrap();
+            let uuid = std::fs::read_dir(d.sys("bus/mdev/devices"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name();
+            m.get_device(&uuid.to_string_lossy()).await.unwrap()
+        };
+        let dev = DeviceProxy::builder(&conn)
+            .path(snapshot_path.clone())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(dev.owner().await.unwrap(), i64::from(LAB_UID));
+        let remove = |uid| {
+            busctl_as(
+                &d,
+                uid,
+                &[
+                    "call",
+                    "org.vgpud",
+                    snapshot_path.as_str(),
+                    "org.vgpud1.Device",
+                    "Remove",
+                    "a{sv}",
+                    "0",
+                ],
+            )
+        };
+        let out = remove(OTHER_UID);
+        assert!(!out.status.success(), "{}", text(&out));
+        let out = remove(LAB_UID);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(devices(&d), 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polkit_is_asked_about_the_caller() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let d = c.start(&["nvidia-t4"]);
+        // manage-definitions needs an administrator (auth_admin_keep): polkit refuses uid 1
+        // even though the policy lets it create devices.
+        let out = busctl_as(
+            &d,
+            LAB_UID,
+            &[
+                "call",
+                "org.vgpud",
+                "/org/vgpud",
+                "org.vgpud1.Manager",
+                "CreateDevice",
+                "sa{sv}",
+                "GRID T4-2Q",
+                "1",
+                "persistent",
+                "b",
+                "true",
+            ],
+        );
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("org.vgpud.manage-definitions"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(devices(&d), 0);
+        // reload-policy is auth_admin: refused for uid 1, fine for root.
+        let out = busctl_as(
+            &d,
+            LAB_UID,
+            &[
+                "call",
+                "org.vgpud",
+                "/org/vgpud",
+                "org.vgpud1.Manager",
+                "ReloadPolicy",
+            ],
+        );
+        assert!(!out.status.success());
+        let out = d.busctl(&[
+            "call",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            "ReloadPolicy",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_callers_get_exactly_the_quota() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let d = c.start(&["nvidia-t4:4"]);
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let (addr, _) = (d.address.clone(), ());
+                std::thread::spawn(move || {
+                    Command::new("setpriv")
+                        .args([
+                            format!("--reuid={LAB_UID}"),
+                            format!("--regid={LAB_UID}"),
+                            "--init-groups".into(),
+                        ])
+                        .args([
+                            "busctl",
+                            &format!("--address={addr}"),
+                            "call",
+                            "org.vgpud",
+                            "/org/vgpud",
+                            "org.vgpud1.Manager",
+                            "CreateDevice",
+                            "sa{sv}",
+                            "GRID T4-1Q",
+                            "0",
+                        ])
+                        .output()
+                        .unwrap()
+                        .status
+                        .success()
+                })
+            })
+            .collect();
+        let ok = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|s| *s)
+            .count();
+        assert_eq!(ok, 2, "max_per_user = 2");
+        assert_eq!(devices(&d), 2);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_for_the_last_instances_never_overbook() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[]);
+        let d = c.start(&["mdpy"]);
+        let conn = d.conn().await;
+        let m = ManagerProxy::new(&conn).await.unwrap();
+        let calls = (0..10).map(|_| m.create_device("mdpy-vga", HashMap::new()));
+        let results = futures_util::future::join_all(calls).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 4, "mdpy has 4 instances: {results:?}");
+        for r in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(matches!(r, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.NoCapacity"), "{r:?}");
+        }
+        assert_eq!(devices(&d), 4);
+    })
+    .await
+    .unwrap();
+}
+
+fn parse_definition(path: &Path) -> (String, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let (type_id, start, _) = vgpud::store::parse_mdevctl_json(&text).unwrap();
+    (type_id.to_string(), start.as_str().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_defined_device_is_an_mdevctl_file_and_autostart_survives_replug() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[]);
+        let d = c.start(&["nvidia-t4"]);
+        let conn = d.conn().await;
+        let m = ManagerProxy::new(&conn).await.unwrap();
+        let path = m
+            .create_device(
+                "GRID T4-2Q",
+                HashMap::from([("autostart", Value::from(true))]),
+            )
+            .await
+            .unwrap();
+        let dev = DeviceProxy::builder(&conn)
+            .path(path.clone())
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let uuid = dev.uuid().await.unwrap();
+        let file = c.path("mdevctl.d").join("0000:20:00.0").join(&uuid);
+        assert_eq!(
+            parse_definition(&file),
+            ("nvidia-231".to_owned(), "auto".to_owned())
+        );
+        assert!(dev.persistent().await.unwrap());
+        d.ctl_ok(&["unplug", "0000:20:00.0"]);
+        assert!(
+            eventually(10, async || !dev.active().await.unwrap_or(true)).await,
+            "still active after unplug"
+        );
+        assert!(
+            dev.persistent().await.unwrap(),
+            "the definition outlives its GPU"
+        );
+        d.ctl_ok(&["plug", "--parent", "0000:20:00.0"]);
+        assert!(
+            eventually(10, async || dev.active().await.unwrap_or(false)).await,
+            "autostart did not bring it back"
+        );
+        assert!(d.sys(&format!("bus/mdev/devices/{uuid}")).exists());
+        // Undefine keeps the live device but deletes the file.
+        dev.undefine().await.unwrap();
+        assert!(!file.exists());
+        assert!(dev.active().await.unwrap());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn definitions_written_by_others_are_picked_up() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[]);
+        let uuid = "5f7c1e2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b";
+        let dir = c.path("mdevctl.d/mtty");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(uuid),
+            "{\n  \"mdev_type\": \"mtty-2\",\n  \"start\": \"manual\",\n  \"attrs\": []\n}",
+        )
+        .unwrap();
+        let d = c.start(&["mtty"]);
+        let conn = d.conn().await;
+        let m = ManagerProxy::new(&conn).await.unwrap();
+        let path = m.get_device(uuid).await.unwrap();
+        let dev = DeviceProxy::builder(&conn)
+            .path(path)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        assert!(dev.persistent().await.unwrap());
+        assert!(!dev.active().await.unwrap());
+        dev.start().await.unwrap();
+        assert!(dev.active().await.unwrap());
+        assert_eq!(dev.type_id().await.unwrap(), "mtty-2");
+        assert!(d.sys(&format!("bus/mdev/devices/{uuid}")).exists());
+    })
+    .await
+    .unwrap();
+}
+
+const ENSURE_POLICY: &str = r#"
+[[ensure]]
+name = "two-q2-per-t4"
+parents = { device = "0x1eb8" }
+type = "GRID T4-2Q"
+count = 2
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ensure_rules_hold_across_hot_plug() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("20-ensure.toml", ENSURE_POLICY)]);
+        let d = c.start(&["nvidia-t4:2"]);
+        assert!(
+            eventually(10, async || devices(&d) == 4).await,
+            "ensure did not create 2 per GPU: {}",
+            devices(&d)
+        );
+        d.ctl_ok(&["unplug", "0000:21:00.0"]);
+        assert!(eventually(10, async || devices(&d) == 2).await);
+        d.ctl_ok(&["plug", "--parent", "0000:21:00.0"]);
+        assert!(
+            eventually(10, async || devices(&d) == 4).await,
+            "ensure did not refill the re-plugged GPU"
+        );
+        // Desired state, not "create on every event": it settles at exactly two per GPU.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(devices(&d), 4, "ensure over-created");
+        // A GPU that cannot hold the rule is reported, not retried forever.
+        let conn = d.conn().await;
+        let m = ManagerProxy::new(&conn).await.unwrap();
+        let problems: Vec<String> = m.inner().get_property("Problems").await.unwrap();
+        assert!(problems.is_empty(), "{problems:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_policy_never_replaces_the_good_one() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let d = c.start(&["nvidia-t4"]);
+        std::fs::write(
+            c.path("config/policy.d/10-lab.toml"),
+            "[[allow]]\nname = \"x\"\nmax_per_user = -1\n",
+        )
+        .unwrap();
+        let out = d.busctl(&[
+            "call",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            "ReloadPolicy",
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("10-lab.toml:3"),
+            "file:line in the error: {}",
+            text(&out)
+        );
+        // The last good policy still grants the lab.
+        assert!(create_as(&d, LAB_UID, "GRID T4-2Q").status.success());
+    })
+    .await
+    .unwrap();
+}
