@@ -352,6 +352,13 @@ impl Host {
             .map_err(|e| e.to_string())?;
         let log = sim._dir.path().join("vgpud.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("vgpud log: {e}"))?;
+        // Definitions, policy and state go to the run's own directory, never to /etc or /var.
+        let own = |name: &str| -> Result<PathBuf, String> {
+            let dir = sim._dir.path().join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Ok(dir)
+        };
+        let (definitions, config, state) = (own("mdevctl.d")?, own("config")?, own("state")?);
         let t0 = Instant::now();
         let mut daemon = Command::new(VGPUD)
             .arg("--address")
@@ -362,6 +369,12 @@ impl Host {
             .arg(format!("sim:{}", sim.uevents.display()))
             .arg("--dev")
             .arg(&sim.dev)
+            .arg("--definitions-dir")
+            .arg(&definitions)
+            .arg("--config-dir")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -385,12 +398,17 @@ impl Host {
             terminate(&mut daemon, "vgpud");
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(3).collect();
-            let tail = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
+            let tail = match tail.into_iter().rev().collect::<Vec<_>>().join(" | ") {
+                t if t.is_empty() => "its log is still empty".to_owned(),
+                t => format!("log: {t}"),
+            };
             return Err(StartFailure {
                 message: match exited {
-                    Some(status) => format!("vgpud exited ({status}) before owning {BUS_NAME}: {tail}"),
+                    Some(status) => {
+                        format!("vgpud exited ({status}) before owning {BUS_NAME}: {tail}")
+                    }
                     None => format!(
-                        "vgpud did not own {BUS_NAME} within the {} s budget (still scanning; log: {tail})",
+                        "vgpud did not own {BUS_NAME} within the {} s budget ({tail})",
                         budget(START_BUDGET).as_secs()
                     ),
                 },

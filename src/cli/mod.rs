@@ -1,0 +1,1 @@
+//! vgpuctl: the command-line client (work in progress).
