@@ -475,3 +475,84 @@ async fn an_invalid_policy_never_replaces_the_good_one() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_polkit_authority_only_root_may_act() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let mut args = c.args();
+        args.push("--no-polkit".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let d = Daemon::start_with(&["nvidia-t4"], &args);
+        let out = create_as(&d, LAB_UID, "GRID T4-2Q");
+        assert!(!out.status.success());
+        assert!(text(&out).contains("no polkit authority"), "{}", text(&out));
+        let out = d.busctl(&[
+            "call",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            "CreateDevice",
+            "sa{sv}",
+            "GRID T4-2Q",
+            "0",
+        ]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(devices(&d), 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[]);
+        let d = c.start(&["nvidia-t4"]);
+        let conn = d.conn().await;
+        let m = ManagerProxy::new(&conn).await.unwrap();
+        let attrs = vec![(
+            "nvidia/vgpu_params".to_owned(),
+            "frame_rate_limiter=0".to_owned(),
+        )];
+        let path = m
+            .create_device("GRID T4-2Q", HashMap::from([("attrs", Value::new(attrs))]))
+            .await
+            .unwrap();
+        let dev = DeviceProxy::builder(&conn)
+            .path(path)
+            .unwrap()
+            .build()
+            .await
+            .unwrap();
+        let uuid = dev.uuid().await.unwrap();
+        let written =
+            std::fs::read_to_string(d.sys(&format!("bus/mdev/devices/{uuid}/nvidia/vgpu_params")))
+                .unwrap();
+        assert_eq!(written.trim(), "frame_rate_limiter=0");
+        // The second attribute does not exist: the device made for this call is removed again.
+        let attrs = vec![
+            (
+                "nvidia/vgpu_params".to_owned(),
+                "frame_rate_limiter=1".to_owned(),
+            ),
+            ("no_such_attribute".to_owned(), "1".to_owned()),
+        ];
+        let err = m
+            .create_device("GRID T4-2Q", HashMap::from([("attrs", Value::new(attrs))]))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no_such_attribute"), "{err}");
+        assert_eq!(devices(&d), 1, "the half-made device was not rolled back");
+        // A path trick in an attribute name is refused before anything is created.
+        let attrs = vec![("../remove".to_owned(), "1".to_owned())];
+        let err = m
+            .create_device("GRID T4-2Q", HashMap::from([("attrs", Value::new(attrs))]))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, zbus::Error::MethodError(..)), "{err}");
+        assert_eq!(devices(&d), 1);
+    })
+    .await
+    .unwrap();
+}

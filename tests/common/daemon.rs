@@ -110,6 +110,13 @@ impl Daemon {
         self.sim_root.join(rel)
     }
 
+    /// SIGKILLs the daemon (a crash) and lazily unmounts the simulator it leaves behind.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = nix::mount::umount2(&self.sim_root, nix::mount::MntFlags::MNT_DETACH);
+    }
+
     /// Stops the daemon with SIGTERM and checks it tore everything down.
     pub fn stop(mut self) {
         self.terminate();
