@@ -615,6 +615,8 @@ async fn startup(gpus: u32) -> Json {
     let t_objects = Instant::now();
     let managed = objects.get_managed_objects().await.map(|o| o.len());
     let get_managed = t_objects.elapsed();
+    // Its reply is the whole tree: measured apart so it is not mistaken for growth per round.
+    let rss_objects = rss_kib(host.pid());
     let m = host.manager().await;
     let rounds = timed(
         &format!("D-Bus CreateDevice+Remove GRID T4-2Q ({gpus} GPUs)"),
@@ -627,12 +629,13 @@ async fn startup(gpus: u32) -> Json {
     .await;
     let rss_after = rss_kib(host.pid());
     println!(
-        "  {profile:<16} sim ready {:>7.0} ms | vgpud to name {:>8.1} ms | objects {:>6} (GetManagedObjects {:>7.1} ms) | RSS {} at start, {} after {} rounds",
+        "  {profile:<16} sim ready {:>7.0} ms | vgpud to name {:>8.1} ms | objects {:>6} (GetManagedObjects {:>7.1} ms) | RSS {} at start, {} after GetManagedObjects, {} after {} rounds",
         sim_ready.as_secs_f64() * 1e3,
         host.startup.as_secs_f64() * 1e3,
         managed.as_ref().map_or("?".to_owned(), |n| n.to_string()),
         get_managed.as_secs_f64() * 1e3,
         kib(rss_start),
+        kib(rss_objects),
         kib(rss_after),
         rounds.times.len(),
     );
@@ -644,6 +647,7 @@ async fn startup(gpus: u32) -> Json {
         "managed_objects": managed.ok(),
         "get_managed_objects_ms": round(get_managed.as_secs_f64() * 1e3),
         "rss_kib_after_start": rss_start,
+        "rss_kib_after_get_managed_objects": rss_objects,
         "rss_kib_after_rounds": rss_after,
         "rounds": rounds.json(),
     })

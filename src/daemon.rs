@@ -77,7 +77,7 @@ pub async fn run(
     };
     tracing::info!("policy: {}", config.policy.summary());
     config.policy_dir = Some(policy_dir);
-    let (handle, changes) = manager::spawn(config)?;
+    let (handle, changes) = manager::spawn(config).await?;
     let conn = dbus::connect(&opts.bus).await.map_err(|e| {
         Error::Failed(format!(
             "cannot connect to the {} bus: {e} (no bus here? try `vgpud --simulate`, --session or --address)",

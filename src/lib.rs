@@ -18,5 +18,6 @@ pub mod privbus;
 pub mod sim;
 pub mod store;
 pub mod sysfs;
+pub mod vmm;
 
 pub use error::{Error, ErrorClass, Result};

@@ -93,7 +93,10 @@ fn force_option(force: bool, limit: Duration) -> Options<'static> {
     if force {
         let wait = limit.as_millis().saturating_mul(3) / 4;
         options.insert("force", Value::from(true));
-        options.insert("timeout_ms", Value::from(u64::try_from(wait).unwrap_or(u64::MAX)));
+        options.insert(
+            "timeout_ms",
+            Value::from(u64::try_from(wait).unwrap_or(u64::MAX)),
+        );
     }
     options
 }

@@ -270,11 +270,20 @@ impl ManagerHandle {
 
 /// Starts the manager task: it scans the host first, then serves commands. Every difference
 /// (the initial scan included) is sent on the returned channel.
-pub fn spawn(config: ManagerConfig) -> Result<(ManagerHandle, mpsc::UnboundedReceiver<Update>)> {
+/// The scan reads all of sysfs, so it runs on a blocking thread, not on the runtime.
+pub async fn spawn(
+    config: ManagerConfig,
+) -> Result<(ManagerHandle, mpsc::UnboundedReceiver<Update>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let mut manager = state::Manager::new(config, tx.clone(), changes_tx)?;
-    manager.scan()?;
+    let me = tx.clone();
+    let manager = tokio::task::spawn_blocking(move || {
+        let mut manager = state::Manager::new(config, me, changes_tx)?;
+        manager.scan()?;
+        Ok::<_, Error>(manager)
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("the start-up scan failed: {e}")))??;
     tokio::spawn(manager.run(rx));
     Ok((ManagerHandle { tx }, changes_rx))
 }

@@ -69,14 +69,18 @@ fn try_next(e: &Error) -> bool {
     matches!(e, Error::NoCapacity { .. } | Error::ParentGoingAway(_))
 }
 
+/// Tries the candidates in order; `tried` collects the parents actually written to (only
+/// those need re-reading afterwards).
 fn run_create(
     host: &Host,
     store: Option<&Store>,
     job: CreateJob,
+    tried: &mut Vec<ParentName>,
 ) -> Result<(ParentName, MdevUuid)> {
     let generated = MdevUuid::new_v4();
     let mut last = Error::NoCapacityAnywhere("the requested type".into());
     for (parent, type_id, backend) in &job.candidates {
+        tried.push(parent.clone());
         let uuid = match (job.uuid, backend) {
             (Some(u), _) => u,
             (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
@@ -326,19 +330,31 @@ impl Manager {
                 owner_groups: owner.groups.clone(),
             },
         );
-        let tried: Vec<ParentName> = job.candidates.iter().map(|(p, _, _)| p.clone()).collect();
         let host = self.config.host.clone();
         let store = self.config.store.clone();
         let me = self.me.clone();
         let bound = self.config.create_timeout;
+        // If the bound runs out we do not know how far it got: re-read every candidate then.
+        let candidates: Vec<ParentName> =
+            job.candidates.iter().map(|(p, _, _)| p.clone()).collect();
         tokio::spawn(async move {
-            let work = tokio::task::spawn_blocking(move || run_create(&host, store.as_ref(), job));
-            let result = match tokio::time::timeout(bound, work).await {
+            let work = tokio::task::spawn_blocking(move || {
+                let mut tried = Vec::new();
+                let result = run_create(&host, store.as_ref(), job, &mut tried);
+                (tried, result)
+            });
+            let (tried, result) = match tokio::time::timeout(bound, work).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(join)) => Err(Error::Failed(format!("the create thread failed: {join}"))),
-                Err(_) => Err(Error::TimedOut {
-                    what: "creating the device".into(),
-                }),
+                Ok(Err(join)) => (
+                    candidates,
+                    Err(Error::Failed(format!("the create thread failed: {join}"))),
+                ),
+                Err(_) => (
+                    candidates,
+                    Err(Error::TimedOut {
+                        what: "creating the device".into(),
+                    }),
+                ),
             };
             let _ = me.send(Command::CreateDone(CreateDone {
                 pending: id,
@@ -352,9 +368,7 @@ impl Manager {
 
     pub(super) fn finish_create(&mut self, done: CreateDone) {
         self.pending.remove(&done.pending);
-        for p in &done.tried {
-            self.refresh_parent(p);
-        }
+        self.refresh_parents(&done.tried);
         let result = done.result.and_then(|(parent, uuid)| {
             if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
                 tracing::warn!("cannot record the owner of {uuid}: {e}");

@@ -115,7 +115,28 @@ impl Manager {
         // Parents present at start count as registering: autostart and ensure rules apply.
         self.converge_appeared();
         while let Some(cmd) = rx.recv().await {
-            self.handle(cmd);
+            match cmd {
+                Command::Event(first) => {
+                    // Events come in bursts (add+bind, a whole unplug): re-read each parent and
+                    // device once per burst, not once per event.
+                    let mut batch = vec![first];
+                    let mut after = None;
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            Command::Event(e) if batch.len() < 1024 => batch.push(e),
+                            other => {
+                                after = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    self.on_events(&batch);
+                    if let Some(cmd) = after {
+                        self.handle(cmd);
+                    }
+                }
+                cmd => self.handle(cmd),
+            }
             self.converge_appeared();
         }
     }
@@ -156,7 +177,7 @@ impl Manager {
                 let r = self.reload(&caller);
                 let _ = reply.send(r);
             }
-            Command::Event(e) => self.on_event(&e),
+            Command::Event(e) => self.on_events(std::slice::from_ref(&e)),
             Command::RefreshDevice(uuid, left) => {
                 if self.refresh_device(&uuid) && left > 0 {
                     self.retry_link(uuid, left - 1);
@@ -218,11 +239,9 @@ impl Manager {
                 let owner = self.owners.get(uuid);
                 let meta = def.as_ref().and_then(|(_, m)| m.as_ref());
                 let in_use = live.as_ref().and_then(|d| d.iommu_group).is_some_and(|g| {
-                    !holders_of(
-                        &self.config.proc_root,
-                        &group_node(&self.config.dev_root, g),
-                    )
-                    .is_empty()
+                    // A group without a device node cannot be held: skip the /proc walk.
+                    let node = group_node(&self.config.dev_root, g);
+                    node.exists() && !holders_of(&self.config.proc_root, &node).is_empty()
                 });
                 Some(DeviceView {
                     uuid: *uuid,
@@ -262,8 +281,8 @@ impl Manager {
         }
     }
 
-    /// Re-reads a parent and every parent sharing its capacity (the VFs of one GPU).
-    pub(super) fn refresh_parent(&mut self, name: &ParentName) {
+    /// `name` and every parent sharing its capacity (the VFs of one GPU).
+    fn with_siblings(&self, name: &ParentName) -> Vec<ParentName> {
         let mut names = vec![name.clone()];
         let physfn = self
             .parents
@@ -285,12 +304,24 @@ impl Manager {
                     .map(|p| p.name.clone()),
             );
         }
-        for n in names {
+        names
+    }
+
+    /// Re-reads parents and every parent sharing their capacity, each once.
+    pub(super) fn refresh_parents(&mut self, names: &[ParentName]) {
+        let mut all: Vec<ParentName> = names.iter().flat_map(|n| self.with_siblings(n)).collect();
+        all.sort();
+        all.dedup();
+        for n in all {
             match self.config.host.parent(&n) {
                 Ok(p) => self.set_parent(n, p),
                 Err(e) => tracing::warn!("cannot read parent {n}: {e}"),
             }
         }
+    }
+
+    pub(super) fn refresh_parent(&mut self, name: &ParentName) {
+        self.refresh_parents(std::slice::from_ref(name));
     }
 
     /// Re-reads one device; true when it exists but its type link is not there yet.
@@ -326,45 +357,64 @@ impl Manager {
 
     // ---- events ------------------------------------------------------------------------------
 
-    fn on_event(&mut self, e: &UEvent) {
-        tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
-        if e.subsystem == "mdev" {
-            let Ok(uuid) = MdevUuid::parse(e.sysname()) else {
-                return;
+    fn on_events(&mut self, events: &[UEvent]) {
+        let mut devices: Vec<MdevUuid> = Vec::new();
+        let mut parents: Vec<ParentName> = Vec::new();
+        let mut registered: Vec<ParentName> = Vec::new();
+        for e in events {
+            tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
+            if e.subsystem == "mdev" {
+                let Ok(uuid) = MdevUuid::parse(e.sysname()) else {
+                    continue;
+                };
+                devices.push(uuid);
+                if let Some(p) = e
+                    .devpath
+                    .rsplit('/')
+                    .nth(1)
+                    .and_then(|p| ParentName::new(p).ok())
+                {
+                    parents.push(p);
+                }
+                continue;
+            }
+            let Ok(name) = ParentName::new(e.sysname()) else {
+                continue;
             };
-            let parent = e
-                .devpath
-                .rsplit('/')
-                .nth(1)
-                .and_then(|p| ParentName::new(p).ok());
+            // A parent (re)registering is when autostart and ensure rules apply, even if the
+            // model did not see it go: events can be handled after the state has moved on.
+            if e.prop("MDEV_STATE") == Some("registered") || e.action == "bind" {
+                registered.push(name.clone());
+            }
+            parents.push(name);
+        }
+        devices.sort();
+        devices.dedup();
+        parents.sort();
+        parents.dedup();
+        for uuid in devices {
             if self.refresh_device(&uuid) {
                 self.retry_link(uuid, LINK_RETRIES);
             }
-            if let Some(p) = parent {
-                self.refresh_parent(&p);
+        }
+        self.refresh_parents(&parents);
+        for name in &parents {
+            if !self.parents.contains_key(name) {
+                // A parent that went away took its devices with it (their events may be lost).
+                let orphans: Vec<MdevUuid> = self
+                    .live
+                    .values()
+                    .filter(|d| d.parent == *name)
+                    .map(|d| d.uuid)
+                    .collect();
+                for uuid in orphans {
+                    self.refresh_device(&uuid);
+                }
             }
-            return;
         }
-        let Ok(name) = ParentName::new(e.sysname()) else {
-            return;
-        };
-        self.refresh_parent(&name);
-        // A parent (re)registering is when autostart and ensure rules apply, even if the model
-        // did not see it go: events can be handled after the state they announce has moved on.
-        let registered = e.prop("MDEV_STATE") == Some("registered") || e.action == "bind";
-        if registered && self.parents.contains_key(&name) {
-            self.appeared.push(name.clone());
-        }
-        if !self.parents.contains_key(&name) {
-            // A parent that went away took its devices with it (their own events may be lost).
-            let orphans: Vec<MdevUuid> = self
-                .live
-                .values()
-                .filter(|d| d.parent == name)
-                .map(|d| d.uuid)
-                .collect();
-            for uuid in orphans {
-                self.refresh_device(&uuid);
+        for name in registered {
+            if self.parents.contains_key(&name) {
+                self.appeared.push(name);
             }
         }
     }

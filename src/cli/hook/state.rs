@@ -34,7 +34,7 @@ pub fn file_name(domain: &str) -> String {
         }
     }
     if out.is_empty() {
-        out.push_str("%");
+        out.push('%');
     }
     out.push_str(".json");
     out

@@ -1,0 +1,91 @@
+//! vgpud-vmm: one KVM guest per process, with one passthrough device (emulated or VFIO).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+use vgpud::vmm::{self, Boot, DeviceSpec, VmmConfig};
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vgpud-vmm",
+    about = "Run one KVM guest with a vGPU attached (VFIO or emulated)"
+)]
+struct Args {
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 64)]
+    memory_mib: u32,
+    /// Number of vCPUs (vCPU 0 runs the payload; the others wait for a SIPI).
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// emulated:FILE.json (a guest PCI description) or vfio:/sys/bus/mdev/devices/UUID.
+    #[arg(long)]
+    device: Option<DeviceSpec>,
+    /// Built-in payload (pci-probe, loop, halt) or a raw 32-bit image loaded and entered at 0x10000.
+    #[arg(long, conflicts_with = "kernel")]
+    payload: Option<String>,
+    /// Linux kernel image (not implemented in this build).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    #[arg(long, requires = "kernel")]
+    initrd: Option<PathBuf>,
+    #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
+    cmdline: String,
+    /// File that receives everything the guest writes to its UART.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Also copy the guest's UART output to stdout.
+    #[arg(long)]
+    console: bool,
+}
+
+extern "C" fn on_stop(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let boot = match (args.payload, args.kernel) {
+        (Some(p), _) => Boot::Payload(p),
+        (None, Some(kernel)) => Boot::Kernel {
+            kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+        },
+        (None, None) => {
+            eprintln!("vgpud-vmm: one of --payload or --kernel is required");
+            return ExitCode::from(2);
+        }
+    };
+    let config = VmmConfig {
+        memory_mib: args.memory_mib,
+        vcpus: args.vcpus,
+        device: args.device,
+        boot,
+        serial_log: args.serial_log,
+        console: args.console,
+    };
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { libc::signal(sig, on_stop as *const () as libc::sighandler_t) };
+    }
+    match vmm::launch(&config, &STOP, &mut |line| println!("{line}")) {
+        Ok(exit) => {
+            println!("vgpud-vmm: guest ended: {exit:?}");
+            ExitCode::from(vmm::exit_status(&exit) as u8)
+        }
+        Err(e) => {
+            let mut msg = format!("vgpud-vmm: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("{msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Routing of the guest's port I/O and MMIO exits: the UART, the debug exit port, PCI
+//! configuration mechanism #1 and the passthrough device's BARs wherever the guest put them.
+
+use super::device::PassthroughDevice;
+use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
+use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
+use super::uart::{Uart, COM1_BASE};
+
+/// `outb` of a code here ends the guest; the VMM exits with that code.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// The PCI slot (bus 0) of the passthrough device.
+pub const DEVICE_SLOT: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Exit(u8),
+}
+
+pub struct IoBus {
+    pub uart: Uart,
+    bridge: ConfigSpace,
+    pub device: Option<Box<dyn PassthroughDevice>>,
+    config_address: u32,
+}
+
+impl IoBus {
+    pub fn new(uart: Uart, device: Option<Box<dyn PassthroughDevice>>) -> Self {
+        Self {
+            uart,
+            bridge: host_bridge(),
+            device,
+            config_address: 0,
+        }
+    }
+
+    fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        let Some(addr) = ConfigAddress::decode(self.config_address) else {
+            return all_ones(size);
+        };
+        let reg = u16::from(addr.register) + (offset & 3);
+        match (addr.bus, addr.device, addr.function) {
+            (0, 0, 0) => self.bridge.read(reg, size),
+            (0, DEVICE_SLOT, 0) => match self.device.as_mut() {
+                Some(d) => d.config_read(reg, size),
+                None => all_ones(size),
+            },
+            _ => all_ones(size),
+        }
+    }
+
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        let Some(addr) = ConfigAddress::decode(self.config_address) else {
+            return;
+        };
+        let reg = u16::from(addr.register) + (offset & 3);
+        match (addr.bus, addr.device, addr.function) {
+            (0, 0, 0) => self.bridge.write(reg, size, value),
+            (0, DEVICE_SLOT, 0) => {
+                if let Some(d) = self.device.as_mut() {
+                    d.config_write(reg, size, value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn find_bar(&self, addr: u64, io: bool) -> Option<(usize, u64)> {
+        let device = self.device.as_ref()?;
+        device
+            .bar_regions()
+            .into_iter()
+            .find(|r| r.io == io && addr >= r.base && addr - r.base < r.size)
+            .map(|r| (r.index, addr - r.base))
+    }
+
+    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+        let size = data.len() as u8;
+        let value = match port {
+            COM1_BASE..=0x3ff => u32::from(self.uart.read(port - COM1_BASE)),
+            CONFIG_ADDRESS_PORT if size == 4 => self.config_address,
+            CONFIG_DATA_PORT..=0xcff => self.config_read(port - CONFIG_DATA_PORT, size),
+            _ => match self.find_bar(u64::from(port), true) {
+                Some((bar, offset)) => {
+                    if let Some(d) = self.device.as_mut() {
+                        d.bar_read(bar, offset, data);
+                    }
+                    return;
+                }
+                None => all_ones(size),
+            },
+        };
+        data.copy_from_slice(&value.to_le_bytes()[..data.len().min(4)]);
+    }
+
+    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Action {
+        let size = data.len() as u8;
+        let mut bytes = [0u8; 4];
+        bytes[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+        let value = u32::from_le_bytes(bytes);
+        match port {
+            DEBUG_EXIT_PORT => return Action::Exit(value as u8),
+            COM1_BASE..=0x3ff => self.uart.write(port - COM1_BASE, value as u8),
+            CONFIG_ADDRESS_PORT if size == 4 => self.config_address = value,
+            CONFIG_DATA_PORT..=0xcff => self.config_write(port - CONFIG_DATA_PORT, size, value),
+            _ => {
+                if let Some((bar, offset)) = self.find_bar(u64::from(port), true) {
+                    if let Some(d) = self.device.as_mut() {
+                        d.bar_write(bar, offset, data);
+                    }
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+        match self.find_bar(addr, false) {
+            Some((bar, offset)) => {
+                if let Some(d) = self.device.as_mut() {
+                    d.bar_read(bar, offset, data);
+                }
+            }
+            None => data.fill(0xff),
+        }
+    }
+
+    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+        if let Some((bar, offset)) = self.find_bar(addr, false) {
+            if let Some(d) = self.device.as_mut() {
+                d.bar_write(bar, offset, data);
+            }
+        }
+    }
+}
+
+fn all_ones(size: u8) -> u32 {
+    merge(0, 0, size, 0xffff_ffff)
+}
+
+/// Value of a `size`-byte CONFIG_DATA access at `port`, as the guest sees it.
+pub fn config_lane(dword: u32, port: u16, size: u8) -> u32 {
+    extract(dword, port - CONFIG_DATA_PORT, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::device::{parse_description, EmulatedDevice};
+
+    fn bus() -> IoBus {
+        let desc = parse_description(
+            "mtty",
+            r#"{"vendor":17224,"device":12883,"class_code":458754,
+               "bars":[{"index":0,"size":8,"io":true},{"index":1,"size":8,"io":true}]}"#,
+        )
+        .unwrap();
+        let dev = EmulatedDevice::new(&desc).unwrap();
+        IoBus::new(Uart::new(Box::new(std::io::sink())), Some(Box::new(dev)))
+    }
+
+    fn cfg_read(b: &mut IoBus, dev: u8, reg: u8) -> u32 {
+        b.pio_write(
+            0xcf8,
+            &(0x8000_0000u32 | (u32::from(dev) << 11) | u32::from(reg)).to_le_bytes(),
+        );
+        let mut d = [0u8; 4];
+        b.pio_read(0xcfc, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn cfg_write(b: &mut IoBus, dev: u8, reg: u8, v: u32) {
+        b.pio_write(
+            0xcf8,
+            &(0x8000_0000u32 | (u32::from(dev) << 11) | u32::from(reg)).to_le_bytes(),
+        );
+        b.pio_write(0xcfc, &v.to_le_bytes());
+    }
+
+    #[test]
+    fn scan_finds_bridge_and_device_only() {
+        let mut b = bus();
+        assert_eq!(cfg_read(&mut b, 0, 0), 0x1237_8086);
+        assert_eq!(cfg_read(&mut b, DEVICE_SLOT, 0), 0x3253_4348);
+        assert_eq!(cfg_read(&mut b, 2, 0), 0xffff_ffff);
+        b.pio_write(0xcf8, &0x0000_0800u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        b.pio_read(0xcfc, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xffff_ffff);
+    }
+
+    #[test]
+    fn byte_access_to_config_data_uses_lane() {
+        let mut b = bus();
+        b.pio_write(
+            0xcf8,
+            &(0x8000_0000u32 | (u32::from(DEVICE_SLOT) << 11) | 0x08).to_le_bytes(),
+        );
+        let mut d = [0u8; 1];
+        b.pio_read(0xcfe, &mut d);
+        assert_eq!(d[0], 0x00); // class 0x070002 -> byte 2 of dword 2 is subclass 0x00
+        b.pio_read(0xcff, &mut d);
+        assert_eq!(d[0], 0x07);
+        assert_eq!(config_lane(0x0700_02a1, 0xcfd, 1), 0x02);
+    }
+
+    #[test]
+    fn io_bar_routes_after_relocation_and_enable() {
+        let mut b = bus();
+        cfg_write(&mut b, DEVICE_SLOT, 0x10, 0xd000);
+        b.pio_write(0xd000, &0x1234_5678u32.to_le_bytes());
+        let mut d = [0u8; 4];
+        b.pio_read(0xd000, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xffff_ffff, "IO decode is off");
+        cfg_write(&mut b, DEVICE_SLOT, 0x04, 1);
+        b.pio_write(0xd000, &0x1234_5678u32.to_le_bytes());
+        b.pio_read(0xd000, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x1234_5678);
+    }
+
+    #[test]
+    fn debug_exit_port_ends_guest() {
+        let mut b = bus();
+        assert_eq!(b.pio_write(DEBUG_EXIT_PORT, &[3]), Action::Exit(3));
+        assert_eq!(b.pio_write(0x80, &[3]), Action::Continue);
+    }
+}

@@ -1,0 +1,341 @@
+//! The KVM side: VM with guest RAM and the in-kernel irqchip, vCPUs entered in 32-bit
+//! protected mode, and the run loop that ends on the debug exit port, on a HLT with
+//! interrupts disabled, on a triple fault, or when asked to stop (SIGTERM).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{
+    kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
+
+use super::bus::{Action, IoBus};
+use super::payload::Payload;
+use super::VmmError;
+
+const GDT_ADDR: u64 = 0x500;
+const TSS_ADDR: usize = 0xfffb_d000;
+const RFLAGS_IF: u64 = 1 << 9;
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_MODE_NMI: u32 = 0x4;
+/// How often a running vCPU is kicked out of KVM_RUN to look at stop requests and halts.
+const KICK_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Why the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The payload wrote this code to the debug exit port.
+    Code(u8),
+    /// vCPU 0 halted with interrupts disabled: nothing can wake it.
+    Halted,
+    /// The VMM was asked to stop (SIGTERM).
+    Stopped,
+    /// Triple fault.
+    Shutdown,
+}
+
+/// Flat GDT: null, code 0x08, data 0x10 (base 0, limit 4 GiB).
+pub fn gdt_entries() -> [u64; 3] {
+    [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff]
+}
+
+fn segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// Sets LVT field `mode` (delivery mode bits 8..10, unmasked) as firmware does for LINT0/1.
+pub fn lvt_with_mode(reg: u32, mode: u32) -> u32 {
+    ((reg & !0x700) | (mode << 8)) & !(1 << 16)
+}
+
+pub struct Machine {
+    _kvm: Kvm,
+    pub vm: VmFd,
+    pub mem: GuestMemoryMmap,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl Machine {
+    pub fn new(memory_mib: u32, vcpu_count: u8) -> Result<Self, VmmError> {
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        let vm = kvm
+            .create_vm()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;
+        vm.set_tss_address(TSS_ADDR)
+            .map_err(|e| VmmError::Kvm("KVM_SET_TSS_ADDR", e))?;
+        vm.create_irq_chip()
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_IRQCHIP", e))?;
+        let size = usize::try_from(u64::from(memory_mib) << 20).map_err(|_| VmmError::Memory)?;
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size)])
+            .map_err(|_| VmmError::Memory)?;
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VmmError::Memory)?;
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mmap owned by `mem`, which `Machine` keeps for as
+            // long as the VM exists, and slots do not overlap.
+            unsafe { vm.set_user_memory_region(r) }
+                .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION", e))?;
+        }
+        let cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(|e| VmmError::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+        let mut vcpus = Vec::new();
+        for id in 0..vcpu_count {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(|e| VmmError::Kvm("KVM_CREATE_VCPU", e))?;
+            vcpu.set_cpuid2(&cpuid)
+                .map_err(|e| VmmError::Kvm("KVM_SET_CPUID2", e))?;
+            vcpus.push(vcpu);
+        }
+        Ok(Self {
+            _kvm: kvm,
+            vm,
+            mem,
+            vcpus,
+        })
+    }
+
+    /// Writes the GDT and the payload, and points vCPU 0 at the entry in protected mode.
+    /// Other vCPUs stay in wait-for-SIPI, as on real hardware.
+    pub fn load(&mut self, payload: &Payload) -> Result<(), VmmError> {
+        for (i, entry) in gdt_entries().iter().enumerate() {
+            self.mem
+                .write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))
+                .map_err(|_| VmmError::Memory)?;
+        }
+        let end = payload.load_addr + payload.image.len() as u64;
+        if end > self.mem.last_addr().0 {
+            return Err(VmmError::PayloadTooLarge(payload.name.clone()));
+        }
+        self.mem
+            .write_slice(&payload.image, GuestAddress(payload.load_addr))
+            .map_err(|_| VmmError::Memory)?;
+        let Some(bsp) = self.vcpus.first() else {
+            return Err(VmmError::NoVcpu);
+        };
+        let mut sregs = bsp
+            .get_sregs()
+            .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = segment(0x08, true);
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.fs,
+            &mut sregs.gs,
+            &mut sregs.ss,
+        ] {
+            *seg = segment(0x10, false);
+        }
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (gdt_entries().len() * 8 - 1) as u16;
+        sregs.cr0 |= 1; // PE
+        bsp.set_sregs(&sregs)
+            .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
+        let mut regs = bsp
+            .get_regs()
+            .map_err(|e| VmmError::Kvm("KVM_GET_REGS", e))?;
+        regs.rip = payload.entry;
+        regs.rflags = 0x2;
+        bsp.set_regs(&regs)
+            .map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
+        // LINT0 = ExtINT so the 8259's output reaches the CPU, LINT1 = NMI.
+        let mut lapic = bsp
+            .get_lapic()
+            .map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
+        for (offset, mode) in [(APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)] {
+            let mut bytes = [0u8; 4];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = lapic.regs[offset + i] as u8;
+            }
+            let value = lvt_with_mode(u32::from_le_bytes(bytes), mode);
+            for (i, b) in value.to_le_bytes().iter().enumerate() {
+                lapic.regs[offset + i] = *b as _;
+            }
+        }
+        bsp.set_lapic(&lapic)
+            .map_err(|e| VmmError::Kvm("KVM_SET_LAPIC", e))?;
+        Ok(())
+    }
+
+    /// Runs all vCPUs until the guest ends or `stop` is set; joins every vCPU thread.
+    pub fn run(
+        &mut self,
+        bus: Arc<Mutex<IoBus>>,
+        stop: &AtomicBool,
+    ) -> Result<GuestExit, VmmError> {
+        extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+        register_signal_handler(SIGRTMIN(), kick).map_err(VmmError::Signal)?;
+        let (tx, rx) = mpsc::channel();
+        let halt_all = Arc::new(AtomicBool::new(false));
+        let mut threads: Vec<JoinHandle<()>> = Vec::new();
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let (tx, bus, halt) = (tx.clone(), bus.clone(), halt_all.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let result = vcpu_loop(id, vcpu, &bus, &halt);
+                    let _ = tx.send(result);
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    halt_all.store(true, Ordering::SeqCst);
+                    stop_threads(&threads);
+                    return Err(VmmError::Thread(e));
+                }
+            }
+        }
+        drop(tx);
+        let outcome = loop {
+            if stop.load(Ordering::SeqCst) {
+                break Ok(GuestExit::Stopped);
+            }
+            match rx.recv_timeout(KICK_INTERVAL) {
+                Ok(Some(result)) => break result,
+                Ok(None) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => kick_all(&threads),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break Ok(GuestExit::Stopped),
+            }
+        };
+        halt_all.store(true, Ordering::SeqCst);
+        stop_threads(&threads);
+        for t in threads {
+            let _ = t.join();
+        }
+        outcome
+    }
+}
+
+fn kick_all(threads: &[JoinHandle<()>]) {
+    use std::os::unix::thread::JoinHandleExt;
+    for t in threads {
+        if !t.is_finished() {
+            // SAFETY: the thread is not joined (we hold its handle), so the pthread_t is
+            // valid; the signal has a no-op handler and only interrupts KVM_RUN.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), SIGRTMIN()) };
+        }
+    }
+}
+
+fn stop_threads(threads: &[JoinHandle<()>]) {
+    while threads.iter().any(|t| !t.is_finished()) {
+        kick_all(threads);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `Some(result)` ends the guest; `None` means this vCPU stopped because it was told to.
+type VcpuResult = Option<Result<GuestExit, VmmError>>;
+
+fn vcpu_loop(id: usize, mut vcpu: VcpuFd, bus: &Mutex<IoBus>, halt_all: &AtomicBool) -> VcpuResult {
+    loop {
+        if halt_all.load(Ordering::SeqCst) {
+            return None;
+        }
+        let exit = match vcpu.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                if id == 0 && halted_for_good(&vcpu) {
+                    return Some(Ok(GuestExit::Halted));
+                }
+                continue;
+            }
+            Err(e) => return Some(Err(VmmError::Kvm("KVM_RUN", e))),
+        };
+        let Ok(mut bus) = bus.lock() else {
+            return Some(Err(VmmError::Poisoned));
+        };
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                if let Action::Exit(code) = bus.pio_write(port, data) {
+                    return Some(Ok(GuestExit::Code(code)));
+                }
+            }
+            VcpuExit::IoIn(port, data) => bus.pio_read(port, data),
+            VcpuExit::MmioRead(addr, data) => bus.mmio_read(addr, data),
+            VcpuExit::MmioWrite(addr, data) => bus.mmio_write(addr, data),
+            VcpuExit::Hlt => {
+                drop(bus);
+                if let Ok(regs) = vcpu.get_regs() {
+                    if regs.rflags & RFLAGS_IF == 0 {
+                        return Some(Ok(GuestExit::Halted));
+                    }
+                }
+            }
+            VcpuExit::Shutdown => return Some(Ok(GuestExit::Shutdown)),
+            other => {
+                let what = format!("{other:?}");
+                drop(bus);
+                let rip = vcpu.get_regs().map(|r| r.rip).unwrap_or(0);
+                return Some(Err(VmmError::UnexpectedExit(format!(
+                    "{what} at rip {rip:#x}"
+                ))));
+            }
+        }
+    }
+}
+
+/// With the in-kernel irqchip a HLT never exits to us, so a kicked vCPU is inspected instead.
+fn halted_for_good(vcpu: &VcpuFd) -> bool {
+    let Ok(mp) = vcpu.get_mp_state() else {
+        return false;
+    };
+    let Ok(regs) = vcpu.get_regs() else {
+        return false;
+    };
+    mp.mp_state == KVM_MP_STATE_HALTED && regs.rflags & RFLAGS_IF == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gdt_is_flat_code_and_data() {
+        let g = gdt_entries();
+        assert_eq!(g[0], 0);
+        // access byte: present, ring 0, code exec/read (0x9a) and data read/write (0x92)
+        assert_eq!((g[1] >> 40) & 0xff, 0x9a);
+        assert_eq!((g[2] >> 40) & 0xff, 0x92);
+        // granularity 4 KiB and 32-bit default size
+        assert_eq!((g[1] >> 52) & 0xc, 0xc);
+    }
+
+    #[test]
+    fn lvt_mode_unmasks_and_sets_delivery() {
+        assert_eq!(lvt_with_mode(0x0001_0000, APIC_MODE_EXTINT), 0x700);
+        assert_eq!(lvt_with_mode(0x0001_0700, APIC_MODE_NMI), 0x400);
+    }
+}

@@ -1,0 +1,386 @@
+//! The guest launcher behind `vgpud-vmm` (one process per guest): a KVM VM with a flat
+//! payload, a 16550 UART, a PCI host bridge and one passthrough device behind the
+//! `PassthroughDevice` seam (emulated here, VFIO where the host has it).
+
+pub mod bus;
+pub mod device;
+pub mod kvm;
+pub mod payload;
+pub mod pci;
+pub mod uart;
+pub mod vfio;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+pub use device::{EmulatedDevice, PassthroughDevice};
+pub use kvm::GuestExit;
+pub use vfio::VfioPassthrough;
+
+/// The GSI (8259 line) the passthrough device's INTx is wired to; firmware writes it into
+/// the interrupt line register.
+pub const DEVICE_GSI: u32 = 10;
+const IO_WINDOW: u64 = 0xc000;
+const MEM_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
+const MAX_MEMORY_MIB: u32 = 3 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot open /dev/kvm (make sure it exists and your user can open it)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("{0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("guest memory cannot be set up")]
+    Memory,
+    #[error("payload {0} does not fit in guest memory")]
+    PayloadTooLarge(String),
+    #[error("no vCPU to start")]
+    NoVcpu,
+    #[error("vCPU kick signal cannot be registered")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    #[error("vCPU thread cannot be started")]
+    Thread(#[source] std::io::Error),
+    #[error("device state lock was poisoned by a panicking vCPU")]
+    Poisoned,
+    #[error("guest made an exit the VMM does not handle: {0}")]
+    UnexpectedExit(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("cannot read payload file {path}")]
+    PayloadFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("payload cannot be assembled")]
+    Assemble(#[source] payload::PayloadError),
+    #[error("cannot open serial log {path}")]
+    SerialLog {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("device description")]
+    Description(#[from] device::DescriptionError),
+    #[error("VFIO device")]
+    Vfio(#[from] vfio::VfioError),
+    #[error("device BARs do not fit the 32-bit PCI windows (IO {IO_WINDOW:#x}.., memory 0xc0000000..0xe0000000)")]
+    BarsTooLarge,
+    #[error("booting a Linux kernel (--kernel) is not implemented in this build; use --payload")]
+    KernelNotImplemented,
+    #[error("KVM_IRQFD for the device interrupt failed")]
+    Irqfd(#[source] kvm_ioctls::Error),
+}
+
+/// The passthrough device of a guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
+    Emulated(PathBuf),
+    /// A VFIO device by sysfs path.
+    Vfio(PathBuf),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = VmmError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            VmmError::InvalidArgument(format!(
+                "device {s:?} must be emulated:FILE.json or vfio:/sys/bus/mdev/devices/UUID"
+            ))
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        if rest.is_empty() {
+            return Err(bad());
+        }
+        match kind {
+            "emulated" => Ok(Self::Emulated(rest.into())),
+            "vfio" => Ok(Self::Vfio(rest.into())),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// What to run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// A built-in payload name or a raw image file (32-bit protected mode, see `payload`).
+    Payload(String),
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct VmmConfig {
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub device: Option<DeviceSpec>,
+    pub boot: Boot,
+    pub serial_log: Option<PathBuf>,
+    pub console: bool,
+}
+
+impl VmmConfig {
+    pub fn validate(&self) -> Result<(), VmmError> {
+        if !(1..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(VmmError::InvalidArgument(format!(
+                "memory must be 1..={MAX_MEMORY_MIB} MiB (below the PCI hole), not {}",
+                self.memory_mib
+            )));
+        }
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(VmmError::InvalidArgument(format!(
+                "vcpus must be 1..=64, not {}",
+                self.vcpus
+            )));
+        }
+        Ok(())
+    }
+
+    /// The `vgpud-vmm` command line for this configuration, for a daemon that spawns it.
+    pub fn command(&self, binary: &Path) -> Command {
+        let mut cmd = Command::new(binary);
+        cmd.arg("--memory-mib")
+            .arg(self.memory_mib.to_string())
+            .arg("--vcpus")
+            .arg(self.vcpus.to_string());
+        match &self.device {
+            Some(DeviceSpec::Emulated(p)) => {
+                cmd.arg("--device").arg(format!("emulated:{}", p.display()))
+            }
+            Some(DeviceSpec::Vfio(p)) => cmd.arg("--device").arg(format!("vfio:{}", p.display())),
+            None => &mut cmd,
+        };
+        match &self.boot {
+            Boot::Payload(p) => cmd.arg("--payload").arg(p),
+            Boot::Kernel {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                cmd.arg("--kernel")
+                    .arg(kernel)
+                    .arg("--cmdline")
+                    .arg(cmdline);
+                if let Some(i) = initrd {
+                    cmd.arg("--initrd").arg(i);
+                }
+                &mut cmd
+            }
+        };
+        if let Some(log) = &self.serial_log {
+            cmd.arg("--serial-log").arg(log);
+        }
+        if self.console {
+            cmd.arg("--console");
+        }
+        cmd
+    }
+}
+
+/// The process exit status for a guest exit: the payload's code, 0 for a final halt,
+/// 143 (128 + SIGTERM) when stopped, 125 for a triple fault.
+pub fn exit_status(exit: &GuestExit) -> i32 {
+    match exit {
+        GuestExit::Code(c) => i32::from(*c),
+        GuestExit::Halted => 0,
+        GuestExit::Stopped => 143,
+        GuestExit::Shutdown => 125,
+    }
+}
+
+struct Tee(Vec<Box<dyn Write + Send>>);
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for w in &mut self.0 {
+            w.write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        for w in &mut self.0 {
+            w.flush()?;
+        }
+        Ok(())
+    }
+}
+
+fn load_payload(name: &str) -> Result<payload::Payload, VmmError> {
+    if let Some(built) = payload::builtin(name) {
+        return built.map_err(VmmError::Assemble);
+    }
+    let image = std::fs::read(name).map_err(|source| VmmError::PayloadFile {
+        path: name.to_owned(),
+        source,
+    })?;
+    Ok(payload::from_file(name, image))
+}
+
+/// Places the device's BARs like firmware and wires its INTx line.
+fn firmware_setup(dev: &mut dyn PassthroughDevice) -> Result<(), VmmError> {
+    let placed = pci::assign_addresses(dev.bars(), IO_WINDOW, MEM_WINDOW.0, MEM_WINDOW.1)
+        .ok_or(VmmError::BarsTooLarge)?;
+    for (index, base) in placed {
+        let reg = 0x10 + 4 * index as u16;
+        dev.config_write(reg, 4, base as u32);
+        if matches!(dev.bars().slot(index), pci::BarSlot::Mem64Low { .. }) {
+            dev.config_write(reg + 4, 4, (base >> 32) as u32);
+        }
+    }
+    dev.config_write(0x3c, 1, DEVICE_GSI);
+    Ok(())
+}
+
+/// Builds and runs one guest until it ends or `stop` is set (the binary sets it on SIGTERM).
+/// `report` receives the VMM's own status lines (device kind) before the guest starts.
+pub fn launch(
+    config: &VmmConfig,
+    stop: &AtomicBool,
+    report: &mut dyn FnMut(&str),
+) -> Result<GuestExit, VmmError> {
+    config.validate()?;
+    let payload = match &config.boot {
+        Boot::Payload(name) => load_payload(name)?,
+        Boot::Kernel { .. } => return Err(VmmError::KernelNotImplemented),
+    };
+    let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
+    if let Some(path) = &config.serial_log {
+        let file = std::fs::File::create(path).map_err(|source| VmmError::SerialLog {
+            path: path.display().to_string(),
+            source,
+        })?;
+        sinks.push(Box::new(file));
+    }
+    if config.console {
+        sinks.push(Box::new(std::io::stdout()));
+    }
+    let mut machine = kvm::Machine::new(config.memory_mib, config.vcpus)?;
+    let mut device: Option<Box<dyn PassthroughDevice>> = match &config.device {
+        None => None,
+        Some(DeviceSpec::Emulated(path)) => {
+            let desc = device::load_description(&path.to_string_lossy())?;
+            Some(Box::new(EmulatedDevice::new(&desc)?))
+        }
+        Some(DeviceSpec::Vfio(path)) => Some(Box::new(VfioPassthrough::open(
+            path,
+            &machine.vm,
+            &machine.mem,
+        )?)),
+    };
+    let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
+    match device.as_mut() {
+        Some(dev) => {
+            firmware_setup(dev.as_mut())?;
+            if let Some(fd) = dev.irq_eventfd() {
+                machine
+                    .vm
+                    .register_irqfd(fd, DEVICE_GSI)
+                    .map_err(VmmError::Irqfd)?;
+            }
+            let line = format!("device: 00:{:02x}.0 {}", bus::DEVICE_SLOT, dev.describe());
+            report(&line);
+            uart.write_host_line(&format!("vgpud-vmm: {line}"));
+        }
+        None => report("device: none"),
+    }
+    machine.load(&payload)?;
+    let io = Arc::new(Mutex::new(bus::IoBus::new(uart, device)));
+    machine.run(io, stop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        assert_eq!(
+            "emulated:/tmp/t4.json".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Emulated("/tmp/t4.json".into())
+        );
+        assert_eq!(
+            "vfio:/sys/bus/mdev/devices/u"
+                .parse::<DeviceSpec>()
+                .unwrap(),
+            DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())
+        );
+        for bad in ["", "emulated", "emulated:", "qemu:/x", "/tmp/t4.json"] {
+            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
+        }
+    }
+
+    fn config() -> VmmConfig {
+        VmmConfig {
+            memory_mib: 64,
+            vcpus: 1,
+            device: Some(DeviceSpec::Emulated("/tmp/d.json".into())),
+            boot: Boot::Payload("pci-probe".into()),
+            serial_log: Some("/tmp/s.log".into()),
+            console: true,
+        }
+    }
+
+    #[test]
+    fn validation_bounds() {
+        assert!(config().validate().is_ok());
+        let mut c = config();
+        c.memory_mib = 4096;
+        assert!(c.validate().is_err());
+        c = config();
+        c.vcpus = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn command_builder_round_trips_flags() {
+        let cmd = config().command(Path::new("/usr/bin/vgpud-vmm"));
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--memory-mib",
+                "64",
+                "--vcpus",
+                "1",
+                "--device",
+                "emulated:/tmp/d.json",
+                "--payload",
+                "pci-probe",
+                "--serial-log",
+                "/tmp/s.log",
+                "--console"
+            ]
+        );
+    }
+
+    #[test]
+    fn exit_statuses() {
+        assert_eq!(exit_status(&GuestExit::Code(3)), 3);
+        assert_eq!(exit_status(&GuestExit::Halted), 0);
+        assert_eq!(exit_status(&GuestExit::Stopped), 143);
+    }
+
+    #[test]
+    fn firmware_places_t4_bars_and_line() {
+        let desc = device::parse_description(
+            "t4",
+            r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216},
+            {"index":1,"size":268435456,"prefetchable":true,"is64":true}]}"#,
+        )
+        .unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        firmware_setup(&mut dev).unwrap();
+        assert_eq!(dev.config_read(0x10, 4), 0xd000_0000);
+        assert_eq!(dev.config_read(0x14, 4), 0xc000_000c);
+        assert_eq!(dev.config_read(0x3c, 1), DEVICE_GSI);
+    }
+}

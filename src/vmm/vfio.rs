@@ -1,0 +1,280 @@
+//! The VFIO implementation of the passthrough seam: the device's config region forwarded with
+//! BARs virtualized (guest addresses live here, the device keeps its own), BAR accesses
+//! forwarded to the device regions, guest RAM mapped for DMA, INTx through an eventfd that
+//! KVM injects. Needs /dev/vfio, which no machine here has: only the pure helpers are tested.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_ioctls::VmFd;
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::device::PassthroughDevice;
+use super::pci::{BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
+use crate::sim::profile::GuestBar;
+
+/// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
+pub const CONFIG_REGION: u32 = 7;
+pub const INTX_IRQ: u32 = 0;
+const REGION_FLAG_IO_HINT: u32 = 1 << 31; // not a kernel flag: marks IO BARs in `bar_layout`
+
+#[derive(Debug, thiserror::Error)]
+pub enum VfioError {
+    #[error("no VFIO device at {0}: the path must be /sys/bus/mdev/devices/<uuid> or /sys/bus/pci/devices/<address>")]
+    NotADevice(PathBuf),
+    #[error(
+        "VFIO is not available on this host (no /dev/vfio/vfio); load vfio and vfio_iommu_type1"
+    )]
+    NoVfio,
+    #[error("VFIO setup failed at {0}")]
+    Setup(&'static str, #[source] vfio_ioctls::VfioError),
+    #[error("KVM-VFIO device cannot be created")]
+    KvmDevice(#[source] kvm_ioctls::Error),
+    #[error("eventfd for INTx cannot be created")]
+    EventFd(#[source] std::io::Error),
+    #[error("device BARs are not a valid layout")]
+    Bars(#[from] super::pci::BarError),
+}
+
+/// Accepts the two sysfs forms a vGPU comes as: an mdev, or a PCI function (an NVIDIA
+/// vendor-sysfs VF bound to vfio-pci).
+pub fn check_sysfs_path(path: &Path) -> Result<(), VfioError> {
+    let s = path.to_string_lossy();
+    let ok = ["/sys/bus/mdev/devices/", "/sys/bus/pci/devices/"]
+        .iter()
+        .any(|prefix| {
+            s.starts_with(prefix) && s.len() > prefix.len() && !s[prefix.len()..].contains('/')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(VfioError::NotADevice(path.to_owned()))
+    }
+}
+
+/// BAR layout from the device's region flags and sizes (as VFIO_DEVICE_GET_REGION_INFO
+/// gives them) and the BAR registers read from its config space, which carry the type bits.
+pub fn bar_layout(regions: &[(u64, u32)], bar_regs: &[u32; 6]) -> Vec<GuestBar> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < 6 {
+        let (size, flags) = regions.get(i).copied().unwrap_or((0, 0));
+        let reg = bar_regs[i];
+        if size == 0 {
+            i += 1;
+            continue;
+        }
+        let io = reg & 1 == 1 || flags & REGION_FLAG_IO_HINT != 0;
+        let is64 = !io && (reg >> 1) & 3 == 2;
+        out.push(GuestBar {
+            index: i as u8,
+            size: size.next_power_of_two(),
+            io,
+            prefetchable: !io && reg & 8 != 0,
+            is64,
+        });
+        i += if is64 { 2 } else { 1 };
+    }
+    out
+}
+
+/// Whether a config access at `offset` is virtualized here instead of going to the device.
+pub fn is_virtualized(offset: u16) -> bool {
+    (0x10..0x28).contains(&offset)
+        || (0x30..0x34).contains(&offset)
+        || (0x3c..0x3d).contains(&offset)
+}
+
+/// VFIO passthrough of an mdev or a PCI function.
+pub struct VfioPassthrough {
+    device: VfioDevice,
+    _container: Arc<VfioContainer>,
+    path: PathBuf,
+    bars: Bars,
+    virtual_bars: Bars,
+    command: u16,
+    interrupt_line: u8,
+    irq: EventFd,
+}
+
+impl VfioPassthrough {
+    /// Opens the device, tells KVM about its group, maps guest RAM for DMA, enables INTx.
+    pub fn open(path: &Path, vm: &VmFd, mem: &GuestMemoryMmap) -> Result<Self, VfioError> {
+        check_sysfs_path(path)?;
+        if !Path::new("/dev/vfio/vfio").exists() {
+            return Err(VfioError::NoVfio);
+        }
+        let mut kvm_vfio = kvm_create_device {
+            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
+            fd: 0,
+            flags: 0,
+        };
+        let fd = vm
+            .create_device(&mut kvm_vfio)
+            .map_err(VfioError::KvmDevice)?;
+        let handle = Arc::new(VfioDeviceFd::new_from_kvm(fd));
+        let container = Arc::new(
+            VfioContainer::new(Some(handle)).map_err(|e| VfioError::Setup("container", e))?,
+        );
+        let device = VfioDevice::new(path, container.clone() as Arc<dyn VfioOps>, false)
+            .map_err(|e| VfioError::Setup("device", e))?;
+        for region in mem.iter() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VfioError::NotADevice(path.to_owned()))?;
+            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
+            // the guest memory, which outlives the container (both live until the VMM exits).
+            unsafe { container.vfio_dma_map(region.start_addr().0, region.len() as usize, host) }
+                .map_err(|e| VfioError::Setup("dma map", e))?;
+        }
+        let mut regs = [0u32; 6];
+        for (i, reg) in regs.iter_mut().enumerate() {
+            let mut buf = [0u8; 4];
+            device.region_read(CONFIG_REGION, &mut buf, 0x10 + 4 * i as u64);
+            *reg = u32::from_le_bytes(buf);
+        }
+        let regions: Vec<(u64, u32)> = (0..6)
+            .map(|i| (device.get_region_size(i), device.get_region_flags(i)))
+            .collect();
+        let bars = Bars::new(&bar_layout(&regions, &regs))?;
+        let irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
+        device
+            .enable_irq(INTX_IRQ, vec![&irq])
+            .map_err(|e| VfioError::Setup("INTx", e))?;
+        Ok(Self {
+            device,
+            _container: container,
+            path: path.to_owned(),
+            virtual_bars: bars.clone(),
+            bars,
+            command: 0,
+            interrupt_line: 0,
+            irq,
+        })
+    }
+}
+
+impl PassthroughDevice for VfioPassthrough {
+    fn describe(&self) -> String {
+        format!("VFIO {}", self.path.display())
+    }
+
+    fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        let dword = offset & !3;
+        let value = match dword {
+            0x10..=0x24 => self.virtual_bars.read(usize::from((dword - 0x10) / 4)),
+            0x30 => 0, // no expansion ROM exposed
+            0x3c => {
+                let mut buf = [0u8; 4];
+                self.device.region_read(CONFIG_REGION, &mut buf, 0x3c);
+                (u32::from_le_bytes(buf) & !0xff) | u32::from(self.interrupt_line)
+            }
+            _ => {
+                let mut buf = [0u8; 4];
+                self.device
+                    .region_read(CONFIG_REGION, &mut buf, u64::from(dword));
+                u32::from_le_bytes(buf)
+            }
+        };
+        super::pci::extract(value, offset, size)
+    }
+
+    fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        let dword = offset & !3;
+        match dword {
+            0x10..=0x24 => {
+                let i = usize::from((dword - 0x10) / 4);
+                let merged = super::pci::merge(self.virtual_bars.read(i), offset, size, value);
+                self.virtual_bars.write(i, merged);
+            }
+            0x30 => {}
+            0x3c if offset == 0x3c => self.interrupt_line = value as u8,
+            _ => {
+                if dword == 4 {
+                    self.command =
+                        super::pci::merge(u32::from(self.command), offset, size, value) as u16;
+                }
+                let bytes = value.to_le_bytes();
+                let n = usize::from(size).min(4);
+                self.device
+                    .region_write(CONFIG_REGION, &bytes[..n], u64::from(offset));
+            }
+        }
+    }
+
+    fn bar_regions(&self) -> Vec<BarRegion> {
+        let command = self.command;
+        self.virtual_bars
+            .regions()
+            .filter(|r| command & if r.io { COMMAND_IO } else { COMMAND_MEMORY } != 0)
+            .collect()
+    }
+
+    fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.device.region_read(bar as u32, data, offset);
+    }
+
+    fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.device.region_write(bar as u32, data, offset);
+    }
+
+    fn irq_eventfd(&self) -> Option<&EventFd> {
+        Some(&self.irq)
+    }
+
+    fn bars(&self) -> &Bars {
+        &self.bars
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysfs_paths_are_checked() {
+        assert!(check_sysfs_path(Path::new(
+            "/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
+        ))
+        .is_ok());
+        assert!(check_sysfs_path(Path::new("/sys/bus/pci/devices/0000:41:00.4")).is_ok());
+        assert!(check_sysfs_path(Path::new("/sys/bus/mdev/devices/")).is_err());
+        assert!(check_sysfs_path(Path::new("/dev/vfio/12")).is_err());
+        assert!(check_sysfs_path(Path::new("/sys/bus/pci/devices/0000:41:00.4/../x")).is_err());
+    }
+
+    #[test]
+    fn layout_from_regions_keeps_64bit_pairs() {
+        let regions = [
+            (16 << 20, 0),
+            (256 << 20, 0),
+            (0, 0),
+            (32 << 20, 0),
+            (0, 0),
+            (0x80, REGION_FLAG_IO_HINT),
+        ];
+        let regs = [0xfd00_0000, 0xe000_000c, 0, 0xf000_000c, 0, 0xe001];
+        let bars = bar_layout(&regions, &regs);
+        assert_eq!(bars.len(), 4);
+        assert!(bars[1].is64 && bars[1].prefetchable && bars[1].index == 1);
+        assert_eq!(bars[2].index, 3);
+        assert!(bars[3].io && bars[3].size == 0x80);
+        assert!(Bars::new(&bars).is_ok());
+    }
+
+    #[test]
+    fn odd_region_sizes_round_up_to_power_of_two() {
+        let bars = bar_layout(&[(0x3000, 0)], &[0, 0, 0, 0, 0, 0]);
+        assert_eq!(bars[0].size, 0x4000);
+    }
+
+    #[test]
+    fn virtualized_offsets_cover_bars_rom_and_line() {
+        assert!(is_virtualized(0x10) && is_virtualized(0x27));
+        assert!(is_virtualized(0x30) && is_virtualized(0x3c));
+        assert!(!is_virtualized(0x04) && !is_virtualized(0x3d) && !is_virtualized(0x40));
+    }
+}
