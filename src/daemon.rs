@@ -26,6 +26,10 @@ pub struct DaemonOptions {
     /// Policy lives in `<config_dir>/policy.d/*.toml`.
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
+    /// The `vgpud-vmm` binary guests run in; default: next to this executable.
+    pub vmm_binary: Option<PathBuf>,
+    /// A simulated host's control socket: guests get an emulated device described by it.
+    pub sim_control: Option<PathBuf>,
 }
 
 impl Default for DaemonOptions {
@@ -39,6 +43,8 @@ impl Default for DaemonOptions {
             definitions_dir: PathBuf::from("/etc/mdevctl.d"),
             config_dir: PathBuf::from("/etc/vgpud"),
             state_dir: PathBuf::from("/var/lib/vgpud"),
+            vmm_binary: None,
+            sim_control: None,
         }
     }
 }
@@ -77,6 +83,23 @@ pub async fn run(
     };
     tracing::info!("policy: {}", config.policy.summary());
     config.policy_dir = Some(policy_dir);
+    let guests_dir = opts.state_dir.join("guests");
+    let source: std::sync::Arc<dyn crate::guests::DeviceSource> = match &opts.sim_control {
+        Some(control) => std::sync::Arc::new(crate::guests::SimSource {
+            control: control.clone(),
+            dev_root: opts.dev.clone(),
+            dir: guests_dir.join("devices"),
+        }),
+        None => std::sync::Arc::new(crate::guests::VfioSource),
+    };
+    config.guests = Some(crate::guests::GuestConfig {
+        vmm_binary: opts
+            .vmm_binary
+            .clone()
+            .unwrap_or_else(crate::guests::GuestConfig::default_binary),
+        source,
+        dir: guests_dir,
+    });
     let (handle, changes) = manager::spawn(config).await?;
     let conn = dbus::connect(&opts.bus).await.map_err(|e| {
         Error::Failed(format!(

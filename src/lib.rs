@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod events;
+pub mod guests;
 pub mod holders;
 pub mod manager;
 pub mod model;

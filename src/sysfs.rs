@@ -1,11 +1,15 @@
 //! Typed reads and writes of kernel attributes under one injected sysfs root.
-//! Paths are built only from fixed literals and validated model names, and every path is
-//! resolved and checked to stay inside the root before it is read, listed or written.
+//! Paths are built only from fixed literals and validated model names, and every open goes
+//! through openat2(RESOLVE_BENEATH) from the root's directory: the kernel itself refuses any
+//! resolution (`..`, a symlink) that would leave the root, in one system call per access.
 
 use std::fs;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 
 use crate::error::{Error, Result};
 use crate::model::{MdevUuid, ParentName, TypeId};
@@ -22,6 +26,15 @@ pub struct SysfsRoot(Arc<RootInner>);
 struct RootInner {
     given: PathBuf,
     canonical: PathBuf,
+    /// The root directory, opened once; every access resolves beneath it.
+    dir: OwnedFd,
+}
+
+/// How an access under the root ended, before it is given a domain meaning.
+enum Beneath {
+    Opened(fs::File),
+    Missing,
+    Outside,
 }
 
 /// One piece of a sysfs path: a validated model name or a fixed literal.
@@ -147,7 +160,12 @@ impl SysfsRoot {
     pub fn new(path: impl Into<PathBuf>) -> Result<Self> {
         let given = path.into();
         let canonical = fs::canonicalize(&given).map_err(|e| Error::io(&given, e))?;
-        Ok(SysfsRoot(Arc::new(RootInner { given, canonical })))
+        let dir = fs::File::open(&canonical).map_err(|e| Error::io(&given, e))?;
+        Ok(SysfsRoot(Arc::new(RootInner {
+            given,
+            canonical,
+            dir: dir.into(),
+        })))
     }
 
     /// The production root, /sys.
@@ -170,6 +188,41 @@ impl SysfsRoot {
         SysPath(self.0.canonical.join(literal))
     }
 
+    /// Opens `path` (under the root) with `flags`, resolving strictly beneath the root.
+    fn open_beneath(&self, path: &Path, flags: OFlag) -> io::Result<Beneath> {
+        let rel = match path.strip_prefix(&self.0.canonical) {
+            Ok(r) if r.as_os_str().is_empty() => Path::new("."),
+            Ok(r) => r,
+            Err(_) => return Ok(Beneath::Outside),
+        };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        // EAGAIN: a rename or mount elsewhere on the system raced with a `..` in the walk and
+        // the kernel could not prove it stayed beneath the root; the walk is simply retried.
+        let mut attempts = 0;
+        loop {
+            match nix::fcntl::openat2(self.0.dir.as_raw_fd(), rel, how) {
+                // SAFETY: openat2 returned a new descriptor that nothing else owns.
+                Ok(fd) => return Ok(Beneath::Opened(unsafe { fs::File::from_raw_fd(fd) })),
+                Err(nix::errno::Errno::EXDEV) => return Ok(Beneath::Outside),
+                Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+                    return Ok(Beneath::Missing)
+                }
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) if attempts < 64 => {
+                    attempts += 1;
+                    std::thread::yield_now();
+                }
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+
+    /// The canonical path of an open descriptor (from /proc/self/fd).
+    fn path_of(file: &fs::File) -> io::Result<PathBuf> {
+        fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    }
+
     /// Whether `path` is inside the root, once `..` and `.` are applied lexically.
     fn contains(&self, path: &Path) -> bool {
         normalize(path).starts_with(&self.0.canonical)
@@ -178,10 +231,17 @@ impl SysfsRoot {
     /// `path` with every symlink resolved, checked to be inside the root; `None` if it (or a
     /// link on the way) does not exist.
     pub fn resolve(&self, path: &SysPath) -> Result<Option<PathBuf>> {
-        match fs::canonicalize(&path.0) {
-            Ok(p) if self.contains(&p) => Ok(Some(p)),
-            Ok(_) => Err(Error::OutsideRoot(path.0.clone())),
-            Err(e) if is_missing(&e) => Ok(None),
+        match self.open_beneath(&path.0, OFlag::O_PATH) {
+            Ok(Beneath::Opened(f)) => {
+                let real = Self::path_of(&f).map_err(|e| Error::io(&path.0, e))?;
+                if self.contains(&real) {
+                    Ok(Some(real))
+                } else {
+                    Err(Error::OutsideRoot(path.0.clone()))
+                }
+            }
+            Ok(Beneath::Missing) => Ok(None),
+            Ok(Beneath::Outside) => Err(Error::OutsideRoot(path.0.clone())),
             Err(e) => Err(Error::io(&path.0, e)),
         }
     }
@@ -193,12 +253,10 @@ impl SysfsRoot {
 
     /// The text of an attribute without its trailing newline(s); `None` when it does not exist.
     pub fn read_attr(&self, path: &SysPath) -> Result<Option<String>> {
-        let Some(real) = self.resolve(path)? else {
-            return Ok(None);
-        };
-        let file = match fs::File::open(&real) {
-            Ok(f) => f,
-            Err(e) if is_missing(&e) => return Ok(None),
+        let file = match self.open_beneath(&path.0, OFlag::O_RDONLY) {
+            Ok(Beneath::Opened(f)) => f,
+            Ok(Beneath::Missing) => return Ok(None),
+            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
             Err(e) => return Err(Error::io(&path.0, e)),
         };
         let mut bytes = Vec::new();
@@ -252,26 +310,31 @@ impl SysfsRoot {
     /// The last component of what the symlink at `path` points to ("12" for an iommu_group
     /// link); `None` when there is no such link. The target must be inside the root.
     pub fn read_link_name(&self, path: &SysPath) -> Result<Option<String>> {
-        // Resolve the directory holding the link first, so no link outside the root is read.
         let (Some(dir), Some(file)) = (path.0.parent(), path.0.file_name()) else {
             return Ok(None);
         };
-        let dir = match fs::canonicalize(dir) {
-            Ok(d) if self.contains(&d) => d,
-            Ok(_) => return Err(Error::OutsideRoot(path.0.clone())),
-            Err(e) if is_missing(&e) => return Ok(None),
+        // The directory holding the link, resolved beneath the root, then the link itself.
+        let dir_fd = match self.open_beneath(dir, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+            Ok(Beneath::Opened(f)) => f,
+            Ok(Beneath::Missing) => return Ok(None),
+            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
             Err(e) => return Err(Error::io(&path.0, e)),
         };
-        let link = dir.join(file);
-        let target = match fs::read_link(&link) {
-            Ok(t) => t,
-            Err(e) if is_missing(&e) => return Ok(None),
-            Err(e) => return Err(Error::io(&path.0, e)),
+        let target = match nix::fcntl::readlinkat(Some(dir_fd.as_raw_fd()), file) {
+            Ok(t) => PathBuf::from(t),
+            Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => return Ok(None),
+            Err(nix::errno::Errno::EINVAL) => {
+                return Err(Error::bad_attribute(&path.0, "not a symbolic link"))
+            }
+            Err(e) => return Err(Error::io(&path.0, io::Error::from(e))),
         };
-        let last = match fs::canonicalize(&link) {
-            Ok(real) => real,
-            // A dangling link: judge where it would point, and take the name from the link.
-            Err(e) if is_missing(&e) => normalize(&dir.join(&target)),
+        // Where it points must be inside the root: followed beneath the root when it exists,
+        // judged lexically when it dangles (a driver link while the driver is going away).
+        let dir_real = Self::path_of(&dir_fd).map_err(|e| Error::io(&path.0, e))?;
+        let last = match self.open_beneath(&dir_real.join(file), OFlag::O_PATH) {
+            Ok(Beneath::Opened(f)) => Self::path_of(&f).map_err(|e| Error::io(&path.0, e))?,
+            Ok(Beneath::Missing) => normalize(&dir_real.join(&target)),
+            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
             Err(e) => return Err(Error::io(&path.0, e)),
         };
         if !self.contains(&last) {
@@ -289,10 +352,14 @@ impl SysfsRoot {
     /// Names in the directory at `path`, sorted; empty when it does not exist.
     /// Names that are not UTF-8 are skipped with a warning (no sysfs name we use is).
     pub fn list_dir(&self, path: &SysPath) -> Result<Vec<String>> {
-        let Some(real) = self.resolve(path)? else {
-            return Ok(Vec::new());
+        let dir = match self.open_beneath(&path.0, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+            Ok(Beneath::Opened(f)) => f,
+            Ok(Beneath::Missing) => return Ok(Vec::new()),
+            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
+            Err(e) => return Err(Error::io(&path.0, e)),
         };
-        let entries = match fs::read_dir(&real) {
+        // Listing through the open descriptor: what was checked is what is read.
+        let entries = match fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
             Ok(rd) => rd,
             Err(e) if is_missing(&e) => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(&path.0, e)),
@@ -317,15 +384,14 @@ impl SysfsRoot {
     /// are not regular files). May block as long as the kernel does (e.g. `remove` while a VM
     /// holds the device): do not call it on an event loop.
     pub fn write_attr(&self, path: &SysPath, bytes: &[u8]) -> std::result::Result<(), WriteError> {
-        let real = match fs::canonicalize(&path.0) {
-            Ok(real) if self.contains(&real) => real,
-            Ok(_) => return Err(WriteError::OutsideRoot(path.0.clone())),
+        let mut file = match self.open_beneath(&path.0, OFlag::O_WRONLY) {
+            Ok(Beneath::Opened(f)) => f,
+            Ok(Beneath::Missing) => {
+                return Err(WriteError::Open(io::Error::from_raw_os_error(libc::ENOENT)))
+            }
+            Ok(Beneath::Outside) => return Err(WriteError::OutsideRoot(path.0.clone())),
             Err(e) => return Err(WriteError::Open(e)),
         };
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .open(&real)
-            .map_err(WriteError::Open)?;
         // One write: a store callback sees the whole value or nothing; no retry on EINTR, since
         // the kernel may have acted before it was interrupted.
         match file.write(bytes) {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::Daemon;
 use vgpud::dbus::names;
 use vgpud::dbus::proxies::ManagerProxy;
+use zbus::zvariant::Value;
 
 /// The `<interface name="NAME">...</interface>` block of an introspection document.
 fn interface_block(xml: &str, name: &str) -> Option<String> {
@@ -45,11 +46,18 @@ async fn running_service_matches_the_published_xml() {
         let d = Daemon::start(&["mtty"]);
         let conn = d.conn().await;
         let dev = ManagerProxy::new(&conn).await.unwrap().create_device("mtty-1", HashMap::new()).await.unwrap();
+        let guest = ManagerProxy::new(&conn)
+            .await
+            .unwrap()
+            .launch_guest(std::slice::from_ref(&dev), HashMap::from([("payload", Value::from("halt"))]))
+            .await
+            .unwrap();
         let objects = [
             (names::MANAGER_IFACE, names::ROOT_PATH.to_owned()),
             (names::PARENT_IFACE, "/org/vgpud/parents/mtty".to_owned()),
             (names::TYPE_IFACE, "/org/vgpud/parents/mtty/types/mtty_2d1".to_owned()),
             (names::DEVICE_IFACE, dev.as_str().to_owned()),
+            (names::GUEST_IFACE, guest.as_str().to_owned()),
         ];
         let regenerate = std::env::var_os("VGPUD_REGENERATE").is_some();
         let mut mismatches = Vec::new();

@@ -436,7 +436,7 @@ fn removing_a_held_device_exits_7() {
         assert_eq!(mdev_devices(&d), vec![U1.to_owned()]);
         // A forced remove waits for the holder within --timeout; the kernel's remove then
         // stays pending, and vgpud reports the wait as timed out (Failed).
-        let r = ctl(&d, &["--timeout", "2", "remove", "--force", U1]);
+        let r = ctl(&d, &["--timeout", "4", "remove", "--force", U1]);
         assert_eq!(r.code, 1, "{}", r.stderr);
         assert!(r.stderr.contains("timed out"), "{}", r.stderr);
         d.ctl_ok(&["release", U1]);
@@ -527,7 +527,12 @@ fn errors_under_json_are_also_json_on_stdout() {
 
 /// Starts `vgpuctl monitor`, waits until it listens, runs `act`, and returns the lines it
 /// printed until `done` says enough.
-fn monitor(d: &Daemon, json: bool, act: impl FnOnce(), done: impl Fn(&str) -> bool) -> Vec<String> {
+fn monitor(
+    d: &Daemon,
+    json: bool,
+    act: impl FnOnce(),
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
     let mut args = vec!["--address", d.address.as_str(), "monitor"];
     if json {
         args.push("--json");
@@ -555,7 +560,7 @@ fn monitor(d: &Daemon, json: bool, act: impl FnOnce(), done: impl Fn(&str) -> bo
     act();
     let mut lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !lines.iter().any(|l: &String| done(l)) {
+    while !done(&lines) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(line) => lines.push(line),
@@ -584,7 +589,14 @@ fn monitor_prints_json_lines_for_added_changed_and_removed() {
                 ctl(&d, &["create", "mtty-1", "--uuid", U1]).ok();
                 ctl(&d, &["remove", U1]).ok();
             },
-            |l| l.contains("\"removed\"") && l.contains(U1),
+            |lines| {
+                lines
+                    .iter()
+                    .any(|l| l.contains("\"removed\"") && l.contains(U1))
+                    && lines
+                        .iter()
+                        .any(|l| l.contains("\"changed\"") && l.contains("\"type\""))
+            },
         );
         let events: Vec<Json> = lines
             .iter()
@@ -625,9 +637,20 @@ fn monitor_prints_one_line_per_event_for_people() {
             || {
                 ctl(&d, &["create", "mtty-1", "--uuid", U1]).ok();
             },
-            |l| l.starts_with("changed type mtty/mtty-1 AvailableInstances="),
+            |lines| {
+                lines.contains(&format!("added device {U1}"))
+                    && lines
+                        .iter()
+                        .any(|l| l.starts_with("changed type mtty/mtty-1 AvailableInstances="))
+            },
         );
         assert!(lines.contains(&format!("added device {U1}")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("changed type mtty/mtty-1 AvailableInstances=")),
+            "{lines:?}"
+        );
     });
 }
 

@@ -40,6 +40,10 @@ struct Args {
     /// Also copy the guest's UART output to stdout.
     #[arg(long)]
     console: bool,
+    /// A file kept open (read-only) for the life of the process, so the device shows as held
+    /// (vgpud passes the simulated VFIO group node).
+    #[arg(long)]
+    hold: Option<PathBuf>,
 }
 
 extern "C" fn on_stop(_: libc::c_int) {
@@ -48,6 +52,16 @@ extern "C" fn on_stop(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let _hold = match &args.hold {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("vgpud-vmm: cannot open {} (--hold): {e}", path.display());
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
     let boot = match (args.payload, args.kernel) {
         (Some(p), _) => Boot::Payload(p),
         (None, Some(kernel)) => Boot::Kernel {

@@ -151,6 +151,8 @@ async fn run(args: Args) -> Result<(), String> {
             .unwrap_or(defaults.definitions_dir),
         config_dir: args.config_dir.clone().unwrap_or(defaults.config_dir),
         state_dir: args.state_dir.clone().unwrap_or(defaults.state_dir),
+        vmm_binary: None,
+        sim_control: None,
     };
     let Some(profiles) = args.simulate.clone() else {
         return daemon::run(opts, |_| {}, shutdown_signal())
@@ -226,6 +228,7 @@ async fn run(args: Args) -> Result<(), String> {
     opts.bus = bus.0.clone();
     opts.sysfs = sim.mountpoint().to_owned();
     opts.dev = sim.dev_dir().to_owned();
+    opts.sim_control = Some(sim.control_socket());
     opts.events = EventSpec::Sim(sim.uevent_socket());
     let address = match &opts.bus {
         BusChoice::Address(a) => a.clone(),

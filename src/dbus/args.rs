@@ -267,3 +267,46 @@ fn user_and_groups(uid: u32) -> (Option<String>, Vec<String>) {
     groups.dedup();
     (Some(user.name), groups)
 }
+
+/// LaunchGuest's options: payload (s), memory_mib (u), vcpus (u), kernel, initrd, cmdline (s).
+pub fn launch_options(options: &Options) -> Result<crate::guests::LaunchOptions, VgpudError> {
+    check_keys(
+        options,
+        &[
+            "payload",
+            "memory_mib",
+            "vcpus",
+            "kernel",
+            "initrd",
+            "cmdline",
+        ],
+    )?;
+    let memory_mib = opt_u64(options, "memory_mib")?
+        .map(|n| u32::try_from(n).map_err(|_| bad(format!("memory_mib {n} is too large"))))
+        .transpose()?;
+    let vcpus = opt_u64(options, "vcpus")?
+        .map(|n| u8::try_from(n).map_err(|_| bad(format!("vcpus {n} is too large"))))
+        .transpose()?;
+    let kernel = opt_str(options, "kernel")?.map(Into::into);
+    let payload = opt_str(options, "payload")?;
+    if kernel.is_some() && payload.is_some() {
+        return Err(bad("give either payload or kernel, not both".into()));
+    }
+    Ok(crate::guests::LaunchOptions {
+        payload,
+        memory_mib,
+        vcpus,
+        kernel,
+        initrd: opt_str(options, "initrd")?.map(Into::into),
+        cmdline: opt_str(options, "cmdline")?,
+    })
+}
+
+/// The UUID of a device object path (`/org/vgpud/devices/<uuid with _>`).
+pub fn device_of_path(path: &str) -> Result<MdevUuid, VgpudError> {
+    let element = path
+        .strip_prefix(super::names::ROOT_PATH)
+        .and_then(|p| p.strip_prefix("/devices/"))
+        .ok_or_else(|| bad(format!("{path} is not a device object")))?;
+    Ok(MdevUuid::parse(&element.replace('_', "-"))?)
+}

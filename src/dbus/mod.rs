@@ -4,6 +4,7 @@
 mod args;
 mod device;
 pub mod error;
+mod guest;
 pub mod names;
 mod objects;
 pub mod proxies;

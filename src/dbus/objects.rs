@@ -8,7 +8,9 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedObjectPath;
 use zbus::{interface, Connection};
 
-use super::args::{caller, create_request, define_request, Options};
+use super::args::{
+    caller, create_request, define_request, device_of_path, launch_options, Options,
+};
 use super::error::VgpudError;
 use super::names;
 use super::publisher::Publisher;
@@ -82,6 +84,28 @@ impl ManagerObj {
         self.ctx.manager.published().await?;
         self.ctx.publisher.device_changed(&view).await;
         Ok(names::device_path(&view.uuid))
+    }
+
+    /// Starts a guest (a `vgpud-vmm` process) with these devices; options: payload (s, default
+    /// "pci-probe"), memory_mib (u), vcpus (u), kernel, initrd, cmdline (s). Returns the Guest.
+    async fn launch_guest(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        devices: Vec<OwnedObjectPath>,
+        options: Options,
+    ) -> Result<OwnedObjectPath, VgpudError> {
+        let opts = launch_options(&options)?;
+        let uuids = devices
+            .iter()
+            .map(|p| device_of_path(p.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let who = caller(&hdr, conn).await;
+        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+        let view = self.ctx.manager.launch_guest(who, uuids, opts).await?;
+        self.ctx.manager.published().await?;
+        self.ctx.publisher.guest_changed(&view).await;
+        Ok(names::guest_path(view.id))
     }
 
     /// The object path of the device with this UUID.

@@ -22,6 +22,11 @@ pub trait Manager {
         options: HashMap<&str, Value<'_>>,
     ) -> zbus::Result<OwnedObjectPath>;
     fn get_device(&self, uuid: &str) -> zbus::Result<OwnedObjectPath>;
+    fn launch_guest(
+        &self,
+        devices: &[OwnedObjectPath],
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<OwnedObjectPath>;
     fn reload_policy(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
@@ -104,4 +109,21 @@ pub trait Device {
     fn sysfs_path(&self) -> zbus::Result<String>;
     #[zbus(property)]
     fn iommu_group(&self) -> zbus::Result<i32>;
+}
+
+#[proxy(interface = "org.vgpud1.Guest", default_service = "org.vgpud")]
+pub trait Guest {
+    fn stop(&self) -> zbus::Result<()>;
+    #[zbus(property)]
+    fn state(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn pid(&self) -> zbus::Result<u32>;
+    #[zbus(property)]
+    fn devices(&self) -> zbus::Result<Vec<OwnedObjectPath>>;
+    #[zbus(property)]
+    fn serial_log(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn exit_status(&self) -> zbus::Result<i32>;
+    #[zbus(property)]
+    fn emulated(&self) -> zbus::Result<bool>;
 }

@@ -10,6 +10,7 @@ use zbus::zvariant::OwnedObjectPath;
 use zbus::Connection;
 
 use super::device::DeviceObj;
+use super::guest::GuestObj;
 use super::names;
 use super::objects::{Ctx, ParentObj, TypeObj};
 use crate::manager::{Change, DeviceView, Update};
@@ -66,6 +67,11 @@ impl Publisher {
     /// Adds or updates a device now (used before replying with its path).
     pub async fn device_changed(&self, view: &DeviceView) {
         self.apply(Change::DeviceUpdated(view.clone())).await;
+    }
+
+    /// Adds or updates a guest now (used before replying with its path).
+    pub async fn guest_changed(&self, view: &crate::guests::GuestView) {
+        self.apply(Change::Guest(view.clone())).await;
     }
 
     async fn apply_locked(&self, state: &mut Published, change: Change) -> zbus::Result<()> {
@@ -174,6 +180,23 @@ impl Publisher {
                     }
                     if let Some(t) = &d.type_id {
                         self.refresh_type_devices(state, &d.parent, t).await?;
+                    }
+                }
+            }
+            Change::Guest(g) => {
+                let path = names::guest_path(g.id);
+                match server.interface::<_, GuestObj>(&path).await {
+                    Ok(iref) => iref.get().await.update(g, iref.signal_emitter()).await?,
+                    Err(_) => {
+                        server
+                            .at(
+                                &path,
+                                GuestObj {
+                                    view: std::sync::Mutex::new(g),
+                                    ctx: ctx.clone(),
+                                },
+                            )
+                            .await?;
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! start, on every uevent and after every write, and publishes each difference as a `Change`.
 
 mod converge;
+mod guests;
 mod ops;
 mod owners;
 mod state;
@@ -40,6 +41,8 @@ pub struct ManagerConfig {
     /// `<config-dir>/policy.d/*.toml`; None = the built-in policy only.
     pub policy_dir: Option<PathBuf>,
     pub policy: Policy,
+    /// How guests are run; None = LaunchGuest is not supported.
+    pub guests: Option<crate::guests::GuestConfig>,
 }
 
 impl ManagerConfig {
@@ -54,6 +57,7 @@ impl ManagerConfig {
             state_dir: None,
             policy_dir: None,
             policy: Policy::default(),
+            guests: None,
         }
     }
 }
@@ -87,6 +91,8 @@ pub enum Change {
     DeviceAdded(DeviceView),
     DeviceUpdated(DeviceView),
     DeviceRemoved(MdevUuid),
+    /// A guest appeared or changed (guests are never removed from the model).
+    Guest(crate::guests::GuestView),
     /// What the daemon cannot make true (ensure rules, autostart failures, policy problems).
     Problems(Vec<String>),
 }
@@ -199,6 +205,14 @@ pub(crate) enum Command {
     CreateDone(ops::CreateDone),
     RemoveDone(ops::RemoveDone),
     Barrier(oneshot::Sender<()>),
+    LaunchGuest(
+        Caller,
+        Vec<MdevUuid>,
+        crate::guests::LaunchOptions,
+        Reply<crate::guests::GuestView>,
+    ),
+    StopGuest(Caller, u64, Reply<crate::guests::GuestView>),
+    GuestExited(u64, std::process::ExitStatus),
 }
 
 /// A cheap, cloneable handle for front ends.
@@ -255,6 +269,22 @@ impl ManagerHandle {
 
     pub async fn device(&self, uuid: MdevUuid) -> Result<Option<DeviceView>> {
         self.ask(|tx| Command::Device(uuid, tx)).await
+    }
+
+    /// Starts a guest with these devices (one, for now).
+    pub async fn launch_guest(
+        &self,
+        caller: Caller,
+        devices: Vec<MdevUuid>,
+        opts: crate::guests::LaunchOptions,
+    ) -> Result<crate::guests::GuestView> {
+        self.ask(|tx| Command::LaunchGuest(caller, devices, opts, tx))
+            .await?
+    }
+
+    /// Stops a guest (SIGTERM, then SIGKILL after 5 s); answers once it has ended.
+    pub async fn stop_guest(&self, caller: Caller, id: u64) -> Result<crate::guests::GuestView> {
+        self.ask(|tx| Command::StopGuest(caller, id, tx)).await?
     }
 
     /// Returns once every change the manager made so far is published.

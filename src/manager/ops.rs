@@ -28,6 +28,8 @@ struct CreateJob {
 
 pub(crate) struct CreateDone {
     pending: u64,
+    /// A definition was stored with the device: re-read the definitions.
+    defined: bool,
     tried: Vec<ParentName>,
     owner: Owner,
     result: Result<(ParentName, MdevUuid)>,
@@ -334,6 +336,7 @@ impl Manager {
         let store = self.config.store.clone();
         let me = self.me.clone();
         let bound = self.config.create_timeout;
+        let defined = job.define.is_some();
         // If the bound runs out we do not know how far it got: re-read every candidate then.
         let candidates: Vec<ParentName> =
             job.candidates.iter().map(|(p, _, _)| p.clone()).collect();
@@ -358,6 +361,7 @@ impl Manager {
             };
             let _ = me.send(Command::CreateDone(CreateDone {
                 pending: id,
+                defined,
                 tried,
                 owner,
                 result,
@@ -373,7 +377,9 @@ impl Manager {
             if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
                 tracing::warn!("cannot record the owner of {uuid}: {e}");
             }
-            self.load_definitions();
+            if done.defined {
+                self.load_definitions();
+            }
             if self.refresh_device(&uuid) {
                 self.retry_link(uuid, LINK_RETRIES);
             }
@@ -424,6 +430,15 @@ impl Manager {
         if self.removing.contains(&uuid) {
             let _ = reply.send(Err(Error::Busy(format!(
                 "device {uuid} (a remove is already in progress)"
+            ))));
+            return;
+        }
+        if let (Some(g), false) = (self.guest_of(&uuid), req.force) {
+            let _ = reply.send(Err(Error::Busy(format!(
+                "device {uuid} is attached to guest {} ({}, pid {}); stop the guest or remove with force",
+                g.id,
+                crate::dbus::names::guest_path(g.id).as_str(),
+                g.pid
             ))));
             return;
         }

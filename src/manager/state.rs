@@ -49,6 +49,8 @@ pub(crate) struct Manager {
     /// Parents that appeared since the last convergence (autostart, ensure rules).
     pub(super) appeared: Vec<ParentName>,
     pub(super) problems: Vec<String>,
+    pub(super) guests: BTreeMap<u64, super::guests::Guest>,
+    pub(super) next_guest: u64,
 }
 
 impl Manager {
@@ -74,6 +76,8 @@ impl Manager {
             removing: BTreeSet::new(),
             appeared: Vec::new(),
             problems: Vec::new(),
+            guests: BTreeMap::new(),
+            next_guest: 1,
         })
     }
 
@@ -188,6 +192,12 @@ impl Manager {
             Command::Barrier(reply) => {
                 let _ = self.changes.send(Update::Barrier(reply));
             }
+            Command::LaunchGuest(caller, devices, opts, reply) => {
+                let r = self.launch_guest(&caller, &devices, opts);
+                let _ = reply.send(r);
+            }
+            Command::StopGuest(caller, id, reply) => self.stop_guest(&caller, id, reply),
+            Command::GuestExited(id, status) => self.guest_exited(id, status),
         }
     }
 

@@ -324,7 +324,7 @@ pub fn assign_addresses(
     mem_limit: u64,
 ) -> Option<Vec<(usize, u64)>> {
     let mut order: Vec<BarRegion> = bars.regions().collect();
-    order.sort_by(|a, b| b.size.cmp(&a.size));
+    order.sort_by_key(|r| std::cmp::Reverse(r.size));
     let (mut io_next, mut mem_next) = (io_base, mem_base);
     let mut out = Vec::new();
     for r in order {

@@ -1,0 +1,97 @@
+//! org.vgpud1.Guest: one object per guest vgpud started (kept after it ends, with its status).
+
+use std::sync::{Arc, Mutex};
+
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedObjectPath;
+use zbus::{interface, Connection};
+
+use super::args::caller;
+use super::error::VgpudError;
+use super::names;
+use super::objects::{locked, Ctx};
+use crate::guests::GuestView;
+use crate::policy::Action;
+
+pub struct GuestObj {
+    pub view: Mutex<GuestView>,
+    pub ctx: Arc<Ctx>,
+}
+
+#[interface(name = "org.vgpud1.Guest")]
+impl GuestObj {
+    /// Stops the guest (SIGTERM to its VMM, SIGKILL after 5 s); returns once it has ended.
+    async fn stop(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), VgpudError> {
+        let who = caller(&hdr, conn).await;
+        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+        let id = locked(&self.view).id;
+        let view = self.ctx.manager.stop_guest(who, id).await?;
+        self.ctx.manager.published().await?;
+        self.ctx.publisher.guest_changed(&view).await;
+        Ok(())
+    }
+
+    /// "running", "exited" or "crashed" (the VMM was killed by a signal).
+    #[zbus(property)]
+    fn state(&self) -> String {
+        locked(&self.view).state.as_str().to_owned()
+    }
+    /// The VMM's process id.
+    #[zbus(property)]
+    fn pid(&self) -> u32 {
+        locked(&self.view).pid
+    }
+    #[zbus(property)]
+    fn devices(&self) -> Vec<OwnedObjectPath> {
+        locked(&self.view)
+            .devices
+            .iter()
+            .map(names::device_path)
+            .collect()
+    }
+    /// The file that receives the guest's serial console.
+    #[zbus(property)]
+    fn serial_log(&self) -> String {
+        locked(&self.view).serial_log.display().to_string()
+    }
+    /// The VMM's exit code (128 + signal when killed); -1 while running.
+    #[zbus(property)]
+    fn exit_status(&self) -> i32 {
+        locked(&self.view).exit_status
+    }
+    /// The guest sees an emulated PCI function (a simulated host), not the device itself.
+    #[zbus(property)]
+    fn emulated(&self) -> bool {
+        locked(&self.view).emulated
+    }
+}
+
+impl GuestObj {
+    pub async fn update(&self, new: GuestView, emitter: &SignalEmitter<'_>) -> zbus::Result<()> {
+        let old = std::mem::replace(&mut *locked(&self.view), new.clone());
+        if old.state != new.state {
+            self.state_changed(emitter).await?;
+        }
+        if old.pid != new.pid {
+            self.pid_changed(emitter).await?;
+        }
+        if old.devices != new.devices {
+            self.devices_changed(emitter).await?;
+        }
+        if old.serial_log != new.serial_log {
+            self.serial_log_changed(emitter).await?;
+        }
+        if old.exit_status != new.exit_status {
+            self.exit_status_changed(emitter).await?;
+        }
+        if old.emulated != new.emulated {
+            self.emulated_changed(emitter).await?;
+        }
+        Ok(())
+    }
+}
