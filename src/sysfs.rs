@@ -209,12 +209,36 @@ impl SysfsRoot {
                 Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
                     return Ok(Beneath::Missing)
                 }
-                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) if attempts < 64 => {
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) if attempts < 8 => {
                     attempts += 1;
                     std::thread::yield_now();
                 }
+                // Renames elsewhere keep racing the walk (a busy host, a slow FUSE tree):
+                // resolve in user space instead and check the result lexically.
+                Err(nix::errno::Errno::EAGAIN) => return self.open_checked(path, flags),
                 Err(e) => return Err(io::Error::from(e)),
             }
+        }
+    }
+
+    /// The fallback of `open_beneath`: canonicalize, check containment, open what was checked.
+    fn open_checked(&self, path: &Path, flags: OFlag) -> io::Result<Beneath> {
+        let real = match fs::canonicalize(path) {
+            Ok(r) => r,
+            Err(e) if is_missing(&e) => return Ok(Beneath::Missing),
+            Err(e) => return Err(e),
+        };
+        if !self.contains(&real) {
+            return Ok(Beneath::Outside);
+        }
+        let flags = flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+        match nix::fcntl::open(&real, flags, nix::sys::stat::Mode::empty()) {
+            // SAFETY: open returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Beneath::Opened(unsafe { fs::File::from_raw_fd(fd) })),
+            Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+                Ok(Beneath::Missing)
+            }
+            Err(e) => Err(io::Error::from(e)),
         }
     }
 
