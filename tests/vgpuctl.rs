@@ -500,13 +500,30 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn launch_is_not_available_yet_and_exits_9() {
+fn launch_with_the_probe_payload_shows_the_vgpu_in_the_guest() {
     with_timeout(|| {
-        let r = vgpuctl(&["launch", "guest.toml"]);
-        assert_eq!(r.code, 9);
-        assert!(r
-            .stderr
-            .contains("not available yet: the guest launcher is a later issue"));
+        let d = Daemon::start(&["nvidia-t4"]);
+        ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
+        let r = ctl(&d, &["launch", U1, "--payload", "pci-probe"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        // The serial console of the guest: the vGPU's PCI ids and BARs, labelled as emulated.
+        assert!(r.stdout.contains("10de:1eb8"), "{}", r.stdout);
+        assert!(r.stdout.contains("bar0"), "{}", r.stdout);
+        assert!(r.stdout.contains("irq count=1"), "{}", r.stdout);
+        assert!(r.stderr.contains("EMULATED"), "{}", r.stderr);
+        let j = ctl(&d, &["--json", "launch", U1, "--payload", "halt"])
+            .ok()
+            .json();
+        assert_eq!(j["exit_status"], 0);
+        assert_eq!(j["emulated"], true);
+    });
+}
+
+#[test]
+fn launch_of_an_unknown_device_exits_4() {
+    with_timeout(|| {
+        let d = Daemon::start(&["mtty"]);
+        assert_eq!(ctl(&d, &["launch", U1, "--payload", "pci-probe"]).code, 4);
     });
 }
 

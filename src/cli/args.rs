@@ -150,10 +150,25 @@ pub enum Command {
     },
     /// Make vgpud re-read its policy files and definitions.
     Reload,
-    /// Launch a guest with a vGPU (not available yet).
+    /// Launch a KVM guest with the vGPU(s) attached and follow its serial console until it
+    /// ends; `--payload pci-probe` answers "does this vGPU reach a guest?" without an OS image.
     Launch {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
+        #[arg(required = true, value_name = "UUID")]
+        uuids: Vec<String>,
+        /// A built-in payload (pci-probe, loop, halt) or a flat binary file.
+        #[arg(long, conflicts_with = "kernel")]
+        payload: Option<String>,
+        /// A Linux kernel (not implemented by vgpud-vmm yet: the daemon will say so).
+        #[arg(long)]
+        kernel: Option<String>,
+        #[arg(long, requires = "kernel")]
+        initrd: Option<String>,
+        #[arg(long, requires = "kernel")]
+        cmdline: Option<String>,
+        #[arg(long)]
+        memory_mib: Option<u32>,
+        #[arg(long)]
+        vcpus: Option<u32>,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod error;
 pub mod generate;
 pub mod hook;
+pub mod launch;
 pub mod model;
 pub mod monitor;
 pub mod output;
@@ -94,10 +95,31 @@ pub fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => policy_check(&files, cli.json),
-        Command::Launch { .. } => Err(CliError::new(
-            Class::Unsupported,
-            "not available yet: the guest launcher is a later issue",
-        )),
+        Command::Launch {
+            uuids,
+            payload,
+            kernel,
+            initrd,
+            cmdline,
+            memory_mib,
+            vcpus,
+        } => {
+            runtime()?.block_on(async {
+                let mut client = Client::connect(&bus, timeout.unwrap_or(DEFAULT_TIMEOUT)).await?;
+                let args = launch::LaunchArgs {
+                    uuids: &uuids,
+                    payload: payload.as_deref(),
+                    kernel: kernel.as_deref(),
+                    initrd: initrd.as_deref(),
+                    cmdline: cmdline.as_deref(),
+                    memory_mib,
+                    vcpus,
+                };
+                // Following the console takes as long as the guest runs, not the call bound.
+                client.renew(Duration::from_secs(24 * 3600));
+                launch::run(&mut client, &args, cli.json).await
+            })
+        }
         Command::Completions { shell } => generate::completions(shell).map(|_| 0),
         Command::Man { dir } => generate::man(dir.as_deref()).map(|_| 0),
         Command::LibvirtHook(hook) => hook::run(
@@ -191,10 +213,11 @@ mod tests {
     }
 
     #[test]
-    fn launch_is_unsupported() {
-        let cli = Cli::try_parse_from(["vgpuctl", "launch", "--anything"]).unwrap();
-        let e = run(cli).unwrap_err();
-        assert_eq!(e.class.exit_code(), 9);
-        assert!(e.message.contains("later issue"));
+    fn launch_needs_a_device() {
+        assert!(Cli::try_parse_from(["vgpuctl", "launch"]).is_err());
+        assert!(
+            Cli::try_parse_from(["vgpuctl", "launch", "U", "--payload", "p", "--kernel", "k"])
+                .is_err()
+        );
     }
 }
