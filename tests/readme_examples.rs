@@ -46,6 +46,7 @@ fn shell_commands(readme: &str) -> Vec<String> {
 fn run(cmd: &str, env: &[(&str, String)], timeout_s: u32) -> (bool, String) {
     let mut c = Command::new("timeout");
     c.arg(timeout_s.to_string()).args(["bash", "-c", cmd]);
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, v) in env {
         c.env(k, v);
     }
@@ -71,7 +72,22 @@ fn the_busctl_examples_work() {
         "the README lost its busctl examples: {examples:?}"
     );
     let d = Daemon::start(&["nvidia-t4:2", "nvidia-a100", "nvidia-l40s", "mtty"]);
-    let env = [("ADDR", d.address.clone())];
+    // vgpuctl and the other binaries from this build, as `make install` would put them.
+    let bin_dir = std::path::Path::new(VGPUD_SIM)
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let env = [("ADDR", d.address.clone()), ("PATH", path)];
+    let examples: Vec<String> = examples
+        .into_iter()
+        .chain(
+            shell_commands(&readme)
+                .into_iter()
+                .filter(|c| c.starts_with("vgpuctl ")),
+        )
+        .collect();
     for cmd in &examples {
         if cmd.contains(" monitor ") || cmd.ends_with(" monitor org.vgpud") {
             // Runs until interrupted: it must start and still be running after a second.
