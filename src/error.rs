@@ -59,8 +59,8 @@ pub enum Error {
         hint: Option<&'static str>,
     },
 
-    /// The string names what is busy, e.g. "device <uuid>".
-    #[error("{0} is busy")]
+    /// The whole sentence: what is busy and, where known, who holds it.
+    #[error("{0}")]
     Busy(String),
 
     /// The string is a whole sentence, it may carry the hint the user needs.

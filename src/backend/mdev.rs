@@ -288,7 +288,7 @@ pub(crate) fn map_remove_error(err: WriteError, path: &Path, uuid: &MdevUuid) ->
     match err.write_errno() {
         None => Err(err.into_error(path)),
         Some(libc::ENODEV) => Ok(()),
-        Some(libc::EBUSY) => Err(Error::Busy(format!("device {uuid}"))),
+        Some(libc::EBUSY) => Err(Error::Busy(format!("device {uuid} is busy"))),
         Some(errno) => Err(Error::DriverRefused { errno, hint: None }),
     }
 }

@@ -395,7 +395,7 @@ fn map_create_error(err: WriteError, path: &Path, vf: &ParentName, type_id: &Typ
             type_id: type_id.to_string(),
             errno,
         },
-        Some(libc::EBUSY) => Error::Busy(format!("VF {vf}")),
+        Some(libc::EBUSY) => Error::Busy(format!("VF {vf} is busy")),
         Some(libc::ENODEV) => Error::ParentGoingAway(vf.to_string()),
         Some(errno) => Error::DriverRefused { errno, hint: None },
     }
@@ -410,7 +410,9 @@ fn map_remove_error(err: WriteError, path: &Path, uuid: &MdevUuid, vf: &ParentNa
         None => Err(err.into_error(path)),
         Some(libc::ENODEV) => Ok(()),
         // A VM has the VF open.
-        Some(libc::EBUSY) => Err(Error::Busy(format!("device {uuid} on VF {vf}"))),
+        Some(libc::EBUSY) => Err(Error::Busy(format!(
+            "device {uuid} on VF {vf} is busy (a VM holds the VF)"
+        ))),
         Some(errno) => Err(Error::DriverRefused { errno, hint: None }),
     }
 }

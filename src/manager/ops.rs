@@ -429,7 +429,7 @@ impl Manager {
         }
         if self.removing.contains(&uuid) {
             let _ = reply.send(Err(Error::Busy(format!(
-                "device {uuid} (a remove is already in progress)"
+                "device {uuid} is busy: a remove is already in progress"
             ))));
             return;
         }
