@@ -74,7 +74,11 @@ async fn definitions_survive_sigkill_during_storms() {
     for round in 0..rounds {
         let d = Daemon::start_with(&["mtty"], &args);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let kill_after = Duration::from_millis(20 + rng.next() % 300);
         let deadline = Instant::now() + kill_after;
         let mut acked = 0;
@@ -91,6 +95,7 @@ async fn definitions_survive_sigkill_during_storms() {
                 let Ok(dev) = DeviceProxy::builder(&conn)
                     .path(path)
                     .unwrap()
+                    .cache_properties(zbus::proxy::CacheProperties::No)
                     .build()
                     .await
                 else {

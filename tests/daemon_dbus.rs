@@ -71,7 +71,7 @@ async fn unknown_type_is_not_found_and_writes_nothing() {
         let out = d.busctl(&["call", "org.vgpud", "/org/vgpud", "org.vgpud1.Manager", "CreateDevice", "sa{sv}", "GRID T9-99Q", "0"]);
         assert!(!out.status.success());
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         let err = m.create_device("GRID T9-99Q", HashMap::new()).await.unwrap_err();
         assert!(matches!(&err, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.NotFound"), "{err:?}");
         assert!(mdev_devices(&d).is_empty());
@@ -90,7 +90,7 @@ async fn malformed_arguments_are_invalid_and_write_nothing() {
         assert!(!out.status.success());
         assert!(text(&out).contains("not-a-uuid"), "{}", text(&out));
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         for (key, value) in [
             ("uuid", Value::from("../../etc/passwd")),
             ("parent", Value::from("../..")),
@@ -143,6 +143,7 @@ async fn tree_and_properties_describe_the_host() {
         let parent = ParentProxy::builder(&conn)
             .path(p)
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();
@@ -165,6 +166,7 @@ impl TypeProxyAt {
         MdevTypeProxy::builder(conn)
             .path(path.to_owned())
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap()
@@ -184,7 +186,7 @@ async fn available_instances_follow_creates_and_the_one_type_rule() {
         assert_eq!(q2.available_instances().await.unwrap(), 7);
         assert_eq!(q4.available_instances().await.unwrap(), 0);
         assert_eq!(q2.devices().await.unwrap(), vec![path.clone()]);
-        let dev = DeviceProxy::builder(&conn).path(path.clone()).unwrap().build().await.unwrap();
+        let dev = DeviceProxy::builder(&conn).path(path.clone()).unwrap().cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         assert_eq!(dev.type_id().await.unwrap(), "nvidia-231");
         assert!(dev.active().await.unwrap());
         assert!(!dev.in_use().await.unwrap());
@@ -214,9 +216,9 @@ async fn devices_made_by_others_appear_and_go() {
         let signal = tokio::time::timeout(Duration::from_secs(10), added.next()).await.unwrap().unwrap();
         let args = signal.args().unwrap();
         assert_eq!(args.object_path().as_str(), "/org/vgpud/devices/83b8f4f2_509f_382f_3c1e_e6bfe0fa1001");
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         let path = m.get_device(uuid).await.unwrap();
-        let dev = DeviceProxy::builder(&conn).path(path).unwrap().build().await.unwrap();
+        let dev = DeviceProxy::builder(&conn).path(path).unwrap().cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         assert!(eventually(5, async || dev.type_id().await.map(|t| t == "mtty-1").unwrap_or(false)).await);
         let mut removed = om.receive_interfaces_removed().await.unwrap();
         std::fs::write(d.sys(&format!("bus/mdev/devices/{uuid}/remove")), "1").unwrap();
@@ -238,6 +240,7 @@ async fn hot_unplug_and_replug_follow_the_simulator() {
             let parent = ParentProxy::builder(conn)
                 .path(p)
                 .unwrap()
+                .cache_properties(zbus::proxy::CacheProperties::No)
                 .build()
                 .await
                 .unwrap();
@@ -266,11 +269,16 @@ async fn removing_a_held_device_is_busy_and_force_waits_without_blocking_others(
     tokio::time::timeout(LIMIT, async {
         let d = Daemon::start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let path = m.create_device("GRID T4-1Q", HashMap::new()).await.unwrap();
         let dev = DeviceProxy::builder(&conn)
             .path(path)
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();
@@ -295,6 +303,7 @@ async fn removing_a_held_device_is_busy_and_force_waits_without_blocking_others(
             let dev = DeviceProxy::builder(&conn2)
                 .path(dev_path)
                 .unwrap()
+                .cache_properties(zbus::proxy::CacheProperties::No)
                 .build()
                 .await
                 .unwrap();

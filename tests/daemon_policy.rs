@@ -154,7 +154,11 @@ async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
         // The owner may remove its device; another user may not.
         let conn = d.conn().await;
         let snapshot_path = {
-            let m = ManagerProxy::new(&conn).await.unwrap();
+            let m = ManagerProxy::builder(&conn)
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+                .unwrap();
             let uuid = std::fs::read_dir(d.sys("bus/mdev/devices"))
                 .unwrap()
                 .next()
@@ -166,6 +170,7 @@ async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
         let dev = DeviceProxy::builder(&conn)
             .path(snapshot_path.clone())
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();
@@ -304,7 +309,7 @@ async fn concurrent_creates_for_the_last_instances_never_overbook() {
         let c = Config::new(&[]);
         let d = c.start(&["mdpy"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
         let calls = (0..10).map(|_| m.create_device("mdpy-vga", HashMap::new()));
         let results = futures_util::future::join_all(calls).await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -330,7 +335,11 @@ async fn a_defined_device_is_an_mdevctl_file_and_autostart_survives_replug() {
         let c = Config::new(&[]);
         let d = c.start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let path = m
             .create_device(
                 "GRID T4-2Q",
@@ -341,6 +350,7 @@ async fn a_defined_device_is_an_mdevctl_file_and_autostart_survives_replug() {
         let dev = DeviceProxy::builder(&conn)
             .path(path.clone())
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();
@@ -389,11 +399,16 @@ async fn definitions_written_by_others_are_picked_up() {
         .unwrap();
         let d = c.start(&["mtty"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let path = m.get_device(uuid).await.unwrap();
         let dev = DeviceProxy::builder(&conn)
             .path(path)
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();
@@ -438,7 +453,11 @@ async fn ensure_rules_hold_across_hot_plug() {
         assert_eq!(devices(&d), 4, "ensure over-created");
         // A GPU that cannot hold the rule is reported, not retried forever.
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let problems: Vec<String> = m.inner().get_property("Problems").await.unwrap();
         assert!(problems.is_empty(), "{problems:?}");
     })
@@ -510,7 +529,11 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
         let c = Config::new(&[]);
         let d = c.start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::new(&conn).await.unwrap();
+        let m = ManagerProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
         let attrs = vec![(
             "nvidia/vgpu_params".to_owned(),
             "frame_rate_limiter=0".to_owned(),
@@ -522,6 +545,7 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
         let dev = DeviceProxy::builder(&conn)
             .path(path)
             .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await
             .unwrap();

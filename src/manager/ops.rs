@@ -10,7 +10,7 @@ use super::{Caller, Command, CreateRequest, DeviceView, RemoveRequest};
 use crate::backend::{vf_device_uuid, Host};
 use crate::error::{Error, Result};
 use crate::holders::{group_node, holders_of};
-use crate::model::{BackendKind, MdevUuid, ParentName, TypeId};
+use crate::model::{BackendKind, Device, MdevUuid, ParentName, TypeId};
 use crate::policy::{Action, Decision, Denial, DenialKind, Owned};
 use crate::store::{Definition, Meta, Start, Store};
 
@@ -32,7 +32,7 @@ pub(crate) struct CreateDone {
     defined: bool,
     tried: Vec<ParentName>,
     owner: Owner,
-    result: Result<(ParentName, MdevUuid)>,
+    result: Result<(ParentName, Device)>,
     reply: Reply<DeviceView>,
 }
 
@@ -78,7 +78,7 @@ fn run_create(
     store: Option<&Store>,
     job: CreateJob,
     tried: &mut Vec<ParentName>,
-) -> Result<(ParentName, MdevUuid)> {
+) -> Result<(ParentName, Device)> {
     let generated = MdevUuid::new_v4();
     let mut last = Error::NoCapacityAnywhere("the requested type".into());
     for (parent, type_id, backend) in &job.candidates {
@@ -88,14 +88,14 @@ fn run_create(
             (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
             (None, BackendKind::Mdev) => generated,
         };
-        match host.create(parent, type_id, &uuid) {
-            Ok(_) => {}
+        let device = match host.create(parent, type_id, &uuid) {
+            Ok(d) => d,
             Err(e) if try_next(&e) => {
                 last = e;
                 continue;
             }
             Err(e) => return Err(e),
-        }
+        };
         let undo = |why: String| {
             if let Err(e) = host.remove(&uuid) {
                 tracing::error!("cannot remove {uuid} after a failed setup: {e}");
@@ -121,7 +121,7 @@ fn run_create(
                 ));
             }
         }
-        return Ok((parent.clone(), uuid));
+        return Ok((parent.clone(), device));
     }
     Err(last)
 }
@@ -373,7 +373,8 @@ impl Manager {
     pub(super) fn finish_create(&mut self, done: CreateDone) {
         self.pending.remove(&done.pending);
         self.refresh_parents(&done.tried);
-        let result = done.result.and_then(|(parent, uuid)| {
+        let result = done.result.and_then(|(parent, created)| {
+            let uuid = created.uuid;
             if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
                 tracing::warn!("cannot record the owner of {uuid}: {e}");
             }
@@ -382,6 +383,12 @@ impl Manager {
             }
             if self.refresh_device(&uuid) {
                 self.retry_link(uuid, LINK_RETRIES);
+            }
+            if let std::collections::btree_map::Entry::Vacant(e) = self.live.entry(uuid) {
+                // The kernel accepted it and it was read back a moment ago: keep that reading
+                // (if it is really gone, its remove uevent will say so).
+                e.insert(created);
+                self.recompose(&uuid);
             }
             tracing::info!(%uuid, %parent, "device created");
             self.devices.get(&uuid).cloned().ok_or_else(|| {
