@@ -12,7 +12,7 @@ use super::args::{autostart_option, bad, caller, remove_request, Options};
 use super::error::VgpudError;
 use super::names;
 use super::objects::{locked, Ctx};
-use crate::manager::{DefineRequest, DeviceView};
+use crate::manager::{Caller, DefineRequest, DeviceView};
 use crate::policy::Action;
 
 pub struct DeviceObj {
@@ -23,6 +23,24 @@ pub struct DeviceObj {
 impl DeviceObj {
     fn id(&self) -> crate::model::MdevUuid {
         locked(&self.view).uuid
+    }
+
+    /// The caller, once polkit allows it `action`.
+    async fn authorized(
+        &self,
+        hdr: &Header<'_>,
+        conn: &Connection,
+        action: Action,
+    ) -> Result<Caller, VgpudError> {
+        let who = caller(hdr, conn).await;
+        self.ctx.authority.check(&who, action).await?;
+        Ok(who)
+    }
+
+    /// Returns once what the manager did is on the bus, so a reply never overtakes it.
+    async fn done(&self) -> Result<(), VgpudError> {
+        self.ctx.manager.published().await?;
+        Ok(())
     }
 }
 
@@ -37,11 +55,9 @@ impl DeviceObj {
         options: Options,
     ) -> Result<(), VgpudError> {
         let req = remove_request(&options)?;
-        let who = caller(&hdr, conn).await;
-        self.ctx.authority.check(&who, Action::RemoveDevice).await?;
+        let who = self.authorized(&hdr, conn, Action::RemoveDevice).await?;
         self.ctx.manager.remove(who, self.id(), req).await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     /// Creates the device from its definition.
@@ -50,14 +66,11 @@ impl DeviceObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
+        let who = self
+            .authorized(&hdr, conn, Action::ManageDefinitions)
             .await?;
         self.ctx.manager.start(who, self.id()).await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     /// Removes the live device of a persistent definition (the definition stays); options as Remove.
@@ -71,14 +84,11 @@ impl DeviceObj {
         if !locked(&self.view).defined {
             return Err(bad("this device has no definition: use Remove".into()));
         }
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
+        let who = self
+            .authorized(&hdr, conn, Action::ManageDefinitions)
             .await?;
         self.ctx.manager.remove(who, self.id(), req).await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     /// Makes a live device persistent (in mdevctl's layout); options: autostart (b).
@@ -95,10 +105,8 @@ impl DeviceObj {
         };
         let type_id =
             type_id.ok_or_else(|| bad("the device's type is not known yet; retry".into()))?;
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
+        let who = self
+            .authorized(&hdr, conn, Action::ManageDefinitions)
             .await?;
         let req = DefineRequest {
             type_spec: type_id.to_string(),
@@ -108,8 +116,7 @@ impl DeviceObj {
             autostart,
         };
         self.ctx.manager.define(who, req).await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     /// Deletes the persistent definition (a live device stays).
@@ -118,14 +125,11 @@ impl DeviceObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
+        let who = self
+            .authorized(&hdr, conn, Action::ManageDefinitions)
             .await?;
         self.ctx.manager.undefine(who, self.id()).await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     /// Starts the device when its parent registers (true) or only on request (false).
@@ -135,17 +139,14 @@ impl DeviceObj {
         #[zbus(connection)] conn: &Connection,
         autostart: bool,
     ) -> Result<(), VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
+        let who = self
+            .authorized(&hdr, conn, Action::ManageDefinitions)
             .await?;
         self.ctx
             .manager
             .set_autostart(who, self.id(), autostart)
             .await?;
-        self.ctx.manager.published().await?;
-        Ok(())
+        self.done().await
     }
 
     #[zbus(property)]
