@@ -36,16 +36,7 @@ fn text(out: &std::process::Output) -> String {
 async fn busctl_create_by_type_name_makes_the_device() {
     tokio::time::timeout(LIMIT, async {
         let d = Daemon::start(&["nvidia-t4:2", "mtty"]);
-        let out = d.busctl(&[
-            "call",
-            "org.vgpud",
-            "/org/vgpud",
-            "org.vgpud1.Manager",
-            "CreateDevice",
-            "sa{sv}",
-            "GRID T4-2Q",
-            "0",
-        ]);
+        let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T4-2Q", "0"]);
         assert!(out.status.success(), "{}", text(&out));
         let reply = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(reply.starts_with("o \"/org/vgpud/devices/"), "{reply}");
@@ -68,7 +59,7 @@ async fn busctl_create_by_type_name_makes_the_device() {
 async fn unknown_type_is_not_found_and_writes_nothing() {
     tokio::time::timeout(LIMIT, async {
         let d = Daemon::start(&["nvidia-t4"]);
-        let out = d.busctl(&["call", "org.vgpud", "/org/vgpud", "org.vgpud1.Manager", "CreateDevice", "sa{sv}", "GRID T9-99Q", "0"]);
+        let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T9-99Q", "0"]);
         assert!(!out.status.success());
         let conn = d.conn().await;
         let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
@@ -84,9 +75,7 @@ async fn unknown_type_is_not_found_and_writes_nothing() {
 async fn malformed_arguments_are_invalid_and_write_nothing() {
     tokio::time::timeout(LIMIT, async {
         let d = Daemon::start(&["nvidia-t4"]);
-        let out = d.busctl(&[
-            "call", "org.vgpud", "/org/vgpud", "org.vgpud1.Manager", "CreateDevice", "sa{sv}", "GRID T4-2Q", "1", "uuid", "s", "not-a-uuid",
-        ]);
+        let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T4-2Q", "1", "uuid", "s", "not-a-uuid"]);
         assert!(!out.status.success());
         assert!(text(&out).contains("not-a-uuid"), "{}", text(&out));
         let conn = d.conn().await;

@@ -244,13 +244,7 @@ async fn polkit_is_asked_about_the_caller() {
             ],
         );
         assert!(!out.status.success());
-        let out = d.busctl(&[
-            "call",
-            "org.vgpud",
-            "/org/vgpud",
-            "org.vgpud1.Manager",
-            "ReloadPolicy",
-        ]);
+        let out = d.manager_call("ReloadPolicy", &[]);
         assert!(out.status.success(), "{}", text(&out));
     })
     .await
@@ -475,13 +469,7 @@ async fn an_invalid_policy_never_replaces_the_good_one() {
             "[[allow]]\nname = \"x\"\nmax_per_user = -1\n",
         )
         .unwrap();
-        let out = d.busctl(&[
-            "call",
-            "org.vgpud",
-            "/org/vgpud",
-            "org.vgpud1.Manager",
-            "ReloadPolicy",
-        ]);
+        let out = d.manager_call("ReloadPolicy", &[]);
         assert!(!out.status.success());
         assert!(
             text(&out).contains("10-lab.toml:3"),
@@ -506,16 +494,7 @@ async fn without_a_polkit_authority_only_root_may_act() {
         let out = create_as(&d, LAB_UID, "GRID T4-2Q");
         assert!(!out.status.success());
         assert!(text(&out).contains("no polkit authority"), "{}", text(&out));
-        let out = d.busctl(&[
-            "call",
-            "org.vgpud",
-            "/org/vgpud",
-            "org.vgpud1.Manager",
-            "CreateDevice",
-            "sa{sv}",
-            "GRID T4-2Q",
-            "0",
-        ]);
+        let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T4-2Q", "0"]);
         assert!(out.status.success(), "{}", text(&out));
         assert_eq!(devices(&d), 1);
     })

@@ -86,6 +86,19 @@ impl Daemon {
             .expect("busctl runs")
     }
 
+    /// `busctl call org.vgpud /org/vgpud org.vgpud1.Manager METHOD ARGS...` as root.
+    pub fn manager_call(&self, method: &str, args: &[&str]) -> Output {
+        let mut all = vec![
+            "call",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            method,
+        ];
+        all.extend_from_slice(args);
+        self.busctl(&all)
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Output {
         let out = Command::new(VGPUD_SIM)
             .arg("ctl")
