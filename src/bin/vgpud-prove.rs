@@ -68,17 +68,12 @@ fn plan(args: &Args) -> Plan {
     }
 }
 
-/// 64 GPUs of mixed profiles: T4s, A100s (16 VFs each), Intel GVT-g and the sample drivers.
+/// 64 GPUs of mixed profiles: 59 T4s, 2 A100s (16 VFs each), an Intel GVT-g iGPU and the
+/// two sample drivers.
 fn load_profiles() -> Vec<String> {
-    [
-        "nvidia-t4:58",
-        "nvidia-a100:2",
-        "i915-gvtg:2",
-        "mtty",
-        "mdpy",
-    ]
-    .map(String::from)
-    .to_vec()
+    ["nvidia-t4:59", "nvidia-a100:2", "i915-gvtg", "mtty", "mdpy"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn wanted(args: &Args, section: &str) -> bool {

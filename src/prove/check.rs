@@ -158,6 +158,44 @@ pub async fn dbus_picture(conn: &zbus::Connection) -> Result<Picture, String> {
     Ok(pic)
 }
 
+/// Every published type as (parent name, type id, human name or the id when it has none).
+pub async fn dbus_type_names(
+    conn: &zbus::Connection,
+) -> Result<Vec<(String, String, String)>, String> {
+    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
+        .destination(crate::dbus::names::BUS_NAME)
+        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
+        .map_err(|e| e.to_string())?
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let objects = om
+        .get_managed_objects()
+        .await
+        .map_err(|e| format!("GetManagedObjects: {e}"))?;
+    let mut parent_names: HashMap<String, String> = HashMap::new();
+    for (path, ifaces) in &objects {
+        if let Some(name) = string_prop(&by_name(ifaces), PARENT_IFACE, "Name") {
+            parent_names.insert(path.as_str().to_owned(), name);
+        }
+    }
+    let mut out = Vec::new();
+    for ifaces in objects.values() {
+        let ifaces = by_name(ifaces);
+        if let (Some(id), Some(parent)) = (
+            string_prop(&ifaces, TYPE_IFACE, "Id"),
+            path_prop(&ifaces, TYPE_IFACE, "Parent").and_then(|p| parent_names.get(&p).cloned()),
+        ) {
+            let name = string_prop(&ifaces, TYPE_IFACE, "Name")
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| id.clone());
+            out.push((parent, id, name));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Every difference between the tree and what is published, in words.
 pub fn differences(sysfs: &Picture, dbus: &Picture) -> Vec<String> {
     let mut out = Vec::new();

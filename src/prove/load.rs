@@ -2,7 +2,8 @@
 //! of randomly chosen types for M operations, in rounds; the daemon's RSS after every round
 //! shows whether memory grows with work done.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::dbus::proxies::{DeviceProxy, ManagerProxy};
@@ -50,54 +51,63 @@ impl LoadReport {
     }
 }
 
-/// Type names with room for every client at once, so no refusal is legitimate.
-fn roomy_types(
-    pic: &check::Picture,
-    clients: usize,
-    names: &HashMap<(String, String), String>,
-) -> Vec<String> {
-    let mut room: HashMap<String, u32> = HashMap::new();
-    for (parent, types) in &pic.parents {
-        for (id, n) in types {
-            if let Some(name) = names.get(&(parent.clone(), id.clone())) {
-                *room.entry(name.clone()).or_default() += n;
-            }
-        }
-    }
-    let mut v: Vec<String> = room
-        .into_iter()
-        .filter(|(_, n)| *n as usize >= 2 * clients)
-        .map(|(name, _)| name)
-        .collect();
-    v.sort();
-    v
+/// The GPU a parent belongs to: its SR-IOV physical function, or itself.
+fn gpu_of(sys: &Path, parent: &str) -> String {
+    std::fs::read_link(sys.join("class/mdev_bus").join(parent).join("physfn"))
+        .ok()
+        .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| parent.to_owned())
 }
 
-/// Human type names by (parent, type id), read from the published objects.
-async fn type_names(conn: &zbus::Connection) -> Result<HashMap<(String, String), String>, String> {
-    let pic = check::dbus_picture(conn).await?;
-    let mut out = HashMap::new();
-    for (parent, types) in &pic.parents {
-        for id in types.keys() {
-            let path = crate::dbus::names::type_path(
-                &crate::model::ParentName::new(parent).map_err(|e| e.to_string())?,
-                &crate::model::TypeId::new(id).map_err(|e| e.to_string())?,
-            );
-            let t = crate::dbus::proxies::MdevTypeProxy::builder(conn)
-                .path(path)
-                .map_err(|e| e.to_string())?
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await
-                .map_err(|e| e.to_string())?;
-            let name = t.name().await.unwrap_or_default();
-            out.insert(
-                (parent.clone(), id.clone()),
-                if name.is_empty() { id.clone() } else { name },
-            );
+/// Type names no client can legitimately be refused, whatever the others hold at the time
+/// (each client holds at most one device). Drivers may allow one type per GPU at a time (NVIDIA)
+/// and share capacity between a GPU's types and VFs, so a name is chosen when
+/// - more GPUs offer it than there are clients (some GPU is always untouched), or
+/// - its free instances alone cover every client and no other chosen name lives on its GPUs.
+pub fn safe_types(
+    types: &[(String, String, String)],
+    available: &check::Picture,
+    gpu: impl Fn(&str) -> String,
+    clients: usize,
+) -> Vec<String> {
+    let mut gpus: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    let mut room: BTreeMap<&str, u64> = BTreeMap::new();
+    for (parent, id, name) in types {
+        let n = available
+            .parents
+            .get(parent)
+            .and_then(|t| t.get(id))
+            .copied()
+            .unwrap_or(0);
+        if n > 0 {
+            gpus.entry(name).or_default().insert(gpu(parent));
+            *room.entry(name).or_default() += u64::from(n);
         }
     }
-    Ok(out)
+    let mut chosen: Vec<String> = gpus
+        .iter()
+        .filter(|(_, g)| g.len() > clients)
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let mut taken: BTreeSet<String> = chosen
+        .iter()
+        .flat_map(|n| gpus[n.as_str()].iter().cloned())
+        .collect();
+    let mut rest: Vec<(&str, u64)> = room
+        .iter()
+        .filter(|(n, _)| !chosen.iter().any(|c| c == *n))
+        .map(|(n, r)| (*n, *r))
+        .collect();
+    rest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    for (name, r) in rest {
+        let on = &gpus[name];
+        if r >= clients as u64 && on.is_disjoint(&taken) {
+            taken.extend(on.iter().cloned());
+            chosen.push(name.to_owned());
+        }
+    }
+    chosen.sort();
+    chosen
 }
 
 async fn client(
@@ -156,9 +166,9 @@ async fn client(
 
 /// Runs the load on `rig`; the host must have room for `clients` devices of several types.
 pub async fn run(rig: &Rig, cfg: &LoadConfig) -> Result<LoadReport, String> {
-    let names = type_names(rig.conn()).await?;
+    let names = check::dbus_type_names(rig.conn()).await?;
     let pic = check::dbus_picture(rig.conn()).await?;
-    let types = roomy_types(&pic, cfg.clients, &names);
+    let types = safe_types(&names, &pic, |p| gpu_of(&rig.sim.mount, p), cfg.clients);
     if types.is_empty() {
         return Err("no type has room for every client".into());
     }
@@ -195,4 +205,52 @@ pub async fn run(rig: &Rig, cfg: &LoadConfig) -> Result<LoadReport, String> {
         report.inconsistencies = diff;
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_types_never_mix_names_on_a_crowded_gpu() {
+        let t = |p: &str, id: &str, name: &str| (p.to_owned(), id.to_owned(), name.to_owned());
+        // Three one-type-per-GPU cards offering A and B, one pooled card (two VFs) offering C
+        // and D, one sample driver offering E (room 8).
+        let types = vec![
+            t("g1", "a", "A"),
+            t("g1", "b", "B"),
+            t("g2", "a", "A"),
+            t("g2", "b", "B"),
+            t("g3", "a", "A"),
+            t("g3", "b", "B"),
+            t("v1", "c", "C"),
+            t("v1", "d", "D"),
+            t("v2", "c", "C"),
+            t("v2", "d", "D"),
+            t("s", "e", "E"),
+        ];
+        let mut pic = check::Picture::default();
+        for (p, id, _) in &types {
+            let n = match p.as_str() {
+                "s" => 8,
+                _ => 1,
+            };
+            pic.parents
+                .entry(p.clone())
+                .or_default()
+                .insert(id.clone(), n);
+        }
+        let gpu = |p: &str| {
+            if p.starts_with('v') {
+                "pf".to_owned()
+            } else {
+                p.to_owned()
+            }
+        };
+        // Two clients: A and B each have three GPUs (> 2); of C and D (room 2 each, same GPU)
+        // only one; E has room.
+        assert_eq!(safe_types(&types, &pic, gpu, 2), vec!["A", "B", "C", "E"]);
+        // Eight clients: only E's own room covers them.
+        assert_eq!(safe_types(&types, &pic, gpu, 8), vec!["E"]);
+    }
 }
