@@ -38,9 +38,16 @@ pub struct FuzzReport {
 
 /// The input signature of each method, parsed from the service's introspection.
 pub fn methods_of(path: &str, xml: &str) -> Result<Vec<Method>, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("introspection XML: {e}"))?;
+    // Introspection data starts with a DOCTYPE.
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(xml, opts)
+        .map_err(|e| format!("introspection XML: {e}"))?;
     let mut out = Vec::new();
-    for iface in doc.descendants().filter(|n| n.has_tag_name("interface")) {
+    // Only the object's own interfaces: zbus also describes child nodes inline.
+    for iface in doc.root_element().children().filter(|n| n.has_tag_name("interface")) {
         let iname = iface.attribute("name").unwrap_or_default();
         if !iname.starts_with("org.vgpud1.") {
             continue;
@@ -268,6 +275,11 @@ async fn discover(conn: &zbus::Connection) -> Result<Vec<Method>, String> {
             .map_err(|e| format!("introspect {path}: {e}"))?;
         methods.extend(methods_of(&path, &xml)?);
     }
+    methods.sort_by(|a, b| (&a.path, &a.interface, &a.name).cmp(&(&b.path, &b.interface, &b.name)));
+    methods.dedup_by(|a, b| (&a.path, &a.interface, &a.name) == (&b.path, &b.interface, &b.name));
+    for m in &methods {
+        tracing::debug!(path = %m.path, interface = %m.interface, method = %m.name, signature = %m.signature, "fuzzing");
+    }
     Ok(methods)
 }
 
@@ -414,11 +426,15 @@ mod tests {
 
     #[test]
     fn methods_come_from_introspection() {
-        let xml = r#"<node><interface name="org.vgpud1.Manager">
+        let xml = r#"<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"
+            "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">
+            <node><interface name="org.vgpud1.Manager">
             <method name="CreateDevice"><arg name="t" type="s" direction="in"/>
               <arg name="o" type="a{sv}" direction="in"/><arg type="o" direction="out"/></method>
             <method name="ReloadPolicy"><arg type="s" direction="out"/></method></interface>
-            <interface name="org.freedesktop.DBus.Peer"><method name="Ping"/></interface></node>"#;
+            <interface name="org.freedesktop.DBus.Peer"><method name="Ping"/></interface>
+            <node name="devices"><interface name="org.vgpud1.Device"><method name="Start"/></interface></node>
+            </node>"#;
         let m = methods_of("/org/vgpud", xml).unwrap();
         assert_eq!(m.len(), 2);
         assert_eq!(
