@@ -16,6 +16,7 @@ pub mod model;
 pub mod policy;
 pub mod polkitd;
 pub mod privbus;
+pub mod prove;
 pub mod sim;
 pub mod store;
 pub mod sysfs;

@@ -1,0 +1,308 @@
+//! sysfs: the model's validators and NVIDIA's type lists on generated text, and both backends
+//! over a generated sysfs tree with hostile names, attribute text and links. Whatever they
+//! accept is a safe path component, and reading never changes a file, inside the tree or out.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use super::mutate::{mutate, Rng};
+use super::{path_safe, Case};
+use crate::backend::nvidia::parse_vgpu_types;
+use crate::backend::Host;
+use crate::model::{is_pci_address, MdevUuid, ParentName, PciAddress, TypeId};
+use crate::sysfs::SysfsRoot;
+
+const NAMES: &[&str] = &[
+    "0000:3b:00.0",
+    "0000:c1:00.4",
+    "10000:00:02.0",
+    "mtty",
+    "nvidia-231",
+    "i915-GVTg_V5_4",
+    "vfio_ap-passthrough",
+    "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001",
+    "83B8F4F2-509F-382F-3C1E-E6BFE0FA1001\n",
+];
+
+const TYPE_LISTS: &[&str] = &[
+    "ID    : vGPU Name\n1414 : NVIDIA H200X-1-18C\n1415 : NVIDIA H200X-2-35C\n",
+    "NVIDIA L40S-1Q  1147\nNVIDIA L40S-2Q  1148\n",
+    "vGPU Name ID\nNVIDIA L40S-48Q 1160\n\n",
+];
+
+const TOKENS: &[&str] = &[":", " : ", "  ", "\n", "ID", "Name", "0", "4294967296", "-1"];
+
+pub fn run_text(case: &mut Case) -> Result<(), String> {
+    if case.rng().one_in(3) {
+        let mut text = case.rng().pick(TYPE_LISTS).as_bytes().to_vec();
+        mutate(case.rng(), &mut text, TOKENS);
+        let text = String::from_utf8_lossy(&text).into_owned();
+        case.show(&text);
+        return check_type_list(&text);
+    }
+    let mut name = case.rng().pick(NAMES).as_bytes().to_vec();
+    mutate(case.rng(), &mut name, NAMES);
+    let name = String::from_utf8_lossy(&name).into_owned();
+    case.show(&name);
+    check_name(&name)
+}
+
+/// What the model accepts of `text` is a safe path component and prints back as read.
+fn check_name(text: &str) -> Result<(), String> {
+    if let Ok(p) = ParentName::new(text) {
+        path_safe("parent name", p.as_str())?;
+    }
+    if let Ok(t) = TypeId::new(text) {
+        path_safe("type id", t.as_str())?;
+    }
+    if let Ok(u) = MdevUuid::parse(text) {
+        let shown = u.to_string();
+        path_safe("UUID", &shown)?;
+        if !shown.eq_ignore_ascii_case(text.strip_suffix('\n').unwrap_or(text)) {
+            return Err(format!("UUID {text:?} prints as {shown}"));
+        }
+        if MdevUuid::parse(&shown).ok() != Some(u) {
+            return Err(format!("UUID {shown} does not parse back"));
+        }
+    }
+    match PciAddress::parse(text) {
+        Ok(a) => {
+            if a.to_string() != text {
+                return Err(format!("PCI address {text:?} prints as {a}"));
+            }
+            path_safe("PCI address", ParentName::from(a).as_str())?;
+            if !is_pci_address(text) {
+                return Err(format!("{text:?} parses but is_pci_address says no"));
+            }
+        }
+        Err(_) if is_pci_address(text) => {
+            return Err(format!("{text:?} does not parse but is_pci_address says yes"))
+        }
+        Err(_) => {}
+    }
+    Ok(())
+}
+
+fn check_type_list(text: &str) -> Result<(), String> {
+    let entries = parse_vgpu_types(text, Path::new("creatable_vgpu_types"));
+    for (i, e) in entries.iter().enumerate() {
+        if e.id == 0 || e.name.is_empty() || e.name.trim() != e.name || e.name.contains('\n') {
+            return Err(format!("a malformed entry was accepted: {e:?}"));
+        }
+        if entries[..i].iter().any(|known| known.id == e.id) {
+            return Err(format!("id {} is listed twice", e.id));
+        }
+        let id = TypeId::new(format!("nvidia-{}", e.id)).map_err(|e| e.to_string())?;
+        path_safe("type id", id.as_str())?;
+    }
+    Ok(())
+}
+
+// ---- a generated sysfs tree ------------------------------------------------------------------
+
+/// Attribute text: a plausible value, hostile text, or no file at all.
+fn attr_text(rng: &mut Rng, plausible: &[&str]) -> Option<Vec<u8>> {
+    match rng.below(10) {
+        0 => None,
+        1 => Some(rng.hostile()),
+        2 => Some(vec![b'7'; 64 * 1024 + rng.below(2)]),
+        3 => Some(rng.edgy_i64().to_string().into_bytes()),
+        _ => {
+            let mut text = rng.pick(plausible).as_bytes().to_vec();
+            if rng.one_in(3) {
+                mutate(rng, &mut text, TOKENS);
+            }
+            Some(text)
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: Option<Vec<u8>>) {
+    if let Some(text) = text {
+        if fs::create_dir_all(dir).is_ok() {
+            let _ = fs::write(dir.join(name), text);
+        }
+    }
+}
+
+/// A name for a directory entry: plausible or hostile, but one the file system can hold.
+fn entry(rng: &mut Rng, plausible: &[&str]) -> Vec<u8> {
+    let mut name = rng.pick(plausible).as_bytes().to_vec();
+    if rng.one_in(4) {
+        let token = rng.hostile();
+        let at = rng.below(name.len() + 1);
+        name.splice(at..at, token);
+    }
+    if rng.one_in(30) {
+        name = name.repeat(1 + rng.below(40));
+    }
+    name.retain(|b| *b != b'/' && *b != 0);
+    name.truncate(255);
+    if name.is_empty() || name == b"." || name == b".." {
+        name = b"x".to_vec();
+    }
+    name
+}
+
+/// A link target: where the kernel would point, or somewhere it must not lead.
+fn link_target(rng: &mut Rng, proper: &str) -> String {
+    match rng.below(8) {
+        0 => "../../../../../../outside".to_owned(),
+        1 => "/etc".to_owned(),
+        2 => "nowhere".to_owned(),
+        _ => proper.to_owned(),
+    }
+}
+
+/// Lays out parents (generic mdev and NVIDIA vendor VFs), types and devices under `sys`.
+fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
+    let mut made = Vec::new();
+    for dir in ["class/mdev_bus", "bus/mdev/devices", "bus/pci/devices", "kernel/iommu_groups/7"] {
+        let _ = fs::create_dir_all(sys.join(dir));
+    }
+    for _ in 0..1 + rng.size(3) {
+        let name = entry(rng, &["0000:3b:00.0", "mtty", "0000:c1:00.4"]);
+        let os_name = std::ffi::OsStr::from_bytes(&name);
+        made.push(super::escape(&name));
+        let dev = sys.join("devices/pci0000:3a").join(os_name);
+        let _ = fs::create_dir_all(&dev);
+        write(&dev, "vendor", attr_text(rng, &["0x10de\n", "10de", "0x110de"]));
+        write(&dev, "device", attr_text(rng, &["0x1eb8\n"]));
+        write(&dev, "class", attr_text(rng, &["0x030200\n"]));
+        write(&dev, "numa_node", attr_text(rng, &["-1\n", "1\n", "-2"]));
+        let _ = symlink(
+            link_target(rng, "../../kernel/iommu_groups/7"),
+            dev.join("iommu_group"),
+        );
+        let _ = symlink(link_target(rng, "../../bus/pci/drivers/nvidia"), dev.join("driver"));
+        if rng.one_in(3) {
+            let _ = symlink(link_target(rng, "../pci0000:3a/0000:3b:00.0"), dev.join("virtfn0"));
+        }
+        let mdev_bus = sys.join("class/mdev_bus").join(os_name);
+        let _ = symlink(link_target(rng, &format!("../../devices/pci0000:3a/{}", os_name.to_string_lossy())), mdev_bus);
+        if rng.one_in(2) {
+            let pci = sys.join("bus/pci/devices").join(os_name);
+            let _ = symlink(
+                link_target(rng, &format!("../../../devices/pci0000:3a/{}", os_name.to_string_lossy())),
+                pci,
+            );
+            let vendor = dev.join("nvidia");
+            write(&vendor, "creatable_vgpu_types", attr_text(rng, TYPE_LISTS));
+            write(&vendor, "supported_vgpu_types", attr_text(rng, TYPE_LISTS));
+            write(&vendor, "current_vgpu_type", attr_text(rng, &["0\n", "1147\n", "4294967296"]));
+        }
+        for _ in 0..rng.size(4) {
+            let id = entry(rng, &["nvidia-231", "mtty-1", "i915-GVTg_V5_4"]);
+            let t = dev.join("mdev_supported_types").join(std::ffi::OsStr::from_bytes(&id));
+            made.push(format!("  type {}", super::escape(&id)));
+            let _ = fs::create_dir_all(&t);
+            write(&t, "available_instances", attr_text(rng, &["8\n", "0\n", "-1\n", "4294967296\n"]));
+            write(&t, "device_api", attr_text(rng, &["vfio-pci\n", "vfio-ccw"]));
+            write(&t, "name", attr_text(rng, &["GRID T4-2Q\n"]));
+            write(&t, "description", attr_text(rng, &["num_heads=4, framebuffer=2048M\n"]));
+        }
+        for _ in 0..rng.size(3) {
+            let uuid = entry(rng, &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"]);
+            let os_uuid = std::ffi::OsStr::from_bytes(&uuid);
+            let d = dev.join(os_uuid);
+            let _ = fs::create_dir_all(&d);
+            let ty = entry(rng, &["nvidia-231", "../../.."]);
+            let _ = symlink(
+                link_target(rng, &format!("../mdev_supported_types/{}", String::from_utf8_lossy(&ty))),
+                d.join("mdev_type"),
+            );
+            let _ = symlink(link_target(rng, "../../../kernel/iommu_groups/7"), d.join("iommu_group"));
+            let link = sys.join("bus/mdev/devices").join(os_uuid);
+            let target = format!(
+                "../../../devices/pci0000:3a/{}/{}",
+                os_name.to_string_lossy(),
+                os_uuid.to_string_lossy()
+            );
+            let _ = symlink(link_target(rng, &target), link);
+        }
+    }
+    made
+}
+
+pub fn run_tree(case: &mut Case) -> Result<(), String> {
+    let tmp = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    let sys = tmp.path().join("sys");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).map_err(|e| e.to_string())?;
+    fs::write(outside.join("vendor"), "0x10de\n").map_err(|e| e.to_string())?;
+    let made = tree(case.rng(), &sys);
+    case.show_part("tree", made.join(" "));
+    let before = super::store::snapshot(tmp.path());
+    let root = SysfsRoot::new(&sys).map_err(|e| e.to_string())?;
+    let host = Host::new(root.clone());
+    let result = check_host(&host, &root);
+    if super::store::snapshot(tmp.path()) != before {
+        return Err("reading sysfs changed a file".into());
+    }
+    result
+}
+
+/// Everything the backends read is named safely and lies inside the root.
+fn check_host(host: &Host, root: &SysfsRoot) -> Result<(), String> {
+    let inside = |what: &str, path: &Path| {
+        if path.starts_with(root.canonical()) {
+            Ok(())
+        } else {
+            Err(format!("{what} at {} is outside the root", path.display()))
+        }
+    };
+    if let Ok(parents) = host.parents() {
+        for p in &parents {
+            path_safe("parent", p.name.as_str())?;
+            inside("parent", &p.sysfs_path)?;
+            for vf in p.virtfns.iter().chain(&p.physfn) {
+                path_safe("virtual function", vf.as_str())?;
+            }
+            for t in &p.types {
+                path_safe("type id", t.id.as_str())?;
+            }
+            let _ = host.types(&p.name);
+        }
+    }
+    if let Ok(devices) = host.devices() {
+        for d in &devices {
+            path_safe("device parent", d.parent.as_str())?;
+            if let Some(t) = &d.type_id {
+                path_safe("device type", t.as_str())?;
+            }
+            inside("device", &d.sysfs_path)?;
+            let _ = host.device(&d.uuid);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_plausible_name_passes_the_checks() {
+        for name in NAMES {
+            check_name(name).expect("consistent");
+        }
+        for list in TYPE_LISTS {
+            check_type_list(list).expect("consistent");
+        }
+    }
+
+    #[test]
+    fn a_tree_of_plausible_values_lists_a_parent() {
+        // Seeds vary the tree; some seed among the first hundred gives a readable parent.
+        let found = (0..100).any(|seed| {
+            let tmp = tempfile::tempdir().unwrap();
+            let sys = tmp.path().join("sys");
+            tree(&mut Rng::new(seed), &sys);
+            let host = Host::new(SysfsRoot::new(&sys).unwrap());
+            host.parents().is_ok_and(|p| !p.is_empty())
+        });
+        assert!(found, "the generator never makes a readable parent");
+    }
+}
