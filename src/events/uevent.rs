@@ -8,6 +8,9 @@ use crate::model::{MdevUuid, ParentName};
 /// Longest message accepted; the kernel's own limit (UEVENT_BUFFER_SIZE) is 2048 bytes.
 pub const MAX_UEVENT_LEN: usize = 8192;
 
+/// The properties the kernel itself writes into every event.
+const CORE_KEYS: [&str; 4] = ["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM"];
+
 /// One kernel event, owned and `Send`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UEvent {
@@ -53,6 +56,8 @@ pub enum UEventError {
     BadSeqnum(String),
     #[error("uevent is not UTF-8")]
     NotUtf8,
+    #[error("uevent repeats {0}")]
+    Repeated(&'static str),
 }
 
 impl UEvent {
@@ -135,6 +140,13 @@ impl UEvent {
                 .ok_or_else(|| UEventError::BadProperty(f.chars().take(64).collect()))?;
             if k.is_empty() {
                 return Err(UEventError::BadProperty(f.chars().take(64).collect()));
+            }
+            // The kernel writes each of these once; a second one would silently replace what
+            // the event is about (its subsystem, say), so the message is refused instead.
+            if let Some(key) = CORE_KEYS.iter().find(|c| **c == k) {
+                if props.contains_key(k) {
+                    return Err(UEventError::Repeated(key));
+                }
             }
             props.insert(k.to_owned(), v.to_owned());
         }
@@ -233,6 +245,26 @@ mod tests {
             Err(UEventError::TooLong(MAX_UEVENT_LEN + 1))
         );
         assert_eq!(UEvent::parse(b"add@/d\0\xff\0"), Err(UEventError::NotUtf8));
+    }
+
+    #[test]
+    fn rejects_a_repeated_core_property() {
+        // Found by fuzzing: a second SUBSYSTEM replaced the first, and an event whose props held
+        // SEQNUM encoded to a message that parsed back as a different event.
+        let wire = b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=mdev\0SUBSYSTEM=pci\0";
+        assert_eq!(UEvent::parse(wire), Err(UEventError::Repeated("SUBSYSTEM")));
+        let mut e = sample().with("SEQNUM", "7");
+        e.seqnum = 9;
+        assert_eq!(
+            UEvent::parse(&e.encode()),
+            Err(UEventError::Repeated("SEQNUM"))
+        );
+    }
+
+    #[test]
+    fn a_repeated_other_property_keeps_the_last() {
+        let wire = b"bind@/d\0ACTION=bind\0DEVPATH=/d\0SUBSYSTEM=pci\0DRIVER=a\0DRIVER=b\0";
+        assert_eq!(UEvent::parse(wire).unwrap().prop("DRIVER"), Some("b"));
     }
 
     #[test]

@@ -176,7 +176,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<PolicyFile, Vec<Diagnostic>
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            check.error(span, plain_serde_message(e.message()));
+            let mut message = plain_serde_message(e.message());
+            if message.is_empty() {
+                // The TOML parser gives no words for some errors (a control character in a
+                // comment): say what is at the position instead of printing nothing.
+                message = unexpected_at(text, span.start);
+            }
+            check.error(span, message);
             return Err(check.diagnostics);
         }
     };
@@ -549,6 +555,18 @@ fn account_name_problem(s: &str) -> Option<&'static str> {
         Some("users and groups are not globs; write users = [\"*\"] to mean everyone")
     } else {
         None
+    }
+}
+
+/// What a file has at byte `offset` that TOML does not allow there.
+fn unexpected_at(text: &str, offset: usize) -> String {
+    match text.get(offset..).and_then(|rest| rest.chars().next()) {
+        Some(c) if c.is_control() => format!(
+            "control character U+{:04X} is not allowed here",
+            u32::from(c)
+        ),
+        Some(c) => format!("{c:?} is not allowed here"),
+        None => "the file ends too early".to_owned(),
     }
 }
 

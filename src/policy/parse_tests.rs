@@ -56,6 +56,16 @@ fn syntax_error_message_is_one_line() {
 }
 
 #[test]
+fn control_character_in_a_comment_is_named() {
+    // Found by fuzzing: the TOML parser's message for this is empty, so the diagnostic said
+    // nothing but its position.
+    let (line, col) = one_error("a = 1\n# x\u{0}y\n", "control character U+0000");
+    assert_eq!((line, col), (2, 4));
+    let (line, col) = one_error("# \u{7f}\n", "control character U+007F");
+    assert_eq!((line, col), (1, 3));
+}
+
+#[test]
 fn unknown_top_level_key() {
     assert_eq!(
         one_error("\n\nbogus = 1\n", "unknown field `bogus`"),
