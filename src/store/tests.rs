@@ -135,6 +135,16 @@ fn define_twice_is_already_exists_and_keeps_the_first() {
 }
 
 #[test]
+fn define_under_a_hidden_parent_is_refused() {
+    // Found by fuzzing: the scan skips hidden directories, so the definition was written and
+    // then never listed, found or undefined.
+    let f = fixture();
+    let err = f.store.define(&def(".mtty", U1), &meta()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(!f.defs.join(".mtty").exists());
+}
+
+#[test]
 fn definitions_written_by_others_have_no_meta() {
     let f = fixture();
     put(&f.defs.join("mtty").join(U1), GOOD);

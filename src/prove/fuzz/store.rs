@@ -230,6 +230,10 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
             let name = entry_name(rng, &uuids);
             let path = dir.join(std::ffi::OsStr::from_bytes(&name));
             made.push(format!("{}/{}", super::escape(&parent), super::escape(&name)));
+            // Writing to a FIFO made by an earlier draw would wait for a reader forever.
+            if fs::symlink_metadata(&path).is_ok() {
+                continue;
+            }
             let _ = match rng.below(10) {
                 0 => symlink(outside.join("secret"), &path),
                 1 => nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU)
@@ -245,6 +249,9 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
             if fs::create_dir_all(&meta_dir).is_ok() {
                 let name = format!("{}.json", rng.pick(&uuids));
                 let path = meta_dir.join(name);
+                if fs::symlink_metadata(&path).is_ok() {
+                    continue;
+                }
                 let _ = match rng.below(4) {
                     0 => symlink(outside.join("secret"), &path),
                     1 => nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU)
