@@ -66,6 +66,25 @@ fn control_character_in_a_comment_is_named() {
 }
 
 #[test]
+fn hostile_values_are_quoted_cut_short() {
+    // Found by fuzzing: a megabyte-long user, group, pattern, strategy or key was copied whole
+    // into its diagnostic.
+    let long = "x".repeat(1 << 20);
+    let cases = [
+        allow(&format!("groups = [\"{long} \"]\n")),
+        allow(&format!("types = [\"[{long}\"]\n")),
+        format!("[placement]\nstrategy = \"{long}\"\n"),
+        format!("{long} = 1\n"),
+        format!("[[allow]]\nname = \"r\"\ngroups = [\"{}\"]\n", "1".repeat(1000)),
+    ];
+    for text in cases {
+        let d = errors(&text);
+        assert!(d[0].message.len() < 400, "{} bytes", d[0].message.len());
+        assert!(d[0].message.contains("..."), "{}", d[0].message);
+    }
+}
+
+#[test]
 fn unknown_top_level_key() {
     assert_eq!(
         one_error("\n\nbogus = 1\n", "unknown field `bogus`"),
