@@ -3,6 +3,7 @@
 //! accept is a safe path component, and reading never changes a file, inside the tree or out.
 
 use std::fs;
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -102,18 +103,33 @@ fn check_type_list(text: &str) -> Result<(), String> {
 
 // ---- a generated sysfs tree ------------------------------------------------------------------
 
-/// Attribute text: a plausible value, hostile text, or no file at all.
-fn attr_text(rng: &mut Rng, plausible: &[&str]) -> Option<Vec<u8>> {
-    match rng.below(10) {
+/// Draws for one tree: how often a value is hostile rather than plausible (one in `spite`),
+/// so that some trees are mostly readable and the backends get past their first check.
+struct Draw<'r> {
+    rng: &'r mut Rng,
+    spite: usize,
+}
+
+impl Draw<'_> {
+    fn hostile(&mut self) -> bool {
+        self.rng.one_in(self.spite)
+    }
+}
+
+/// Attribute text: a plausible value, or hostile text, or no file at all.
+fn attr_text(d: &mut Draw, plausible: &[&str]) -> Option<Vec<u8>> {
+    if !d.hostile() {
+        return Some(d.rng.pick(plausible).as_bytes().to_vec());
+    }
+    let rng = &mut *d.rng;
+    match rng.below(5) {
         0 => None,
         1 => Some(rng.hostile()),
         2 => Some(vec![b'7'; 64 * 1024 + rng.below(2)]),
         3 => Some(rng.edgy_i64().to_string().into_bytes()),
         _ => {
             let mut text = rng.pick(plausible).as_bytes().to_vec();
-            if rng.one_in(3) {
-                mutate(rng, &mut text, TOKENS);
-            }
+            mutate(rng, &mut text, TOKENS);
             Some(text)
         }
     }
@@ -128,14 +144,16 @@ fn write(dir: &Path, name: &str, text: Option<Vec<u8>>) {
 }
 
 /// A name for a directory entry: plausible or hostile, but one the file system can hold.
-fn entry(rng: &mut Rng, plausible: &[&str]) -> Vec<u8> {
+fn entry(d: &mut Draw, plausible: &[&str]) -> Vec<u8> {
+    let hostile = d.hostile();
+    let rng = &mut *d.rng;
     let mut name = rng.pick(plausible).as_bytes().to_vec();
-    if rng.one_in(4) {
+    if hostile {
         let token = rng.hostile();
         let at = rng.below(name.len() + 1);
         name.splice(at..at, token);
     }
-    if rng.one_in(30) {
+    if hostile && rng.one_in(8) {
         name = name.repeat(1 + rng.below(40));
     }
     name.retain(|b| *b != b'/' && *b != 0);
@@ -147,83 +165,85 @@ fn entry(rng: &mut Rng, plausible: &[&str]) -> Vec<u8> {
 }
 
 /// A link target: where the kernel would point, or somewhere it must not lead.
-fn link_target(rng: &mut Rng, proper: &str) -> String {
-    match rng.below(8) {
+fn link_target(d: &mut Draw, proper: &str) -> String {
+    if !d.hostile() {
+        return proper.to_owned();
+    }
+    match d.rng.below(4) {
         0 => "../../../../../../outside".to_owned(),
         1 => "/etc".to_owned(),
         2 => "nowhere".to_owned(),
-        _ => proper.to_owned(),
+        _ => format!("{proper}/../../../../../../../outside"),
     }
 }
 
-/// Lays out parents (generic mdev and NVIDIA vendor VFs), types and devices under `sys`.
+/// Lays out parents (generic mdev and NVIDIA vendor VFs), types and devices under `sys`, with
+/// links as the kernel makes them (relative), each value hostile once in a while.
 fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
-    let mut made = Vec::new();
+    let spite = *rng.pick(&[1000, 30, 8, 2]);
+    let mut made = vec![format!("one in {spite} hostile:")];
+    let d = &mut Draw { rng, spite };
     for dir in ["class/mdev_bus", "bus/mdev/devices", "bus/pci/devices", "kernel/iommu_groups/7"] {
         let _ = fs::create_dir_all(sys.join(dir));
     }
-    for _ in 0..1 + rng.size(3) {
-        let name = entry(rng, &["0000:3b:00.0", "mtty", "0000:c1:00.4"]);
-        let os_name = std::ffi::OsStr::from_bytes(&name);
+    for _ in 0..1 + d.rng.size(3) {
+        let name = entry(d, &["0000:3b:00.0", "mtty", "0000:c1:00.4"]);
+        let name_text = String::from_utf8_lossy(&name).into_owned();
         made.push(super::escape(&name));
-        let dev = sys.join("devices/pci0000:3a").join(os_name);
+        let dev = sys.join("devices/pci0000:3a").join(OsStr::from_bytes(&name));
         let _ = fs::create_dir_all(&dev);
-        write(&dev, "vendor", attr_text(rng, &["0x10de\n", "10de", "0x110de"]));
-        write(&dev, "device", attr_text(rng, &["0x1eb8\n"]));
-        write(&dev, "class", attr_text(rng, &["0x030200\n"]));
-        write(&dev, "numa_node", attr_text(rng, &["-1\n", "1\n", "-2"]));
-        let _ = symlink(
-            link_target(rng, "../../kernel/iommu_groups/7"),
-            dev.join("iommu_group"),
-        );
-        let _ = symlink(link_target(rng, "../../bus/pci/drivers/nvidia"), dev.join("driver"));
-        if rng.one_in(3) {
-            let _ = symlink(link_target(rng, "../pci0000:3a/0000:3b:00.0"), dev.join("virtfn0"));
+        write(&dev, "vendor", attr_text(d, &["0x10de\n", "10de"]));
+        write(&dev, "device", attr_text(d, &["0x1eb8\n"]));
+        write(&dev, "class", attr_text(d, &["0x030200\n"]));
+        write(&dev, "numa_node", attr_text(d, &["-1\n", "1\n"]));
+        link(d, &dev.join("iommu_group"), "../../../kernel/iommu_groups/7");
+        link(d, &dev.join("driver"), "../../../bus/pci/drivers/nvidia");
+        if d.rng.one_in(3) {
+            link(d, &dev.join("virtfn0"), "../0000:3b:00.0");
         }
-        let mdev_bus = sys.join("class/mdev_bus").join(os_name);
-        let _ = symlink(link_target(rng, &format!("../../devices/pci0000:3a/{}", os_name.to_string_lossy())), mdev_bus);
-        if rng.one_in(2) {
-            let pci = sys.join("bus/pci/devices").join(os_name);
-            let _ = symlink(
-                link_target(rng, &format!("../../../devices/pci0000:3a/{}", os_name.to_string_lossy())),
-                pci,
-            );
+        let in_devices = format!("devices/pci0000:3a/{name_text}");
+        link(d, &sys.join("class/mdev_bus").join(OsStr::from_bytes(&name)), &format!("../../{in_devices}"));
+        if d.rng.one_in(2) {
+            let pci = sys.join("bus/pci/devices").join(OsStr::from_bytes(&name));
+            link(d, &pci, &format!("../../../{in_devices}"));
             let vendor = dev.join("nvidia");
-            write(&vendor, "creatable_vgpu_types", attr_text(rng, TYPE_LISTS));
-            write(&vendor, "supported_vgpu_types", attr_text(rng, TYPE_LISTS));
-            write(&vendor, "current_vgpu_type", attr_text(rng, &["0\n", "1147\n", "4294967296"]));
+            write(&vendor, "creatable_vgpu_types", attr_text(d, TYPE_LISTS));
+            write(&vendor, "supported_vgpu_types", attr_text(d, TYPE_LISTS));
+            write(&vendor, "current_vgpu_type", attr_text(d, &["0\n", "1147\n"]));
         }
-        for _ in 0..rng.size(4) {
-            let id = entry(rng, &["nvidia-231", "mtty-1", "i915-GVTg_V5_4"]);
-            let t = dev.join("mdev_supported_types").join(std::ffi::OsStr::from_bytes(&id));
-            made.push(format!("  type {}", super::escape(&id)));
+        for _ in 0..d.rng.size(4) {
+            let id = entry(d, &["nvidia-231", "mtty-1", "i915-GVTg_V5_4"]);
+            made.push(format!("type {}", super::escape(&id)));
+            let t = dev.join("mdev_supported_types").join(OsStr::from_bytes(&id));
             let _ = fs::create_dir_all(&t);
-            write(&t, "available_instances", attr_text(rng, &["8\n", "0\n", "-1\n", "4294967296\n"]));
-            write(&t, "device_api", attr_text(rng, &["vfio-pci\n", "vfio-ccw"]));
-            write(&t, "name", attr_text(rng, &["GRID T4-2Q\n"]));
-            write(&t, "description", attr_text(rng, &["num_heads=4, framebuffer=2048M\n"]));
+            write(&t, "available_instances", attr_text(d, &["8\n", "0\n"]));
+            write(&t, "device_api", attr_text(d, &["vfio-pci\n", "vfio-ccw"]));
+            write(&t, "name", attr_text(d, &["GRID T4-2Q\n"]));
+            write(&t, "description", attr_text(d, &["num_heads=4, framebuffer=2048M\n"]));
         }
-        for _ in 0..rng.size(3) {
-            let uuid = entry(rng, &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"]);
-            let os_uuid = std::ffi::OsStr::from_bytes(&uuid);
-            let d = dev.join(os_uuid);
-            let _ = fs::create_dir_all(&d);
-            let ty = entry(rng, &["nvidia-231", "../../.."]);
-            let _ = symlink(
-                link_target(rng, &format!("../mdev_supported_types/{}", String::from_utf8_lossy(&ty))),
-                d.join("mdev_type"),
+        for _ in 0..d.rng.size(3) {
+            let uuid = entry(d, &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", U2]);
+            made.push(format!("device {}", super::escape(&uuid)));
+            let device = dev.join(OsStr::from_bytes(&uuid));
+            let _ = fs::create_dir_all(&device);
+            let ty = String::from_utf8_lossy(&entry(d, &["nvidia-231", "mtty-1"])).into_owned();
+            link(d, &device.join("mdev_type"), &format!("../mdev_supported_types/{ty}"));
+            link(d, &device.join("iommu_group"), "../../../../kernel/iommu_groups/7");
+            let uuid_text = String::from_utf8_lossy(&uuid);
+            link(
+                d,
+                &sys.join("bus/mdev/devices").join(OsStr::from_bytes(&uuid)),
+                &format!("../../../{in_devices}/{uuid_text}"),
             );
-            let _ = symlink(link_target(rng, "../../../kernel/iommu_groups/7"), d.join("iommu_group"));
-            let link = sys.join("bus/mdev/devices").join(os_uuid);
-            let target = format!(
-                "../../../devices/pci0000:3a/{}/{}",
-                os_name.to_string_lossy(),
-                os_uuid.to_string_lossy()
-            );
-            let _ = symlink(link_target(rng, &target), link);
         }
     }
     made
+}
+
+const U2: &str = "0b2d8a04-6c5c-4f5e-9b1a-3d2f1e0c9a77";
+
+fn link(d: &mut Draw, at: &Path, proper: &str) {
+    let _ = symlink(link_target(d, proper), at);
 }
 
 pub fn run_tree(case: &mut Case) -> Result<(), String> {
@@ -306,3 +326,5 @@ mod tests {
         assert!(found, "the generator never makes a readable parent");
     }
 }
+
+
