@@ -31,7 +31,11 @@ fn seed() -> u64 {
 fn fuzz(name: &str) {
     let target = fuzz::target(name).unwrap_or_else(|| panic!("no fuzz target {name}"));
     let seed = seed();
-    let report = fuzz::run(&target, Budget::Time(Duration::from_secs_f64(seconds())), seed);
+    let report = fuzz::run(
+        &target,
+        Budget::Time(Duration::from_secs_f64(seconds())),
+        seed,
+    );
     eprintln!(
         "fuzz {name}: {} cases in {:.1} s ({:.0}/s), VGPUD_FUZZ_SEED={seed:#x}",
         report.cases,

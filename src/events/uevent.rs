@@ -32,10 +32,7 @@ pub enum Affected {
     },
     /// A possible parent; `registered` when it (re)registered with the mdev core or bound a
     /// driver, which is when autostart and ensure rules apply.
-    Parent {
-        name: ParentName,
-        registered: bool,
-    },
+    Parent { name: ParentName, registered: bool },
     /// Nothing vgpud can name (an mdev event whose device is not a UUID, a bad name).
     Nothing,
 }
@@ -303,7 +300,13 @@ mod tests {
             UEvent::new("add", "/devices/x/not-a-uuid", "mdev").affected(),
             Affected::Nothing
         );
-        assert_eq!(UEvent::new("add", "/devices/x/..", "pci").affected(), Affected::Nothing);
-        assert_eq!(UEvent::new("add", "/devices/x/", "pci").affected(), Affected::Nothing);
+        assert_eq!(
+            UEvent::new("add", "/devices/x/..", "pci").affected(),
+            Affected::Nothing
+        );
+        assert_eq!(
+            UEvent::new("add", "/devices/x/", "pci").affected(),
+            Affected::Nothing
+        );
     }
 }

@@ -75,7 +75,10 @@ fn hostile_values_are_quoted_cut_short() {
         allow(&format!("types = [\"[{long}\"]\n")),
         format!("[placement]\nstrategy = \"{long}\"\n"),
         format!("{long} = 1\n"),
-        format!("[[allow]]\nname = \"r\"\ngroups = [\"{}\"]\n", "1".repeat(1000)),
+        format!(
+            "[[allow]]\nname = \"r\"\ngroups = [\"{}\"]\n",
+            "1".repeat(1000)
+        ),
     ];
     for text in cases {
         let d = errors(&text);

@@ -200,7 +200,10 @@ fn one_case(target: &Target, seed: u64) -> Option<Finding> {
         Ok(Err(broken)) => broken,
         Err(payload) => {
             let hooked = LAST_PANIC.with(|p| p.borrow_mut().take());
-            format!("panic: {}", hooked.unwrap_or_else(|| payload_text(&*payload)))
+            format!(
+                "panic: {}",
+                hooked.unwrap_or_else(|| payload_text(&*payload))
+            )
         }
     };
     Some(Finding {
@@ -291,7 +294,10 @@ pub fn path_safe(what: &str, name: &str) -> Result<(), String> {
     } else {
         return Ok(());
     };
-    Err(format!("accepted {what} {:?} {problem}", escape(name.as_bytes())))
+    Err(format!(
+        "accepted {what} {:?} {problem}",
+        escape(name.as_bytes())
+    ))
 }
 
 /// `bytes` as printable ASCII: `\n`, `\0`, `\xff`-style escapes, cut to `INPUT_SHOWN` with
@@ -355,7 +361,10 @@ mod tests {
         let report = run(&PLANTED, Budget::Cases(200), 7);
         let finding = report.findings.first().expect("the planted panic is found");
         assert!(finding.message.contains("planted panic on"), "{finding}");
-        assert!(finding.message.contains("fuzz.rs"), "location kept: {finding}");
+        assert!(
+            finding.message.contains("fuzz.rs"),
+            "location kept: {finding}"
+        );
         let draw: u64 = finding.input.parse().expect("the input is the draw");
         assert_eq!(draw % 8, 0);
         assert!(finding.message.contains(&draw.to_string()));
@@ -377,7 +386,10 @@ mod tests {
         let report = run(&target, Budget::Cases(1000), 1);
         assert_eq!(report.findings.len(), MAX_FINDINGS);
         assert!(report.cases < 1000);
-        assert!(report.findings.iter().all(|f| f.message.ends_with("is odd")));
+        assert!(report
+            .findings
+            .iter()
+            .all(|f| f.message.ends_with("is odd")));
     }
 
     #[test]

@@ -154,7 +154,7 @@ impl Rng {
 
     /// A hostile token that is valid UTF-8.
     pub fn hostile_str(&mut self) -> &'static str {
-        *self.pick(HOSTILE)
+        self.pick::<&str>(HOSTILE)
     }
 
     /// A short string made of `alphabet` and, sometimes, hostile tokens.

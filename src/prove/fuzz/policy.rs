@@ -112,7 +112,10 @@ fn generated(rng: &mut Rng) -> String {
     let mut out = String::new();
     if rng.one_in(3) {
         let strategy = *rng.pick(&["spread", "pack", "numa-local", "random", ""]);
-        out.push_str(&format!("[placement]\nstrategy = {}\n", quoted(rng, strategy)));
+        out.push_str(&format!(
+            "[placement]\nstrategy = {}\n",
+            quoted(rng, strategy)
+        ));
         if rng.one_in(2) {
             out.push_str("numa_strict = true\n");
         }
@@ -275,7 +278,8 @@ fn exercise(rng: &mut Rng, policy: &Policy) -> Result<(), String> {
     let _ = policy.summary();
     let host = host();
     let rules = policy.rule_names();
-    let known_rule = |rule: &str, builtin: &[&str]| rules.contains(&rule) || builtin.contains(&rule);
+    let known_rule =
+        |rule: &str, builtin: &[&str]| rules.contains(&rule) || builtin.contains(&rule);
     let devices = devices(rng, &host);
     for subject in subjects() {
         for action in Action::ALL {
@@ -290,7 +294,14 @@ fn exercise(rng: &mut Rng, policy: &Policy) -> Result<(), String> {
                 return Err(format!("decide names an unknown rule {rule:?}"));
             }
         }
-        for spec in ["GRID T4-2Q", "nvidia-231", "mtty-1", "GRID A100-4C", "*", "../x"] {
+        for spec in [
+            "GRID T4-2Q",
+            "nvidia-231",
+            "mtty-1",
+            "GRID A100-4C",
+            "*",
+            "../x",
+        ] {
             let named = rng.one_in(3).then(|| rng.pick(&host).name.clone());
             let node = rng.one_in(2).then(|| rng.below(3) as i32 - 1);
             match policy.plan_create(&subject, spec, named.as_ref(), node, &host, &devices) {
@@ -300,7 +311,10 @@ fn exercise(rng: &mut Rng, policy: &Policy) -> Result<(), String> {
                             return Err(format!("plan names unknown parent {}", c.parent));
                         };
                         let Some(ty) = parent.types.iter().find(|t| t.id == c.type_id) else {
-                            return Err(format!("plan names type {} not on {}", c.type_id, c.parent));
+                            return Err(format!(
+                                "plan names type {} not on {}",
+                                c.type_id, c.parent
+                            ));
                         };
                         if c.free > ty.available_instances {
                             return Err(format!(
@@ -400,7 +414,10 @@ fn host() -> Vec<Parent> {
             "0000:3b:00.0",
             Some((0x10de, 0x1eb8)),
             Some(0),
-            &[("nvidia-231", "GRID T4-2Q", 8), ("nvidia-232", "GRID T4-4Q", 0)],
+            &[
+                ("nvidia-231", "GRID T4-2Q", 8),
+                ("nvidia-232", "GRID T4-4Q", 0),
+            ],
         ),
         parent(
             "0000:41:00.4",
@@ -420,7 +437,10 @@ fn devices(rng: &mut Rng, host: &[Parent]) -> Vec<Owned> {
             let ty = rng.pick(&parent.types);
             let owner = *rng.pick(&[None, Some(1001), Some(1002)]);
             Owned {
-                uuid: MdevUuid::from_uuid(uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64())),
+                uuid: MdevUuid::from_uuid(uuid::Uuid::from_u64_pair(
+                    rng.next_u64(),
+                    rng.next_u64(),
+                )),
                 parent: parent.name.clone(),
                 type_id: (!rng.one_in(5)).then(|| ty.id.clone()),
                 owner_uid: owner,
@@ -456,7 +476,11 @@ mod tests {
             message: "x".into(),
         };
         assert!(check_diagnostics("a\nb", std::slice::from_ref(&d)).is_err());
-        let d = Diagnostic { line: 2, column: 3, ..d };
+        let d = Diagnostic {
+            line: 2,
+            column: 3,
+            ..d
+        };
         assert!(check_diagnostics("a\nb", std::slice::from_ref(&d)).is_err());
         let d = Diagnostic { column: 2, ..d };
         assert!(check_diagnostics("a\nb", &[d]).is_ok());

@@ -133,7 +133,11 @@ fn definition(rng: &mut Rng) -> Definition {
         parent: ParentName::new(rng.word("matrix:0.", 12)).unwrap_or_else(|_| fixed_parent()),
         uuid: MdevUuid::from_uuid(uuid::Uuid::from_u64_pair(rng.next_u64(), rng.next_u64())),
         mdev_type,
-        start: if rng.one_in(2) { Start::Auto } else { Start::Manual },
+        start: if rng.one_in(2) {
+            Start::Auto
+        } else {
+            Start::Manual
+        },
         attrs,
     }
 }
@@ -229,7 +233,11 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
         for _ in 0..rng.size(5) {
             let name = entry_name(rng, &uuids);
             let path = dir.join(std::ffi::OsStr::from_bytes(&name));
-            made.push(format!("{}/{}", super::escape(&parent), super::escape(&name)));
+            made.push(format!(
+                "{}/{}",
+                super::escape(&parent),
+                super::escape(&name)
+            ));
             // Writing to a FIFO made by an earlier draw would wait for a reader forever.
             if fs::symlink_metadata(&path).is_ok() {
                 continue;
@@ -290,7 +298,9 @@ pub fn run_scan(case: &mut Case) -> Result<(), String> {
         .map(|e| e.file_name())
         .collect();
     if top.len() != 3 {
-        return Err(format!("the store made files beside its directories: {top:?}"));
+        return Err(format!(
+            "the store made files beside its directories: {top:?}"
+        ));
     }
     result
 }
@@ -306,9 +316,13 @@ fn exercise_store(rng: &mut Rng, defs: &Path, state: &Path) -> Result<(), String
     for (def, _) in &listed {
         let file = defs.join(def.parent.as_str()).join(def.uuid.to_string());
         let real = fs::symlink_metadata(&file).is_ok_and(|m| m.is_file());
-        let dir_real = fs::symlink_metadata(defs.join(def.parent.as_str())).is_ok_and(|m| m.is_dir());
+        let dir_real =
+            fs::symlink_metadata(defs.join(def.parent.as_str())).is_ok_and(|m| m.is_dir());
         if !real || !dir_real {
-            return Err(format!("listed {} which is not a real file in a real directory", file.display()));
+            return Err(format!(
+                "listed {} which is not a real file in a real directory",
+                file.display()
+            ));
         }
         path_safe("parent", def.parent.as_str())?;
         round_trip(def)?;
@@ -334,7 +348,10 @@ fn exercise_store(rng: &mut Rng, defs: &Path, state: &Path) -> Result<(), String
     if store.get(&new.uuid).is_ok_and(|found| found.is_empty()) {
         let file = defs.join(new.parent.as_str()).join(new.uuid.to_string());
         if fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
-            return Err(format!("defined {} but get does not find it", file.display()));
+            return Err(format!(
+                "defined {} but get does not find it",
+                file.display()
+            ));
         }
     }
     Ok(())

@@ -2,8 +2,8 @@
 //! over a generated sysfs tree with hostile names, attribute text and links. Whatever they
 //! accept is a safe path component, and reading never changes a file, inside the tree or out.
 
-use std::fs;
 use std::ffi::OsStr;
+use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -33,7 +33,17 @@ const TYPE_LISTS: &[&str] = &[
     "vGPU Name ID\nNVIDIA L40S-48Q 1160\n\n",
 ];
 
-const TOKENS: &[&str] = &[":", " : ", "  ", "\n", "ID", "Name", "0", "4294967296", "-1"];
+const TOKENS: &[&str] = &[
+    ":",
+    " : ",
+    "  ",
+    "\n",
+    "ID",
+    "Name",
+    "0",
+    "4294967296",
+    "-1",
+];
 
 pub fn run_text(case: &mut Case) -> Result<(), String> {
     if case.rng().one_in(3) {
@@ -79,7 +89,9 @@ fn check_name(text: &str) -> Result<(), String> {
             }
         }
         Err(_) if is_pci_address(text) => {
-            return Err(format!("{text:?} does not parse but is_pci_address says yes"))
+            return Err(format!(
+                "{text:?} does not parse but is_pci_address says yes"
+            ))
         }
         Err(_) => {}
     }
@@ -183,43 +195,68 @@ fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
     let spite = *rng.pick(&[1000, 30, 8, 2]);
     let mut made = vec![format!("one in {spite} hostile:")];
     let d = &mut Draw { rng, spite };
-    for dir in ["class/mdev_bus", "bus/mdev/devices", "bus/pci/devices", "kernel/iommu_groups/7"] {
+    for dir in [
+        "class/mdev_bus",
+        "bus/mdev/devices",
+        "bus/pci/devices",
+        "kernel/iommu_groups/7",
+    ] {
         let _ = fs::create_dir_all(sys.join(dir));
     }
     for _ in 0..1 + d.rng.size(3) {
         let name = entry(d, &["0000:3b:00.0", "mtty", "0000:c1:00.4"]);
         let name_text = String::from_utf8_lossy(&name).into_owned();
         made.push(super::escape(&name));
-        let dev = sys.join("devices/pci0000:3a").join(OsStr::from_bytes(&name));
+        let dev = sys
+            .join("devices/pci0000:3a")
+            .join(OsStr::from_bytes(&name));
         let _ = fs::create_dir_all(&dev);
         write(&dev, "vendor", attr_text(d, &["0x10de\n", "10de"]));
         write(&dev, "device", attr_text(d, &["0x1eb8\n"]));
         write(&dev, "class", attr_text(d, &["0x030200\n"]));
         write(&dev, "numa_node", attr_text(d, &["-1\n", "1\n"]));
-        link(d, &dev.join("iommu_group"), "../../../kernel/iommu_groups/7");
+        link(
+            d,
+            &dev.join("iommu_group"),
+            "../../../kernel/iommu_groups/7",
+        );
         link(d, &dev.join("driver"), "../../../bus/pci/drivers/nvidia");
         if d.rng.one_in(3) {
             link(d, &dev.join("virtfn0"), "../0000:3b:00.0");
         }
         let in_devices = format!("devices/pci0000:3a/{name_text}");
-        link(d, &sys.join("class/mdev_bus").join(OsStr::from_bytes(&name)), &format!("../../{in_devices}"));
+        link(
+            d,
+            &sys.join("class/mdev_bus").join(OsStr::from_bytes(&name)),
+            &format!("../../{in_devices}"),
+        );
         if d.rng.one_in(2) {
             let pci = sys.join("bus/pci/devices").join(OsStr::from_bytes(&name));
             link(d, &pci, &format!("../../../{in_devices}"));
             let vendor = dev.join("nvidia");
             write(&vendor, "creatable_vgpu_types", attr_text(d, TYPE_LISTS));
             write(&vendor, "supported_vgpu_types", attr_text(d, TYPE_LISTS));
-            write(&vendor, "current_vgpu_type", attr_text(d, &["0\n", "1147\n"]));
+            write(
+                &vendor,
+                "current_vgpu_type",
+                attr_text(d, &["0\n", "1147\n"]),
+            );
         }
         for _ in 0..d.rng.size(4) {
             let id = entry(d, &["nvidia-231", "mtty-1", "i915-GVTg_V5_4"]);
             made.push(format!("type {}", super::escape(&id)));
-            let t = dev.join("mdev_supported_types").join(OsStr::from_bytes(&id));
+            let t = dev
+                .join("mdev_supported_types")
+                .join(OsStr::from_bytes(&id));
             let _ = fs::create_dir_all(&t);
             write(&t, "available_instances", attr_text(d, &["8\n", "0\n"]));
             write(&t, "device_api", attr_text(d, &["vfio-pci\n", "vfio-ccw"]));
             write(&t, "name", attr_text(d, &["GRID T4-2Q\n"]));
-            write(&t, "description", attr_text(d, &["num_heads=4, framebuffer=2048M\n"]));
+            write(
+                &t,
+                "description",
+                attr_text(d, &["num_heads=4, framebuffer=2048M\n"]),
+            );
         }
         for _ in 0..d.rng.size(3) {
             let uuid = entry(d, &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", U2]);
@@ -227,8 +264,16 @@ fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
             let device = dev.join(OsStr::from_bytes(&uuid));
             let _ = fs::create_dir_all(&device);
             let ty = String::from_utf8_lossy(&entry(d, &["nvidia-231", "mtty-1"])).into_owned();
-            link(d, &device.join("mdev_type"), &format!("../mdev_supported_types/{ty}"));
-            link(d, &device.join("iommu_group"), "../../../../kernel/iommu_groups/7");
+            link(
+                d,
+                &device.join("mdev_type"),
+                &format!("../mdev_supported_types/{ty}"),
+            );
+            link(
+                d,
+                &device.join("iommu_group"),
+                "../../../../kernel/iommu_groups/7",
+            );
             let uuid_text = String::from_utf8_lossy(&uuid);
             link(
                 d,
@@ -326,5 +371,3 @@ mod tests {
         assert!(found, "the generator never makes a readable parent");
     }
 }
-
-

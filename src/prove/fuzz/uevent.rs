@@ -13,8 +13,24 @@ const MTTY: &str = "/devices/virtual/mtty/mtty";
 
 /// Words of the format, inserted by mutations.
 const TOKENS: &[&str] = &[
-    "\0", "@", "=", "ACTION=", "DEVPATH=", "SUBSYSTEM=", "SEQNUM=", "DRIVER=", "MDEV_STATE=",
-    "registered", "add", "remove", "bind", "change", "mdev", "pci", "/devices/", U1,
+    "\0",
+    "@",
+    "=",
+    "ACTION=",
+    "DEVPATH=",
+    "SUBSYSTEM=",
+    "SEQNUM=",
+    "DRIVER=",
+    "MDEV_STATE=",
+    "registered",
+    "add",
+    "remove",
+    "bind",
+    "change",
+    "mdev",
+    "pci",
+    "/devices/",
+    U1,
 ];
 
 /// Events as the kernel sends them for mdevs and their parents.
@@ -32,7 +48,10 @@ fn samples() -> Vec<UEvent> {
             .with("PCI_CLASS", "30200")
             .with("PCI_ID", "10DE:1EB8")
             .with("PCI_SLOT_NAME", "0000:3b:00.0")
-            .with("MODALIAS", "pci:v000010DEd00001EB8sv000010DEsd000012A2bc03sc02i00"),
+            .with(
+                "MODALIAS",
+                "pci:v000010DEd00001EB8sv000010DEsd000012A2bc03sc02i00",
+            ),
         UEvent::new("add", "/devices/virtual/net/lo", "net").with("IFINDEX", "1"),
     ]
     .into_iter()
@@ -147,8 +166,14 @@ fn check_event(event: &UEvent) -> Result<(), String> {
                 return Err(format!("a device named by a non-mdev event: {event:?}"));
             }
             let sysname = event.sysname();
-            if !uuid.to_string().eq_ignore_ascii_case(sysname.trim_end_matches('\n')) {
-                return Err(format!("device {uuid} named by devpath {:?}", event.devpath));
+            if !uuid
+                .to_string()
+                .eq_ignore_ascii_case(sysname.trim_end_matches('\n'))
+            {
+                return Err(format!(
+                    "device {uuid} named by devpath {:?}",
+                    event.devpath
+                ));
             }
             if let Some(parent) = parent {
                 path_safe("parent", parent.as_str())?;
@@ -170,5 +195,4 @@ mod tests {
             check_event(&e).expect("a kernel event is consistent");
         }
     }
-
 }
