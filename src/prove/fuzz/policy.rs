@@ -9,8 +9,8 @@ use super::mutate::{mutate, splice, Rng};
 use super::Case;
 use crate::model::{BackendKind, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId};
 use crate::policy::{
-    check_files, merge, parse_file, Action, Decision, Diagnostic, EnsureCount, Owned, Policy,
-    Subject,
+    check_files, merge, parse_file, Action, Decision, Diagnostic, EnsureCount, Glob, Owned,
+    Policy, Subject,
 };
 
 const EXAMPLES: &[&str] = &[
@@ -51,6 +51,9 @@ const TOKENS: &[&str] = &[
 const FILE: &str = "fuzz.toml";
 
 pub fn run_one(case: &mut Case) -> Result<(), String> {
+    if case.rng().one_in(4) {
+        return check_glob(case);
+    }
     let bytes = policy_bytes(case.rng());
     case.show(&bytes);
     if case.rng().one_in(32) {
@@ -230,6 +233,46 @@ fn deep(rng: &mut Rng) -> String {
         1 => format!("x = {}1{}\n", "{ a = ".repeat(depth), " }".repeat(depth)),
         _ => format!("[{}]\n", vec!["a"; depth].join(".")),
     }
+}
+
+/// Globs (type, driver and address patterns): any pattern compiles or is refused, and matching
+/// agrees with plain string operations where the pattern's meaning is plain.
+fn check_glob(case: &mut Case) -> Result<(), String> {
+    let rng = case.rng();
+    let alphabet = "ab*?[]!^-\\é";
+    let pattern = rng.word(alphabet, 12);
+    let text = rng.word("abé-", 16);
+    let needle = rng.word("ab*?é", 4);
+    case.show_part("pattern", &pattern);
+    case.show_part("text", &text);
+    case.show_part("needle", &needle);
+    if let Ok(g) = Glob::new(&pattern) {
+        if g.as_str() != pattern {
+            return Err(format!("glob {pattern:?} shows as {:?}", g.as_str()));
+        }
+        g.matches(&text);
+        if g.is_literal() && !pattern.contains('\\') && g.matches(&text) != (text == pattern) {
+            return Err("a literal glob disagrees with string equality".into());
+        }
+    }
+    if needle.is_empty() {
+        return Ok(());
+    }
+    let escaped: String = needle.chars().flat_map(|c| ['\\', c]).collect();
+    let exact = Glob::new(&escaped).map_err(|e| format!("escaped {needle:?}: {e}"))?;
+    if !exact.is_literal() || exact.matches(&text) != (text == needle) {
+        return Err(format!("escaped {needle:?} does not match exactly itself"));
+    }
+    let inside = Glob::new(&format!("*{escaped}*")).map_err(|e| e.to_string())?;
+    if inside.matches(&text) != text.contains(&needle) {
+        return Err(format!("*{escaped}* disagrees with contains"));
+    }
+    let n = needle.chars().count();
+    let any_n = Glob::new(&"?".repeat(n)).map_err(|e| e.to_string())?;
+    if any_n.matches(&text) != (text.chars().count() == n) {
+        return Err(format!("{n} '?' disagree with the length of the text"));
+    }
+    Ok(())
 }
 
 /// Longest diagnostic message accepted: a hostile value must be quoted, not copied whole.

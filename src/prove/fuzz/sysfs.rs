@@ -12,6 +12,9 @@ use super::mutate::{mutate, Rng};
 use super::{path_safe, Case};
 use crate::backend::nvidia::parse_vgpu_types;
 use crate::backend::Host;
+use crate::dbus::names::{
+    escape_path_element, parent_path, type_path, unescape_path_element,
+};
 use crate::model::{is_pci_address, MdevUuid, ParentName, PciAddress, TypeId};
 use crate::sysfs::SysfsRoot;
 
@@ -64,10 +67,20 @@ pub fn run_text(case: &mut Case) -> Result<(), String> {
 fn check_name(text: &str) -> Result<(), String> {
     if let Ok(p) = ParentName::new(text) {
         path_safe("parent name", p.as_str())?;
+        object_path_round_trips(p.as_str())?;
+        if parent_path(&p).as_str() == "/" {
+            return Err(format!("parent {text:?} has no D-Bus object path"));
+        }
     }
     if let Ok(t) = TypeId::new(text) {
         path_safe("type id", t.as_str())?;
+        object_path_round_trips(t.as_str())?;
+        let parent = ParentName::new("mtty").map_err(|e| e.to_string())?;
+        if type_path(&parent, &t).as_str() == "/" {
+            return Err(format!("type {text:?} has no D-Bus object path"));
+        }
     }
+    let _ = unescape_path_element(text);
     if let Ok(u) = MdevUuid::parse(text) {
         let shown = u.to_string();
         path_safe("UUID", &shown)?;
@@ -94,6 +107,18 @@ fn check_name(text: &str) -> Result<(), String> {
             ))
         }
         Err(_) => {}
+    }
+    Ok(())
+}
+
+/// A name escaped into an object path element is made of [A-Za-z0-9_] and escapes back.
+fn object_path_round_trips(name: &str) -> Result<(), String> {
+    let element = escape_path_element(name);
+    if !element.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(format!("{name:?} escapes to {element:?}"));
+    }
+    if unescape_path_element(&element).as_deref() != Some(name) {
+        return Err(format!("{name:?} escapes to {element:?}, which does not escape back"));
     }
     Ok(())
 }
