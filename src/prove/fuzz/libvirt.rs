@@ -3,8 +3,9 @@
 //! refuse with a sentence or return UUIDs that are valid and really in the document.
 
 use super::mutate::{huge_repeat, mutate, splice, Rng};
-use super::Case;
+use super::{path_safe, Case};
 use crate::cli::hook::domain::{self, METADATA_NS};
+use crate::cli::hook::state;
 
 const EXAMPLES: &[&str] = &[
     include_str!("../../../libvirt/examples/defined-and-new.xml"),
@@ -52,6 +53,17 @@ const UUIDS: &[&str] = &[
 ];
 
 pub fn run_one(case: &mut Case) -> Result<(), String> {
+    if case.rng().one_in(4) {
+        let rng = case.rng();
+        let alphabet = "win-11_ .жé/%~";
+        let name = rng.word(alphabet, 300);
+        let mut other = name.clone().into_bytes();
+        mutate(rng, &mut other, &["%", "~", "."]);
+        let other = String::from_utf8_lossy(&other).into_owned();
+        case.show_part("domain", &name);
+        case.show_part("other", &other);
+        return check_state_name(&name, &other);
+    }
     let bytes = xml(case.rng());
     case.show(&bytes);
     // The hook refuses non-UTF-8 stdin before parsing.
@@ -59,6 +71,19 @@ pub fn run_one(case: &mut Case) -> Result<(), String> {
         Ok(text) => check(text),
         Err(_) => Ok(()),
     }
+}
+
+/// The hook keeps a record per domain in a file named after it: one safe path component of at
+/// most 255 bytes, different for different names.
+fn check_state_name(name: &str, other: &str) -> Result<(), String> {
+    let file = state::file_name(name);
+    path_safe("state file name", &file)?;
+    if name != other && file == state::file_name(other) {
+        return Err(format!(
+            "domains {name:?} and {other:?} share the state file {file}"
+        ));
+    }
+    Ok(())
 }
 
 /// A refusal is a sentence; every UUID returned is in the document, and listed once.

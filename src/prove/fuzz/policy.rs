@@ -9,8 +9,8 @@ use super::mutate::{mutate, splice, Rng};
 use super::Case;
 use crate::model::{BackendKind, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId};
 use crate::policy::{
-    check_files, merge, parse_file, Action, Decision, Diagnostic, EnsureCount, Glob, Owned,
-    Policy, Subject,
+    check_files, merge, parse_file, Action, Decision, Diagnostic, EnsureCount, Glob, Owned, Policy,
+    Subject,
 };
 
 const EXAMPLES: &[&str] = &[

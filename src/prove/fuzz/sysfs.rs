@@ -12,9 +12,7 @@ use super::mutate::{mutate, Rng};
 use super::{path_safe, Case};
 use crate::backend::nvidia::parse_vgpu_types;
 use crate::backend::Host;
-use crate::dbus::names::{
-    escape_path_element, parent_path, type_path, unescape_path_element,
-};
+use crate::dbus::names::{escape_path_element, parent_path, type_path, unescape_path_element};
 use crate::model::{is_pci_address, MdevUuid, ParentName, PciAddress, TypeId};
 use crate::sysfs::SysfsRoot;
 
@@ -114,11 +112,16 @@ fn check_name(text: &str) -> Result<(), String> {
 /// A name escaped into an object path element is made of [A-Za-z0-9_] and escapes back.
 fn object_path_round_trips(name: &str) -> Result<(), String> {
     let element = escape_path_element(name);
-    if !element.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if !element
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(format!("{name:?} escapes to {element:?}"));
     }
     if unescape_path_element(&element).as_deref() != Some(name) {
-        return Err(format!("{name:?} escapes to {element:?}, which does not escape back"));
+        return Err(format!(
+            "{name:?} escapes to {element:?}, which does not escape back"
+        ));
     }
     Ok(())
 }
