@@ -285,6 +285,7 @@ fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
                 "description",
                 attr_text(d, &["num_heads=4, framebuffer=2048M\n"]),
             );
+            writable(d, &t.join("create"));
         }
         for _ in 0..d.rng.size(3) {
             let uuid = entry(d, &["83b8f4f2-509f-382f-3c1e-e6bfe0fa1001", U2]);
@@ -302,6 +303,8 @@ fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
                 &device.join("iommu_group"),
                 "../../../../kernel/iommu_groups/7",
             );
+            writable(d, &device.join("remove"));
+            writable(d, &device.join("vgpu_params"));
             let uuid_text = String::from_utf8_lossy(&uuid);
             link(
                 d,
@@ -314,6 +317,19 @@ fn tree(rng: &mut Rng, sys: &Path) -> Vec<String> {
 }
 
 const U2: &str = "0b2d8a04-6c5c-4f5e-9b1a-3d2f1e0c9a77";
+
+/// A file the backends write (`create`, `remove`, an attribute): empty, or a link out of the
+/// root that a write must refuse to follow.
+fn writable(d: &mut Draw, at: &Path) {
+    if !d.hostile() {
+        let _ = fs::write(at, "");
+    } else if d.rng.one_in(2) {
+        let depth = at.components().count();
+        let _ = symlink(format!("{}outside/vendor", "../".repeat(depth)), at);
+    } else {
+        let _ = symlink("/dev/null", at);
+    }
+}
 
 fn link(d: &mut Draw, at: &Path, proper: &str) {
     let _ = symlink(link_target(d, proper), at);
@@ -330,11 +346,60 @@ pub fn run_tree(case: &mut Case) -> Result<(), String> {
     let before = super::store::snapshot(tmp.path());
     let root = SysfsRoot::new(&sys).map_err(|e| e.to_string())?;
     let host = Host::new(root.clone());
-    let result = check_host(&host, &root);
+    check_host(&host, &root)?;
     if super::store::snapshot(tmp.path()) != before {
         return Err("reading sysfs changed a file".into());
     }
-    result
+    let outside_before = super::store::snapshot(&outside);
+    let name = attribute_name(case.rng());
+    case.show_part("attribute", &name);
+    write_through(case.rng(), &host, &name);
+    if super::store::snapshot(&outside) != outside_before {
+        return Err("a write under the sysfs root changed a file outside it".into());
+    }
+    Ok(())
+}
+
+/// An attribute name as a definition could carry it: plausible, a kernel file, or a path trick.
+fn attribute_name(rng: &mut Rng) -> String {
+    let mut name = (*rng.pick(&[
+        "vgpu_params",
+        "remove",
+        "mdev_type/create",
+        "iommu_group/x",
+        "../remove",
+        "./vgpu_params",
+        "x/../../remove",
+        "vendor/assign_adapter",
+        "/etc/passwd",
+        "",
+    ]))
+    .to_owned();
+    if rng.one_in(4) {
+        let at = rng.below(name.len() + 1);
+        name.insert_str(at, rng.hostile_str());
+    }
+    name
+}
+
+/// Creates on every listed type, writes `attribute` of every listed device, removes some.
+fn write_through(rng: &mut Rng, host: &Host, attribute: &str) {
+    if let Ok(parents) = host.parents() {
+        for p in &parents {
+            for t in &p.types {
+                let uuid = MdevUuid::from_uuid(uuid::Uuid::from_u64_pair(rng.next_u64(), 1));
+                let _ = host.create(&p.name, &t.id, &uuid);
+            }
+        }
+    }
+    if let Ok(devices) = host.devices() {
+        for d in &devices {
+            let _ = host.set_device_attr(&d.uuid, attribute, "1");
+            if rng.one_in(2) {
+                let _ = host.remove(&d.uuid);
+            }
+        }
+    }
 }
 
 /// Everything the backends read is named safely and lies inside the root.
