@@ -310,6 +310,11 @@ impl Store {
         let dir = self.inner.definitions.join(def.parent.as_str());
         atomic::remove_durable(&dir, &def.uuid.to_string())?;
         let meta_dir = self.inner.meta.join(def.parent.as_str());
+        if !is_real_dir(&meta_dir) {
+            // Never vgpud's own (it makes real directories): a link there could point anywhere,
+            // and removing through it would delete a file outside the state dir.
+            return Ok(());
+        }
         match atomic::remove_durable(&meta_dir, &meta_name(&def.uuid)) {
             Ok(()) => {}
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}

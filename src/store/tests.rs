@@ -466,3 +466,20 @@ fn failed_meta_write_rolls_the_definition_back() {
     assert!(f.store.list().unwrap().is_empty());
     assert!(!f.defs.join("p").join(U1).exists());
 }
+
+#[test]
+fn undefine_never_removes_through_a_linked_metadata_dir() {
+    // Found while fuzzing the store: a symbolic link at <state>/definitions/<parent> made
+    // undefine delete <link target>/<uuid>.json, outside the state directory.
+    let f = fixture();
+    let outside = f._tmp.path().join("outside");
+    put(&outside.join(format!("{U1}.json")), "not ours");
+    std::os::unix::fs::symlink(&outside, f.state.join("definitions").join("mtty")).unwrap();
+    put(&f.defs.join("mtty").join(U1), GOOD);
+    f.store.undefine(Some(&parent("mtty")), &uuid(U1)).unwrap();
+    assert!(!f.defs.join("mtty").join(U1).exists());
+    assert_eq!(
+        fs::read_to_string(outside.join(format!("{U1}.json"))).unwrap(),
+        "not ours"
+    );
+}

@@ -210,7 +210,8 @@ fn file_contents(rng: &mut Rng) -> Vec<u8> {
     match rng.below(8) {
         0 => vec![b' '; (1 << 20) + 1],
         1 => b"\xff\xfe{}".to_vec(),
-        _ => json(rng),
+        2..=4 => json(rng),
+        _ => to_mdevctl_json(&definition(rng)).into_bytes(),
     }
 }
 
@@ -254,6 +255,10 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
             let meta_dir = state
                 .join("definitions")
                 .join(std::ffi::OsStr::from_bytes(&parent));
+            if rng.one_in(4) {
+                let _ = fs::create_dir_all(state.join("definitions"));
+                let _ = symlink(outside, &meta_dir);
+            }
             if fs::create_dir_all(&meta_dir).is_ok() {
                 let name = format!("{}.json", rng.pick(&uuids));
                 let path = meta_dir.join(name);
