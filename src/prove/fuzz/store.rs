@@ -178,6 +178,15 @@ pub(super) fn snapshot(dir: &Path) -> Snapshot {
     out
 }
 
+/// The first path that differs between two snapshots, with what it was and became.
+pub(super) fn first_change(before: &Snapshot, after: &Snapshot) -> Option<String> {
+    let paths = before.keys().chain(after.keys());
+    paths.into_iter().find_map(|path| {
+        let (was, now) = (before.get(path), after.get(path));
+        (was != now).then(|| format!("{} ({was:?} became {now:?})", path.display()))
+    })
+}
+
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
@@ -258,6 +267,10 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
             if rng.one_in(4) {
                 let _ = fs::create_dir_all(state.join("definitions"));
                 let _ = symlink(outside, &meta_dir);
+                made.push(format!(
+                    "state/definitions/{} -> outside",
+                    super::escape(&parent)
+                ));
             }
             if fs::create_dir_all(&meta_dir).is_ok() {
                 let name = format!("{}.json", rng.pick(&uuids));
@@ -294,8 +307,10 @@ pub fn run_scan(case: &mut Case) -> Result<(), String> {
     case.show_part("tree", made.join(" "));
     let before = snapshot(&outside);
     let result = exercise_store(case.rng(), &defs, &state);
-    if snapshot(&outside) != before {
-        return Err("the store changed a file outside its directories".into());
+    if let Some(changed) = first_change(&before, &snapshot(&outside)) {
+        return Err(format!(
+            "the store changed {changed}, outside its directories"
+        ));
     }
     let top: Vec<_> = fs::read_dir(tmp.path())
         .map_err(|e| e.to_string())?
@@ -387,6 +402,11 @@ mod tests {
         fs::write(tmp.path().join("a"), "1").unwrap();
         let before = snapshot(tmp.path());
         fs::write(tmp.path().join("a"), "2").unwrap();
-        assert_ne!(snapshot(tmp.path()), before);
+        let changed = first_change(&before, &snapshot(tmp.path())).expect("a change");
+        assert!(changed.starts_with(&tmp.path().join("a").display().to_string()));
+        fs::remove_file(tmp.path().join("a")).unwrap();
+        let gone = first_change(&before, &snapshot(tmp.path())).expect("a removal");
+        assert!(gone.ends_with("became None)"), "{gone}");
+        assert_eq!(first_change(&before, &before), None);
     }
 }

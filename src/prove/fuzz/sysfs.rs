@@ -347,15 +347,17 @@ pub fn run_tree(case: &mut Case) -> Result<(), String> {
     let root = SysfsRoot::new(&sys).map_err(|e| e.to_string())?;
     let host = Host::new(root.clone());
     check_host(&host, &root)?;
-    if super::store::snapshot(tmp.path()) != before {
-        return Err("reading sysfs changed a file".into());
+    if let Some(changed) = super::store::first_change(&before, &super::store::snapshot(tmp.path()))
+    {
+        return Err(format!("reading sysfs changed {changed}"));
     }
     let outside_before = super::store::snapshot(&outside);
     let name = attribute_name(case.rng());
     case.show_part("attribute", &name);
     write_through(case.rng(), &host, &name);
-    if super::store::snapshot(&outside) != outside_before {
-        return Err("a write under the sysfs root changed a file outside it".into());
+    let outside_after = super::store::snapshot(&outside);
+    if let Some(changed) = super::store::first_change(&outside_before, &outside_after) {
+        return Err(format!("a write under the sysfs root changed {changed}"));
     }
     Ok(())
 }
