@@ -278,6 +278,21 @@ impl Drop for QuietPanics {
     }
 }
 
+/// A fresh directory for one case's files: in /dev/shm when there is one (memory: creating,
+/// syncing and deleting thousands of small files there is fast), else in the temp dir.
+pub fn scratch_dir() -> Result<tempfile::TempDir, String> {
+    let shm = std::path::Path::new("/dev/shm");
+    let made = if shm.is_dir() {
+        tempfile::Builder::new()
+            .prefix("vgpud-fuzz-")
+            .tempdir_in(shm)
+            .or_else(|_| tempfile::tempdir())
+    } else {
+        tempfile::tempdir()
+    };
+    made.map_err(|e| format!("cannot make a scratch directory: {e}"))
+}
+
 /// The invariant of every name used as a path component: not empty, at most 255 bytes, no
 /// `/`, not `.` or `..`, no NUL or other control character.
 pub fn path_safe(what: &str, name: &str) -> Result<(), String> {
@@ -401,9 +416,9 @@ mod tests {
     }
 
     #[test]
-    fn the_previous_hook_is_back_after_a_run() {
+    fn a_panic_outside_a_case_is_not_recorded() {
         run(&PLANTED, Budget::Cases(50), 3);
-        // Outside a run a panic is not recorded as a finding.
+        // Outside a case a panic goes to the previous hook, not into a finding.
         let caught = panic::catch_unwind(|| panic!("after the run"));
         assert!(caught.is_err());
         assert_eq!(LAST_PANIC.with(|p| p.borrow().clone()), None);

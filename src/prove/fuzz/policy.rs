@@ -75,7 +75,7 @@ pub fn run_one(case: &mut Case) -> Result<(), String> {
 
 /// The same input through `check_files`, which reads the file and checks its encoding.
 fn through_files(bytes: &[u8]) -> Result<(), String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    let dir = super::scratch_dir()?;
     let path = dir.path().join(FILE);
     std::fs::write(&path, bytes).map_err(|e| format!("cannot write the policy: {e}"))?;
     let text = String::from_utf8_lossy(bytes);

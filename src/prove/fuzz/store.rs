@@ -291,7 +291,7 @@ fn hostile_tree(rng: &mut Rng, defs: &Path, state: &Path, outside: &Path) -> Vec
 }
 
 pub fn run_scan(case: &mut Case) -> Result<(), String> {
-    let tmp = tempfile::tempdir().map_err(|e| format!("cannot make a temp dir: {e}"))?;
+    let tmp = super::scratch_dir()?;
     let (defs, state, outside) = (
         tmp.path().join("defs"),
         tmp.path().join("state"),
