@@ -2,6 +2,9 @@
 //! libvirt domain XML, mdevctl definitions and sysfs attribute text. Stable Rust only: each
 //! target draws one input from a seeded generator, runs the parser, and checks its properties;
 //! a panic or a broken property is a `Finding` with the seed that reproduces it (`replay`).
+//!
+//! `tests/fuzz.rs` runs every target for a few seconds (`VGPUD_FUZZ_SECONDS`, `VGPUD_FUZZ_SEED`);
+//! a longer run is `run(&target, Budget::Time(..), seed)` for each of `targets()`.
 
 mod libvirt;
 mod mutate;

@@ -93,9 +93,10 @@ fn check(text: &str) -> Result<(), String> {
         Err(message) if message.is_empty() => return Err("an empty error".into()),
         Err(_) => return Ok(()),
     };
+    let lowercase = text.to_ascii_lowercase();
     for (i, uuid) in parsed.mdevs.iter().enumerate() {
         let shown = uuid.to_string();
-        if !text.to_ascii_lowercase().contains(&shown) {
+        if !lowercase.contains(&shown) {
             return Err(format!("UUID {shown} is not in the document"));
         }
         if parsed.mdevs[..i].contains(uuid) {
@@ -103,7 +104,7 @@ fn check(text: &str) -> Result<(), String> {
         }
     }
     for uuid in parsed.specs.keys() {
-        if !text.to_ascii_lowercase().contains(&uuid.to_string()) {
+        if !lowercase.contains(&uuid.to_string()) {
             return Err(format!("metadata UUID {uuid} is not in the document"));
         }
     }
