@@ -1,6 +1,7 @@
 //! Who holds a VFIO group open: the processes with an open descriptor on /dev/vfio/<group>.
 //! Writing an mdev's `remove` blocks while such a holder exists, so the manager asks first.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,42 @@ pub fn holders_of(proc_root: &Path, node: &Path) -> Vec<Holder> {
         .collect();
     holders.sort();
     holders
+}
+
+/// Which of `nodes` some process under `proc_root` holds open, in one pass over /proc (the
+/// same matching and the same limits as [`holders_of`]).
+pub fn held_among(proc_root: &Path, nodes: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let targets: Vec<(PathBuf, &PathBuf)> = nodes
+        .iter()
+        .map(|n| (fs::canonicalize(n).unwrap_or_else(|_| n.clone()), n))
+        .collect();
+    let mut held = BTreeSet::new();
+    if targets.is_empty() {
+        return held;
+    }
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return held;
+    };
+    for pid in entries
+        .filter_map(Result::ok)
+        .filter_map(|e| pid_of(&e.file_name()))
+    {
+        let Ok(fds) = fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some((_, node)) = targets.iter().find(|(t, _)| *t == link) {
+                held.insert((*node).clone());
+            }
+        }
+        if held.len() == targets.len() {
+            break;
+        }
+    }
+    held
 }
 
 fn pid_of(name: &OsStr) -> Option<u32> {
@@ -87,6 +124,19 @@ mod tests {
             group_node(Path::new("/dev"), 0),
             PathBuf::from("/dev/vfio/0")
         );
+    }
+
+    #[test]
+    fn held_among_names_only_the_nodes_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = group_node(dir.path(), 1);
+        let free = group_node(dir.path(), 2);
+        fs::create_dir_all(held.parent().unwrap()).unwrap();
+        let _open = fs::File::create(&held).unwrap();
+        drop(fs::File::create(&free).unwrap());
+        let found = held_among(Path::new("/proc"), &[held.clone(), free]);
+        assert_eq!(found, BTreeSet::from([held]));
+        assert!(held_among(Path::new("/proc"), &[]).is_empty());
     }
 
     #[test]

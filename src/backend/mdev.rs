@@ -163,6 +163,21 @@ impl Backend for MdevBackend {
         Ok(Some(parent))
     }
 
+    fn refresh_availability(&self, known: &Parent) -> Result<Option<Parent>> {
+        let mut fresh = known.clone();
+        for t in &mut fresh.types {
+            let path = self
+                .type_dir(&known.name, &t.id)
+                .join("available_instances");
+            match self.root.read_u32(&path) {
+                Ok(Some(n)) => t.available_instances = n,
+                // The type (or the whole parent) went away: read everything that is left.
+                Ok(None) | Err(_) => return self.parent(&known.name),
+            }
+        }
+        Ok(Some(fresh))
+    }
+
     fn types(&self, parent: &ParentName) -> Result<Vec<MdevType>> {
         if !self.owns_parent(parent)? {
             return Err(Error::UnknownParent(parent.to_string()));

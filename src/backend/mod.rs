@@ -31,6 +31,12 @@ pub trait Backend: Send + Sync {
     fn parent(&self, name: &ParentName) -> Result<Option<Parent>>;
     /// The types of `parent` with `available_instances` read afresh.
     fn types(&self, parent: &ParentName) -> Result<Vec<MdevType>>;
+    /// `known` with only what a create or remove can change read afresh (the
+    /// `available_instances` of its types); a full re-read when that is not enough (a type
+    /// went away). `None` when the parent is gone.
+    fn refresh_availability(&self, known: &Parent) -> Result<Option<Parent>> {
+        self.parent(&known.name)
+    }
     fn devices(&self) -> Result<Vec<Device>>;
     fn device(&self, uuid: &MdevUuid) -> Result<Option<Device>>;
     /// Creates a device and returns it as read back (its `type_id` may still be `None`).
@@ -104,6 +110,14 @@ impl Host {
 
     pub fn types(&self, parent: &ParentName) -> Result<Vec<MdevType>> {
         self.owner(parent)?.types(parent)
+    }
+
+    /// See [`Backend::refresh_availability`]; asks the backend `known` came from.
+    pub fn refresh_availability(&self, known: &Parent) -> Result<Option<Parent>> {
+        match known.backend {
+            BackendKind::Mdev => self.mdev.refresh_availability(known),
+            BackendKind::NvidiaVendor => self.nvidia.refresh_availability(known),
+        }
     }
 
     pub fn devices(&self) -> Result<Vec<Device>> {

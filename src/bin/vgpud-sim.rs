@@ -72,7 +72,9 @@ enum CtlCommand {
     Release {
         device: String,
     },
-    /// Fail and/or delay the next write(s) to PATH (relative to the mount).
+    /// Fail and/or delay the next write(s) to PATH (relative to the mount). A PATH with `*`
+    /// is a pattern over canonical paths (`*` matches anything, `/` included), so it can name
+    /// files that do not exist yet: `'*/nvidia/vgpu_params'`.
     Inject {
         path: String,
         #[arg(long)]

@@ -137,7 +137,7 @@ impl Manager {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
-            let _ = me.send(Command::RefreshDevice(device, 0));
+            let _ = me.send(Command::CheckHolders(vec![device]));
         });
         let gv = GuestView {
             id,
@@ -204,6 +204,7 @@ impl Manager {
         for uuid in &view.devices {
             self.refresh_device(uuid);
         }
+        self.check_holders(&view.devices);
         for w in waiters {
             let _ = w.send(Ok(view.clone()));
         }

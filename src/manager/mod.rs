@@ -202,6 +202,12 @@ pub(crate) enum Command {
     Event(UEvent),
     /// Re-read one device (the add-before-mdev_type race), `n` retries left.
     RefreshDevice(MdevUuid, u32),
+    /// Check these devices for holders now.
+    CheckHolders(Vec<MdevUuid>),
+    /// Time for the periodic holders check.
+    PollHolders,
+    /// The periodic check's answer: (device, held).
+    HoldersPolled(Vec<(MdevUuid, bool)>),
     CreateDone(ops::CreateDone),
     RemoveDone(ops::RemoveDone),
     Barrier(oneshot::Sender<()>),

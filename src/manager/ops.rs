@@ -372,7 +372,7 @@ impl Manager {
 
     pub(super) fn finish_create(&mut self, done: CreateDone) {
         self.pending.remove(&done.pending);
-        self.refresh_parents(&done.tried);
+        self.refresh_availability(&done.tried);
         let result = done.result.and_then(|(parent, created)| {
             let uuid = created.uuid;
             if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
@@ -458,6 +458,7 @@ impl Manager {
                 )
             })
             .unwrap_or_default();
+        self.apply_holders(vec![(uuid, !holders.is_empty())]);
         if !holders.is_empty() && !req.force {
             let who: Vec<String> = holders
                 .iter()
@@ -504,7 +505,7 @@ impl Manager {
     pub(super) fn finish_remove(&mut self, done: RemoveDone) {
         self.removing.remove(&done.uuid);
         self.refresh_device(&done.uuid);
-        self.refresh_parent(&done.parent);
+        self.refresh_availability(std::slice::from_ref(&done.parent));
         match &done.result {
             Ok(()) => tracing::info!(uuid = %done.uuid, "device removed"),
             Err(e) => tracing::error!(uuid = %done.uuid, "remove failed: {e}"),

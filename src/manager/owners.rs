@@ -70,12 +70,13 @@ impl Owners {
         self.map.get(uuid)
     }
 
-    /// Records the owner durably (temp file, fsync, rename, fsync dir).
+    /// Records the owner atomically. Not synced: the record is about a transient device, which
+    /// a machine crash removes too; a crash of vgpud leaves the old record or the new one.
     pub fn set(&mut self, uuid: MdevUuid, owner: Owner) -> Result<()> {
         if let Some(dir) = &self.dir {
             let json =
                 serde_json::to_vec_pretty(&owner).map_err(|e| Error::Failed(e.to_string()))?;
-            crate::store::write_file_atomic(dir, &format!("{uuid}.json"), &json, 0o600)?;
+            crate::store::write_file_transient(dir, &format!("{uuid}.json"), &json, 0o600)?;
         }
         self.map.insert(uuid, owner);
         Ok(())

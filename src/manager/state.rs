@@ -3,6 +3,7 @@
 //! the loop keeps answering everyone while a write hangs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -11,7 +12,7 @@ use super::owners::Owners;
 use super::{Change, Command, DeviceView, ManagerConfig, Snapshot, Update};
 use crate::error::Result;
 use crate::events::{Affected, UEvent};
-use crate::holders::{group_node, holders_of};
+use crate::holders::{group_node, held_among};
 use crate::model::{Device, MdevUuid, Parent, ParentName};
 use crate::policy::Policy;
 use crate::store::{Definition, Meta, Start};
@@ -19,6 +20,10 @@ use crate::store::{Definition, Meta, Start};
 /// How often, and how far apart, a device without its `mdev_type` link is re-read.
 pub(super) const LINK_RETRIES: u32 = 20;
 const LINK_RETRY_DELAY: Duration = Duration::from_millis(10);
+/// How often live devices are checked for holders: a VM opening a VFIO group sends no event.
+/// The check walks /proc off the loop; launching or stopping a guest and removing a device
+/// check at once.
+const HOLDERS_POLL: Duration = Duration::from_secs(2);
 
 /// A create sent to the kernel and not answered yet (counts against limits and capacity).
 #[derive(Debug, Clone)]
@@ -51,6 +56,23 @@ pub(crate) struct Manager {
     pub(super) problems: Vec<String>,
     pub(super) guests: BTreeMap<u64, super::guests::Guest>,
     pub(super) next_guest: u64,
+    /// Live devices whose VFIO group some process held open at the last check.
+    held: BTreeSet<MdevUuid>,
+    /// A /proc walk is running off the loop; `Some(true)` once a newer check made its answer stale.
+    polling_holders: Option<bool>,
+}
+
+/// Which of `targets` are held open, in one pass over /proc.
+fn holders_walk(
+    proc_root: &Path,
+    targets: Vec<(MdevUuid, Option<PathBuf>)>,
+) -> Vec<(MdevUuid, bool)> {
+    let nodes: Vec<PathBuf> = targets.iter().filter_map(|(_, n)| n.clone()).collect();
+    let held = held_among(proc_root, &nodes);
+    targets
+        .into_iter()
+        .map(|(u, n)| (u, n.is_some_and(|n| held.contains(&n))))
+        .collect()
 }
 
 impl Manager {
@@ -78,6 +100,8 @@ impl Manager {
             problems: Vec::new(),
             guests: BTreeMap::new(),
             next_guest: 1,
+            held: BTreeSet::new(),
+            polling_holders: None,
         })
     }
 
@@ -96,6 +120,13 @@ impl Manager {
         }
         let live = self.live.clone();
         self.owners.retain(|u| live.contains_key(u));
+        let targets = self.holder_nodes(live.keys().copied());
+        let held = holders_walk(&self.config.proc_root, targets);
+        self.held = held
+            .into_iter()
+            .filter(|(_, h)| *h)
+            .map(|(u, _)| u)
+            .collect();
         self.load_definitions();
         let uuids: Vec<MdevUuid> = self
             .live
@@ -118,6 +149,17 @@ impl Manager {
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         // Parents present at start count as registering: autostart and ensure rules apply.
         self.converge_appeared();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HOLDERS_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if me.send(Command::PollHolders).is_err() {
+                    break;
+                }
+            }
+        });
         while let Some(cmd) = rx.recv().await {
             match cmd {
                 Command::Event(first) => {
@@ -187,6 +229,14 @@ impl Manager {
                     self.retry_link(uuid, left - 1);
                 }
             }
+            Command::CheckHolders(uuids) => self.check_holders(&uuids),
+            Command::PollHolders => self.poll_holders(),
+            Command::HoldersPolled(checked) => {
+                let stale = self.polling_holders.take() == Some(true);
+                if !stale {
+                    self.apply_holders(checked);
+                }
+            }
             Command::CreateDone(done) => self.finish_create(done),
             Command::RemoveDone(done) => self.finish_remove(done),
             Command::Barrier(reply) => {
@@ -248,11 +298,7 @@ impl Manager {
                     .or_else(|| def.as_ref().map(|(d, _)| d.mdev_type.clone()));
                 let owner = self.owners.get(uuid);
                 let meta = def.as_ref().and_then(|(_, m)| m.as_ref());
-                let in_use = live.as_ref().and_then(|d| d.iommu_group).is_some_and(|g| {
-                    // A group without a device node cannot be held: skip the /proc walk.
-                    let node = group_node(&self.config.dev_root, g);
-                    node.exists() && !holders_of(&self.config.proc_root, &node).is_empty()
-                });
+                let in_use = live.is_some() && self.held.contains(uuid);
                 Some(DeviceView {
                     uuid: *uuid,
                     parent,
@@ -294,18 +340,17 @@ impl Manager {
     /// `name` and every parent sharing its capacity (the VFs of one GPU).
     fn with_siblings(&self, name: &ParentName) -> Vec<ParentName> {
         let mut names = vec![name.clone()];
-        let physfn = self
-            .parents
-            .get(name)
-            .and_then(|p| p.physfn.clone())
-            .or_else(|| {
-                self.config
-                    .host
-                    .parent(name)
-                    .ok()
-                    .flatten()
-                    .and_then(|p| p.physfn)
-            });
+        // A parent not in the model (yet, or any more) has its siblings found from sysfs.
+        let physfn = match self.parents.get(name) {
+            Some(p) => p.physfn.clone(),
+            None => self
+                .config
+                .host
+                .parent(name)
+                .ok()
+                .flatten()
+                .and_then(|p| p.physfn),
+        };
         if let Some(pf) = physfn {
             names.extend(
                 self.parents
@@ -330,8 +375,23 @@ impl Manager {
         }
     }
 
-    pub(super) fn refresh_parent(&mut self, name: &ParentName) {
-        self.refresh_parents(std::slice::from_ref(name));
+    /// After devices came or went on `names`: re-reads what that changes (the
+    /// `available_instances` of each parent and of every parent sharing its capacity), each
+    /// once. A parent not in the model yet is read in full.
+    pub(super) fn refresh_availability(&mut self, names: &[ParentName]) {
+        let mut all: Vec<ParentName> = names.iter().flat_map(|n| self.with_siblings(n)).collect();
+        all.sort();
+        all.dedup();
+        for n in all {
+            let fresh = match self.parents.get(&n) {
+                Some(known) => self.config.host.refresh_availability(known),
+                None => self.config.host.parent(&n),
+            };
+            match fresh {
+                Ok(p) => self.set_parent(n, p),
+                Err(e) => tracing::warn!("cannot read parent {n}: {e}"),
+            }
+        }
     }
 
     /// Re-reads one device; true when it exists but its type link is not there yet.
@@ -346,6 +406,7 @@ impl Manager {
                 if self.live.remove(uuid).is_some() {
                     self.owners.forget(uuid);
                 }
+                self.held.remove(uuid);
                 false
             }
             Err(e) => {
@@ -355,6 +416,67 @@ impl Manager {
         };
         self.recompose(uuid);
         unlinked
+    }
+
+    // ---- holders ------------------------------------------------------------------------------
+
+    /// The VFIO group node of each of `uuids` that is live and has one.
+    fn holder_nodes(
+        &self,
+        uuids: impl IntoIterator<Item = MdevUuid>,
+    ) -> Vec<(MdevUuid, Option<PathBuf>)> {
+        uuids
+            .into_iter()
+            .filter_map(|u| {
+                let dev = self.live.get(&u)?;
+                let node = dev
+                    .iommu_group
+                    .map(|g| group_node(&self.config.dev_root, g))
+                    // A group without a device node cannot be held: no /proc walk for it.
+                    .filter(|n| n.exists());
+                Some((u, node))
+            })
+            .collect()
+    }
+
+    /// Checks `uuids` for holders now, on the loop (a guest started or stopped).
+    pub(super) fn check_holders(&mut self, uuids: &[MdevUuid]) {
+        if let Some(stale) = &mut self.polling_holders {
+            *stale = true;
+        }
+        let targets = self.holder_nodes(uuids.iter().copied());
+        let checked = holders_walk(&self.config.proc_root, targets);
+        self.apply_holders(checked);
+    }
+
+    /// Starts the periodic check of every live device off the loop.
+    fn poll_holders(&mut self) {
+        if self.polling_holders.is_some() {
+            return;
+        }
+        let targets = self.holder_nodes(self.live.keys().copied());
+        if targets.iter().all(|(_, n)| n.is_none()) && self.held.is_empty() {
+            return;
+        }
+        self.polling_holders = Some(false);
+        let proc_root = self.config.proc_root.clone();
+        let me = self.me.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = me.send(Command::HoldersPolled(holders_walk(&proc_root, targets)));
+        });
+    }
+
+    pub(super) fn apply_holders(&mut self, checked: Vec<(MdevUuid, bool)>) {
+        for (uuid, held) in checked {
+            let changed = if held && self.live.contains_key(&uuid) {
+                self.held.insert(uuid)
+            } else {
+                self.held.remove(&uuid)
+            };
+            if changed {
+                self.recompose(&uuid);
+            }
+        }
     }
 
     pub(super) fn retry_link(&self, uuid: MdevUuid, left: u32) {
@@ -369,14 +491,17 @@ impl Manager {
 
     fn on_events(&mut self, events: &[UEvent]) {
         let mut devices: Vec<MdevUuid> = Vec::new();
+        // Parents whose own events came (read in full) and parents of devices that came or
+        // went (only their availability changed).
         let mut parents: Vec<ParentName> = Vec::new();
+        let mut hosting: Vec<ParentName> = Vec::new();
         let mut registered_parents: Vec<ParentName> = Vec::new();
         for e in events {
             tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
             match e.affected() {
                 Affected::Device { uuid, parent } => {
                     devices.push(uuid);
-                    parents.extend(parent);
+                    hosting.extend(parent);
                 }
                 Affected::Parent { name, registered } => {
                     // A parent (re)registering is when autostart and ensure rules apply, even if
@@ -394,13 +519,15 @@ impl Manager {
         devices.dedup();
         parents.sort();
         parents.dedup();
+        hosting.retain(|p| parents.binary_search(p).is_err());
         for uuid in devices {
             if self.refresh_device(&uuid) {
                 self.retry_link(uuid, LINK_RETRIES);
             }
         }
         self.refresh_parents(&parents);
-        for name in &parents {
+        self.refresh_availability(&hosting);
+        for name in parents.iter().chain(&hosting) {
             if !self.parents.contains_key(name) {
                 // A parent that went away took its devices with it (their events may be lost).
                 let orphans: Vec<MdevUuid> = self

@@ -47,7 +47,8 @@ pub enum Request {
     Release {
         device: String,
     },
-    /// Fail (errno) and/or delay the next `count` writes to a path.
+    /// Fail (errno) and/or delay the next `count` writes to a path, or to every canonical path
+    /// matching a pattern with `*` (which matches any run of characters, `/` included).
     Inject {
         path: String,
         #[serde(default)]
@@ -147,8 +148,12 @@ impl Control {
                 count,
             } => {
                 let mut k = self.shared.lock();
-                let canonical = tree::canonicalize(&k, &path)
-                    .ok_or_else(|| format!("{path} does not exist in the simulated tree"))?;
+                let canonical = if path.contains('*') {
+                    path.trim_start_matches('/').to_owned()
+                } else {
+                    tree::canonicalize(&k, &path)
+                        .ok_or_else(|| format!("{path} does not exist in the simulated tree"))?
+                };
                 let errno = match e {
                     Some(name) => Some(
                         errno::from_name(&name).ok_or_else(|| format!("unknown errno {name}"))?,

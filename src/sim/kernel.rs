@@ -780,7 +780,10 @@ impl Kernel {
 
     /// Takes the first injection for `path`, if any.
     pub fn take_injection(&mut self, path: &str) -> Option<Injection> {
-        let i = self.injections.iter().position(|j| j.path == path)?;
+        let i = self
+            .injections
+            .iter()
+            .position(|j| j.path == path || (j.path.contains('*') && wildcard(&j.path, path)))?;
         let inj = self.injections[i].clone();
         if self.injections[i].remaining <= 1 {
             self.injections.remove(i);
@@ -801,6 +804,26 @@ impl Kernel {
     pub fn seqnum(&self) -> u64 {
         self.seqnum
     }
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters.
+pub fn wildcard(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 /// The kernel's uuid_is_valid(): 8-4-4-4-12 hex digits, either case; returns lowercase.
@@ -841,6 +864,24 @@ pub fn parse_kernel_ulong(buf: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wildcard_matches_runs_including_slashes() {
+        assert!(wildcard(
+            "*/nvidia/vgpu_params",
+            "devices/pci0000:00/0000:20:00.0/u/nvidia/vgpu_params"
+        ));
+        assert!(wildcard("devices/*/remove", "devices/a/b/remove"));
+        assert!(wildcard("a*b*c", "abc"));
+        assert!(wildcard("exact", "exact"));
+        assert!(!wildcard(
+            "*/nvidia/vgpu_params",
+            "devices/u/nvidia/vgpu_params2"
+        ));
+        assert!(!wildcard("devices/*/remove", "class/x/remove"));
+        assert!(!wildcard("a*b*c", "acb"));
+        assert!(!wildcard("exact", "exactly"));
+    }
 
     #[test]
     fn kernel_uuid_rules() {

@@ -31,9 +31,10 @@ pub(crate) enum Step {
     Synced,
 }
 
-/// A hook called at each `Step`; production code passes `no_faults`.
+/// A hook called at each `Step`; production code passes a hook that does nothing.
 pub(crate) type Hook<'a> = &'a dyn Fn(Step) -> io::Result<()>;
 
+#[cfg(test)]
 pub(crate) fn no_faults(_: Step) -> io::Result<()> {
     Ok(())
 }
@@ -79,6 +80,27 @@ pub(crate) fn write_atomic(
         discard(&tmp);
     }
     fsync_dir(dir)
+}
+
+/// Replaces `dir/name` atomically (temporary sibling, rename) without syncing: a crash of the
+/// process leaves the old or the new file, a crash of the machine may leave either or neither.
+/// For state that dies with the kernel anyway (records about transient devices).
+pub(crate) fn replace_unsynced(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
+    let tmp = dir.join(temp_name(name));
+    let target = dir.join(name);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents))
+        .map_err(|e| Error::io(&tmp, e))
+        .and_then(|()| fs::rename(&tmp, &target).map_err(|e| Error::io(&target, e)));
+    if written.is_err() {
+        discard(&tmp);
+    }
+    written
 }
 
 fn write_synced(tmp: &Path, contents: &[u8], mode: u32, hook: Hook<'_>) -> io::Result<()> {
