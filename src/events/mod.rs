@@ -6,4 +6,4 @@ mod source;
 mod uevent;
 
 pub use source::{is_relevant, EventSpec, EventSpecError, EventStream};
-pub use uevent::{UEvent, UEventError, MAX_UEVENT_LEN};
+pub use uevent::{Affected, UEvent, UEventError, MAX_UEVENT_LEN};

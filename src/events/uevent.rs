@@ -3,8 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use crate::model::{MdevUuid, ParentName};
+
 /// Longest message accepted; the kernel's own limit (UEVENT_BUFFER_SIZE) is 2048 bytes.
 pub const MAX_UEVENT_LEN: usize = 8192;
+
+/// The properties the kernel itself writes into every event.
+const CORE_KEYS: [&str; 4] = ["ACTION", "DEVPATH", "SUBSYSTEM", "SEQNUM"];
 
 /// One kernel event, owned and `Send`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +20,21 @@ pub struct UEvent {
     pub seqnum: u64,
     /// Every other property (DRIVER, MDEV_STATE, PCI_SLOT_NAME, ...).
     pub props: BTreeMap<String, String>,
+}
+
+/// What an event is about, in the model's names: the manager re-reads what it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Affected {
+    /// An mdev; `parent` is the directory above it in DEVPATH, when that is a valid name.
+    Device {
+        uuid: MdevUuid,
+        parent: Option<ParentName>,
+    },
+    /// A possible parent; `registered` when it (re)registered with the mdev core or bound a
+    /// driver, which is when autostart and ensure rules apply.
+    Parent { name: ParentName, registered: bool },
+    /// Nothing vgpud can name (an mdev event whose device is not a UUID, a bad name).
+    Nothing,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +53,8 @@ pub enum UEventError {
     BadSeqnum(String),
     #[error("uevent is not UTF-8")]
     NotUtf8,
+    #[error("uevent repeats {0}")]
+    Repeated(&'static str),
 }
 
 impl UEvent {
@@ -58,6 +80,28 @@ impl UEvent {
     /// Last element of DEVPATH: the device's kernel name (a PCI address, an mdev UUID, ...).
     pub fn sysname(&self) -> &str {
         self.devpath.rsplit('/').next().unwrap_or("")
+    }
+
+    /// What this event is about. Names come from DEVPATH, so each is validated here.
+    pub fn affected(&self) -> Affected {
+        if self.subsystem == "mdev" {
+            let Ok(uuid) = MdevUuid::parse(self.sysname()) else {
+                return Affected::Nothing;
+            };
+            let parent = self
+                .devpath
+                .rsplit('/')
+                .nth(1)
+                .and_then(|p| ParentName::new(p).ok());
+            return Affected::Device { uuid, parent };
+        }
+        match ParentName::new(self.sysname()) {
+            Ok(name) => Affected::Parent {
+                name,
+                registered: self.prop("MDEV_STATE") == Some("registered") || self.action == "bind",
+            },
+            Err(_) => Affected::Nothing,
+        }
     }
 
     /// Encodes in the kernel's order: header, ACTION, DEVPATH, SUBSYSTEM, the rest, SEQNUM.
@@ -93,6 +137,13 @@ impl UEvent {
                 .ok_or_else(|| UEventError::BadProperty(f.chars().take(64).collect()))?;
             if k.is_empty() {
                 return Err(UEventError::BadProperty(f.chars().take(64).collect()));
+            }
+            // The kernel writes each of these once; a second one would silently replace what
+            // the event is about (its subsystem, say), so the message is refused instead.
+            if let Some(key) = CORE_KEYS.iter().find(|c| **c == k) {
+                if props.contains_key(k) {
+                    return Err(UEventError::Repeated(key));
+                }
             }
             props.insert(k.to_owned(), v.to_owned());
         }
@@ -191,5 +242,71 @@ mod tests {
             Err(UEventError::TooLong(MAX_UEVENT_LEN + 1))
         );
         assert_eq!(UEvent::parse(b"add@/d\0\xff\0"), Err(UEventError::NotUtf8));
+    }
+
+    #[test]
+    fn rejects_a_repeated_core_property() {
+        // Found by fuzzing: a second SUBSYSTEM replaced the first, and an event whose props held
+        // SEQNUM encoded to a message that parsed back as a different event.
+        let wire = b"add@/d\0ACTION=add\0DEVPATH=/d\0SUBSYSTEM=mdev\0SUBSYSTEM=pci\0";
+        assert_eq!(UEvent::parse(wire), Err(UEventError::Repeated("SUBSYSTEM")));
+        let mut e = sample().with("SEQNUM", "7");
+        e.seqnum = 9;
+        assert_eq!(
+            UEvent::parse(&e.encode()),
+            Err(UEventError::Repeated("SEQNUM"))
+        );
+    }
+
+    #[test]
+    fn a_repeated_other_property_keeps_the_last() {
+        let wire = b"bind@/d\0ACTION=bind\0DEVPATH=/d\0SUBSYSTEM=pci\0DRIVER=a\0DRIVER=b\0";
+        assert_eq!(UEvent::parse(wire).unwrap().prop("DRIVER"), Some("b"));
+    }
+
+    #[test]
+    fn affected_names_the_device_and_its_parent() {
+        let e = sample();
+        let uuid = MdevUuid::parse("83b8f4f2-509f-382f-3c1e-e6bfe0fa1001").unwrap();
+        let parent = ParentName::new("mtty").ok();
+        assert_eq!(e.affected(), Affected::Device { uuid, parent });
+    }
+
+    #[test]
+    fn affected_parent_registers_on_mdev_state_or_bind() {
+        let pci = "/devices/pci0000:00/0000:00:02.0";
+        let name = ParentName::new("0000:00:02.0").unwrap();
+        let change = UEvent::new("change", pci, "pci").with("MDEV_STATE", "registered");
+        let unbind = UEvent::new("unbind", pci, "pci");
+        assert_eq!(
+            change.affected(),
+            Affected::Parent {
+                name: name.clone(),
+                registered: true
+            }
+        );
+        assert_eq!(
+            unbind.affected(),
+            Affected::Parent {
+                name,
+                registered: false
+            }
+        );
+    }
+
+    #[test]
+    fn affected_is_nothing_for_names_that_are_not_valid() {
+        assert_eq!(
+            UEvent::new("add", "/devices/x/not-a-uuid", "mdev").affected(),
+            Affected::Nothing
+        );
+        assert_eq!(
+            UEvent::new("add", "/devices/x/..", "pci").affected(),
+            Affected::Nothing
+        );
+        assert_eq!(
+            UEvent::new("add", "/devices/x/", "pci").affected(),
+            Affected::Nothing
+        );
     }
 }

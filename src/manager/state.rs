@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::owners::Owners;
 use super::{Change, Command, DeviceView, ManagerConfig, Snapshot, Update};
 use crate::error::Result;
-use crate::events::UEvent;
+use crate::events::{Affected, UEvent};
 use crate::holders::{group_node, held_among};
 use crate::model::{Device, MdevUuid, Parent, ParentName};
 use crate::policy::Policy;
@@ -495,33 +495,25 @@ impl Manager {
         // went (only their availability changed).
         let mut parents: Vec<ParentName> = Vec::new();
         let mut hosting: Vec<ParentName> = Vec::new();
-        let mut registered: Vec<ParentName> = Vec::new();
+        let mut registered_parents: Vec<ParentName> = Vec::new();
         for e in events {
             tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
-            if e.subsystem == "mdev" {
-                let Ok(uuid) = MdevUuid::parse(e.sysname()) else {
-                    continue;
-                };
-                devices.push(uuid);
-                if let Some(p) = e
-                    .devpath
-                    .rsplit('/')
-                    .nth(1)
-                    .and_then(|p| ParentName::new(p).ok())
-                {
-                    hosting.push(p);
+            match e.affected() {
+                Affected::Device { uuid, parent } => {
+                    devices.push(uuid);
+                    hosting.extend(parent);
                 }
-                continue;
+                Affected::Parent { name, registered } => {
+                    // A parent (re)registering is when autostart and ensure rules apply, even if
+                    // the model did not see it go: events can be handled after the state has
+                    // moved on.
+                    if registered {
+                        registered_parents.push(name.clone());
+                    }
+                    parents.push(name);
+                }
+                Affected::Nothing => {}
             }
-            let Ok(name) = ParentName::new(e.sysname()) else {
-                continue;
-            };
-            // A parent (re)registering is when autostart and ensure rules apply, even if the
-            // model did not see it go: events can be handled after the state has moved on.
-            if e.prop("MDEV_STATE") == Some("registered") || e.action == "bind" {
-                registered.push(name.clone());
-            }
-            parents.push(name);
         }
         devices.sort();
         devices.dedup();
@@ -549,7 +541,7 @@ impl Manager {
                 }
             }
         }
-        for name in registered {
+        for name in registered_parents {
             if self.parents.contains_key(&name) {
                 self.appeared.push(name);
             }

@@ -176,7 +176,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<PolicyFile, Vec<Diagnostic>
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            check.error(span, plain_serde_message(e.message()));
+            let mut message = plain_serde_message(e.message());
+            if message.is_empty() {
+                // The TOML parser gives no words for some errors (a control character in a
+                // comment): say what is at the position instead of printing nothing.
+                message = unexpected_at(text, span.start);
+            }
+            check.error(span, cut(&message, MESSAGE_MAX));
             return Err(check.diagnostics);
         }
     };
@@ -236,8 +242,8 @@ impl Checker<'_> {
                     None => self.error(
                         s.span(),
                         format!(
-                            "unknown placement strategy {:?}; expected one of {}",
-                            s.get_ref(),
+                            "unknown placement strategy {}; expected one of {}",
+                            quoted(s.get_ref()),
                             quoted_list(&Strategy::NAMES)
                         ),
                     ),
@@ -388,7 +394,10 @@ impl Checker<'_> {
         } else if t.contains(['*', '?', '[']) {
             self.error(
                 r.type_spec.span(),
-                format!("type {t:?} looks like a glob; ensure needs an exact type id or name"),
+                format!(
+                    "type {} looks like a glob; ensure needs an exact type id or name",
+                    quoted(t)
+                ),
             );
         }
         let (name, origin) = name?;
@@ -411,10 +420,10 @@ impl Checker<'_> {
             } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
                 match s.parse::<u32>() {
                     Ok(uid) => who.users.push(UserRef::Uid(uid)),
-                    Err(_) => self.error(u.span(), format!("uid {s} is out of range")),
+                    Err(_) => self.error(u.span(), format!("uid {} is out of range", clipped(s))),
                 }
             } else if let Some(p) = account_name_problem(s) {
-                self.error(u.span(), format!("bad user {s:?}: {p}"));
+                self.error(u.span(), format!("bad user {}: {p}", quoted(s)));
             } else {
                 who.users.push(UserRef::Name(s.clone()));
             }
@@ -424,10 +433,13 @@ impl Checker<'_> {
             if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
                 self.error(
                     g.span(),
-                    format!("groups are matched by name, not by gid: write the name of group {s}"),
+                    format!(
+                        "groups are matched by name, not by gid: write the name of group {}",
+                        clipped(s)
+                    ),
                 );
             } else if let Some(p) = account_name_problem(s) {
-                self.error(g.span(), format!("bad group {s:?}: {p}"));
+                self.error(g.span(), format!("bad group {}: {p}", quoted(s)));
             } else {
                 who.groups.push(s.clone());
             }
@@ -437,8 +449,8 @@ impl Checker<'_> {
             self.error(
                 name.span(),
                 format!(
-                    "rule {:?} names no users or groups; write users = [\"*\"] to mean everyone",
-                    name.get_ref()
+                    "rule {} names no users or groups; write users = [\"*\"] to mean everyone",
+                    quoted(name.get_ref())
                 ),
             );
         }
@@ -481,7 +493,7 @@ impl Checker<'_> {
             Err(why) => {
                 self.error(
                     pattern.span(),
-                    format!("bad {what} {:?}: {why}", pattern.get_ref()),
+                    format!("bad {what} {}: {why}", quoted(pattern.get_ref())),
                 );
                 None
             }
@@ -504,7 +516,7 @@ impl Checker<'_> {
         if parsed.is_none() {
             let shown = match id.get_ref() {
                 RawId::Number(n) => n.to_string(),
-                RawId::Text(s) => format!("{s:?}"),
+                RawId::Text(s) => quoted(s),
             };
             self.error(
                 id.span(),
@@ -549,6 +561,45 @@ fn account_name_problem(s: &str) -> Option<&'static str> {
         Some("users and groups are not globs; write users = [\"*\"] to mean everyone")
     } else {
         None
+    }
+}
+
+/// What a file has at byte `offset` that TOML does not allow there.
+fn unexpected_at(text: &str, offset: usize) -> String {
+    match text.get(offset..).and_then(|rest| rest.chars().next()) {
+        Some(c) if c.is_control() => format!(
+            "control character U+{:04X} is not allowed here",
+            u32::from(c)
+        ),
+        Some(c) => format!("{c:?} is not allowed here"),
+        None => "the file ends too early".to_owned(),
+    }
+}
+
+/// Longest piece of the file quoted back in a diagnostic, so a hostile value (a megabyte-long
+/// user name, say) cannot flood the log or the terminal.
+const QUOTE_MAX: usize = 64;
+
+/// Longest TOML parser message kept; it quotes keys of any length.
+const MESSAGE_MAX: usize = 256;
+
+/// `text` cut to `max` characters, "..." marking the cut.
+fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+fn clipped(text: &str) -> String {
+    cut(text, QUOTE_MAX)
+}
+
+/// `text` quoted (escapes included), cut to `QUOTE_MAX` characters.
+fn quoted(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_MAX) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
     }
 }
 

@@ -56,6 +56,38 @@ fn syntax_error_message_is_one_line() {
 }
 
 #[test]
+fn control_character_in_a_comment_is_named() {
+    // Found by fuzzing: the TOML parser's message for this is empty, so the diagnostic said
+    // nothing but its position.
+    let (line, col) = one_error("a = 1\n# x\u{0}y\n", "control character U+0000");
+    assert_eq!((line, col), (2, 4));
+    let (line, col) = one_error("# \u{7f}\n", "control character U+007F");
+    assert_eq!((line, col), (1, 3));
+}
+
+#[test]
+fn hostile_values_are_quoted_cut_short() {
+    // Found by fuzzing: a megabyte-long user, group, pattern, strategy or key was copied whole
+    // into its diagnostic.
+    let long = "x".repeat(1 << 20);
+    let cases = [
+        allow(&format!("groups = [\"{long} \"]\n")),
+        allow(&format!("types = [\"[{long}\"]\n")),
+        format!("[placement]\nstrategy = \"{long}\"\n"),
+        format!("{long} = 1\n"),
+        format!(
+            "[[allow]]\nname = \"r\"\ngroups = [\"{}\"]\n",
+            "1".repeat(1000)
+        ),
+    ];
+    for text in cases {
+        let d = errors(&text);
+        assert!(d[0].message.len() < 400, "{} bytes", d[0].message.len());
+        assert!(d[0].message.contains("..."), "{}", d[0].message);
+    }
+}
+
+#[test]
 fn unknown_top_level_key() {
     assert_eq!(
         one_error("\n\nbogus = 1\n", "unknown field `bogus`"),

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod crash;
 pub mod dbus_fuzz;
 pub mod faults;
+pub mod fuzz;
 pub mod load;
 pub mod rig;
 pub mod stats;

@@ -202,7 +202,7 @@ impl Store {
     /// Stores a new definition and its metadata; `Error::AlreadyExists` if `def.parent` already
     /// has a definition with `def.uuid`. When this returns Ok both files are durable.
     pub fn define(&self, def: &Definition, meta: &Meta) -> Result<()> {
-        check_attrs(def)?;
+        check_storable(def)?;
         let _writer = self.writer_lock();
         let dir = atomic::ensure_subdir(
             &self.inner.definitions,
@@ -240,7 +240,7 @@ impl Store {
 
     /// Replaces an existing definition (e.g. to switch autostart), keeping its metadata.
     pub fn update(&self, def: &Definition) -> Result<()> {
-        check_attrs(def)?;
+        check_storable(def)?;
         let _writer = self.writer_lock();
         let dir = self.inner.definitions.join(def.parent.as_str());
         let name = def.uuid.to_string();
@@ -310,6 +310,11 @@ impl Store {
         let dir = self.inner.definitions.join(def.parent.as_str());
         atomic::remove_durable(&dir, &def.uuid.to_string())?;
         let meta_dir = self.inner.meta.join(def.parent.as_str());
+        if !is_real_dir(&meta_dir) {
+            // Never vgpud's own (it makes real directories): a link there could point anywhere,
+            // and removing through it would delete a file outside the state dir.
+            return Ok(());
+        }
         match atomic::remove_durable(&meta_dir, &meta_name(&def.uuid)) {
             Ok(()) => {}
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
@@ -439,7 +444,14 @@ fn is_uuid_name(name: &str) -> bool {
     MdevUuid::parse(name).is_ok_and(|u| u.to_string() == name)
 }
 
-fn check_attrs(def: &Definition) -> Result<()> {
+/// What `scan` could not read back: a parent directory it skips, or attribute names it refuses.
+fn check_storable(def: &Definition) -> Result<()> {
+    if def.parent.as_str().starts_with('.') {
+        return Err(Error::InvalidArgument(format!(
+            "parent {} starts with '.': its definitions would be hidden from every scan",
+            def.parent
+        )));
+    }
     def.attrs
         .iter()
         .try_for_each(|(name, _)| format::check_attr_name(name))

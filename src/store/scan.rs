@@ -178,13 +178,18 @@ fn scan_file(parent: &ParentName, entry: &DirEntry, want: Option<&MdevUuid>, sca
     }
 }
 
-/// Reads a UTF-8 file of at most `MAX_FILE` bytes without following a symbolic link.
+/// Reads a UTF-8 regular file of at most `MAX_FILE` bytes without following a symbolic link.
 pub(crate) fn read_small(path: &Path) -> std::result::Result<String, String> {
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever, and
+    // whatever the caller saw in the directory may have been replaced by one since.
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".to_string());
+    }
     let mut bytes = Vec::new();
     file.take(MAX_FILE + 1)
         .read_to_end(&mut bytes)
@@ -201,5 +206,33 @@ impl Scan {
             path,
             reason: reason.to_string(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_small_refuses_a_fifo_without_waiting_for_a_writer() {
+        // Found by fuzzing: a FIFO where vgpud's metadata belongs hung `Store::list` forever.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(read_small(&fifo)));
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("read_small returned instead of waiting for a writer");
+        assert_eq!(read, Err("not a regular file".to_string()));
+    }
+
+    #[test]
+    fn read_small_refuses_a_directory_and_reads_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(read_small(dir.path()).is_err());
+        let file = dir.path().join("f");
+        std::fs::write(&file, "text").unwrap();
+        assert_eq!(read_small(&file), Ok("text".to_string()));
     }
 }

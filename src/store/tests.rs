@@ -135,6 +135,16 @@ fn define_twice_is_already_exists_and_keeps_the_first() {
 }
 
 #[test]
+fn define_under_a_hidden_parent_is_refused() {
+    // Found by fuzzing: the scan skips hidden directories, so the definition was written and
+    // then never listed, found or undefined.
+    let f = fixture();
+    let err = f.store.define(&def(".mtty", U1), &meta()).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(!f.defs.join(".mtty").exists());
+}
+
+#[test]
 fn definitions_written_by_others_have_no_meta() {
     let f = fixture();
     put(&f.defs.join("mtty").join(U1), GOOD);
@@ -455,4 +465,21 @@ fn failed_meta_write_rolls_the_definition_back() {
     assert!(store.define(&def("p", U1), &meta()).is_err());
     assert!(f.store.list().unwrap().is_empty());
     assert!(!f.defs.join("p").join(U1).exists());
+}
+
+#[test]
+fn undefine_never_removes_through_a_linked_metadata_dir() {
+    // Found while fuzzing the store: a symbolic link at <state>/definitions/<parent> made
+    // undefine delete <link target>/<uuid>.json, outside the state directory.
+    let f = fixture();
+    let outside = f._tmp.path().join("outside");
+    put(&outside.join(format!("{U1}.json")), "not ours");
+    std::os::unix::fs::symlink(&outside, f.state.join("definitions").join("mtty")).unwrap();
+    put(&f.defs.join("mtty").join(U1), GOOD);
+    f.store.undefine(Some(&parent("mtty")), &uuid(U1)).unwrap();
+    assert!(!f.defs.join("mtty").join(U1).exists());
+    assert_eq!(
+        fs::read_to_string(outside.join(format!("{U1}.json"))).unwrap(),
+        "not ours"
+    );
 }

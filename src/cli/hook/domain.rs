@@ -39,8 +39,76 @@ fn children<'a, 'i>(node: Node<'a, 'i>, name: &'a str) -> impl Iterator<Item = N
     })
 }
 
+/// Deepest element nesting accepted. The XML parser recurses once per level, so a deeper
+/// document would overflow the stack and abort the hook; libxml2, and so libvirt, refuses more
+/// than 256 levels by default, so no domain libvirt passes is refused.
+const MAX_DEPTH: usize = 256;
+
+/// Whether any element of `xml` is nested more than `limit` deep. Exact for well-formed XML:
+/// comments, CDATA sections, processing instructions, declarations and quoted attribute values
+/// are skipped; anything else malformed is left to the parser to refuse.
+fn nests_deeper_than(xml: &str, limit: usize) -> bool {
+    let bytes = xml.as_bytes();
+    let find = |from: usize, what: &[u8]| {
+        bytes[from.min(bytes.len())..]
+            .windows(what.len())
+            .position(|w| w == what)
+            .map_or(bytes.len(), |i| from + i + what.len())
+    };
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(open) = bytes[i..].iter().position(|b| *b == b'<') {
+        let at = i + open;
+        let rest = &bytes[at..];
+        i = if rest.starts_with(b"<!--") {
+            find(at + 4, b"-->")
+        } else if rest.starts_with(b"<![CDATA[") {
+            find(at + 9, b"]]>")
+        } else if rest.starts_with(b"<?") {
+            find(at + 2, b"?>")
+        } else if rest.starts_with(b"<!") {
+            find(at + 2, b">")
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            find(at + 2, b">")
+        } else {
+            // A start tag: find its end outside quoted attribute values.
+            let mut quote = None;
+            let mut end = bytes.len();
+            for (j, b) in rest.iter().enumerate().skip(1) {
+                match (quote, *b) {
+                    (Some(q), b) if b == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, b'"' | b'\'') => quote = Some(*b),
+                    (None, b'>') => {
+                        end = at + j + 1;
+                        break;
+                    }
+                    (None, _) => {}
+                }
+            }
+            if bytes[..end].last() == Some(&b'>') && bytes[..end - 1].last() != Some(&b'/') {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            end
+        };
+        if i >= bytes.len() {
+            break;
+        }
+    }
+    false
+}
+
 /// Parses the domain XML; any problem is a sentence with the line it is on.
 pub fn parse(xml: &str) -> Result<Domain, String> {
+    if nests_deeper_than(xml, MAX_DEPTH) {
+        return Err(format!(
+            "the domain XML nests elements more than {MAX_DEPTH} deep"
+        ));
+    }
     let options = ParsingOptions {
         allow_dtd: false,
         ..ParsingOptions::default()
@@ -230,5 +298,37 @@ mod tests {
     fn a_doctype_is_refused() {
         let xml = "<!DOCTYPE domain [<!ENTITY a 'aaaa'>]><domain>&a;</domain>";
         assert!(parse(xml).is_err());
+    }
+
+    fn nested(depth: usize, attributes: &str) -> String {
+        format!(
+            "<domain>{}{}</domain>",
+            format!("<x{attributes}>").repeat(depth - 1),
+            "</x>".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // Found by the fuzzer: roxmltree recurses per level and 1,000 levels aborted the hook.
+        for depth in [MAX_DEPTH + 1, 1_000, 100_000] {
+            let e = parse(&nested(depth, "")).unwrap_err();
+            assert!(e.contains("more than 256 deep"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses() {
+        assert!(parse(&nested(MAX_DEPTH, "")).is_ok());
+        assert!(parse(&nested(MAX_DEPTH, " a='/>' b=\"->\"")).is_ok());
+    }
+
+    #[test]
+    fn depth_ignores_comments_cdata_and_empty_elements() {
+        let noise = "<!-- <a><a><a> --><![CDATA[<a><a>]]><?pi <a> ?><e/><e a='>'/>";
+        let xml = format!("<a>{}</a>", noise.repeat(300));
+        assert!(!nests_deeper_than(&xml, 2));
+        assert!(nests_deeper_than("<a><b><c>", 2));
+        assert!(!nests_deeper_than("<a></a><b></b><c></c>", 1));
     }
 }

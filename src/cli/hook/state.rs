@@ -20,8 +20,15 @@ pub struct Record {
     pub started: Vec<MdevUuid>,
 }
 
+/// Longest escaped name kept whole: with ".json" it stays well under NAME_MAX (255 bytes).
+const ESCAPED_MAX: usize = 200;
+/// How much of a longer escaped name is kept before its hash.
+const ESCAPED_KEPT: usize = 180;
+
 /// A domain name as a file name: bytes outside `[A-Za-z0-9._+-]`, and a leading '.', become
-/// `%XX`, so every name maps to one file inside the state directory and back.
+/// `%XX`, so every name maps to one file inside the state directory. An escaped name longer
+/// than `ESCAPED_MAX` bytes (escaping triples non-ASCII names) is cut and followed by `~` and a
+/// hash of the whole name, which no escaped name contains, so it still fits in a file name.
 pub fn file_name(domain: &str) -> String {
     let mut out = String::with_capacity(domain.len() + 5);
     for (i, b) in domain.bytes().enumerate() {
@@ -36,8 +43,24 @@ pub fn file_name(domain: &str) -> String {
     if out.is_empty() {
         out.push('%');
     }
+    if out.len() > ESCAPED_MAX {
+        // Cut at a whole escape, never inside "%XX".
+        let mut cut = ESCAPED_KEPT;
+        while out.as_bytes()[cut - 1] == b'%' || out.as_bytes()[cut - 2] == b'%' {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str(&format!("~{:016x}", fnv1a(domain.as_bytes())));
+    }
     out.push_str(".json");
     out
+}
+
+/// FNV-1a, 64 bits: stable across builds and Rust versions, as a name on disk must be.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 pub struct StateFile {
@@ -121,6 +144,37 @@ mod tests {
         assert_eq!(file_name("x y"), "x%20y.json");
         assert_eq!(file_name(""), "%.json");
         assert_eq!(file_name("ü"), "%C3%BC.json");
+    }
+
+    #[test]
+    fn a_long_domain_name_still_fits_in_a_file_name() {
+        // Found with the libvirt fuzz target: escaping triples non-ASCII bytes, so a
+        // 100-character Cyrillic name made a file name over 255 bytes and the hook could not
+        // save its record.
+        let long = "ж".repeat(100);
+        let name = file_name(&long);
+        assert!(name.len() <= 255, "{} bytes", name.len());
+        assert!(name.contains('~') && name.ends_with(".json"), "{name}");
+        assert_ne!(name, file_name(&"ж".repeat(101)));
+        assert_eq!(name, file_name(&long));
+        // The cut never splits an escape.
+        for n in 60..70 {
+            let name = file_name(&format!("{}{}", "a".repeat(n), "ж".repeat(60)));
+            let kept = name.split('~').next().unwrap();
+            assert!(
+                !kept.ends_with('%') && kept.as_bytes()[kept.len() - 2] != b'%',
+                "{name}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path(), &long);
+        let record = Record {
+            domain: long.clone(),
+            created: vec![MdevUuid::new_v4()],
+            started: vec![],
+        };
+        state.save(&record).unwrap();
+        assert_eq!(state.load().unwrap(), Some(record));
     }
 
     #[test]
