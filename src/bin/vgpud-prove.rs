@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use vgpud::prove::rig::{Bins, Rig};
 use vgpud::prove::stats::mib;
-use vgpud::prove::{clock_seed, compare, crash, dbus_fuzz, faults, load, Row};
+use vgpud::prove::{clock_seed, compare, crash, dbus_fuzz, faults, fuzz, load, Row};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -38,6 +38,8 @@ struct Plan {
     crash_rounds: u32,
     fuzz_time: Duration,
     fuzz_calls: usize,
+    /// Per parser fuzz target.
+    parser_time: Duration,
     hosts: Vec<(u32, usize)>,
     growth: Vec<usize>,
 }
@@ -51,6 +53,7 @@ fn plan(args: &Args) -> Plan {
             crash_rounds: args.crash_rounds.unwrap_or(10),
             fuzz_time: Duration::from_secs(15),
             fuzz_calls: 300,
+            parser_time: Duration::from_secs(2),
             hosts: vec![(64, 20)],
             growth: vec![0, 32],
         }
@@ -62,6 +65,7 @@ fn plan(args: &Args) -> Plan {
             crash_rounds: args.crash_rounds.unwrap_or(120),
             fuzz_time: Duration::from_secs(120),
             fuzz_calls: 5000,
+            parser_time: Duration::from_secs(30),
             hosts: vec![(64, 200), (512, 100)],
             growth: vec![0, 32, 63],
         }
@@ -184,7 +188,30 @@ async fn run_crash(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
     ));
 }
 
+/// The parsers' property-based targets, each for its time budget.
+fn run_parser_fuzz(p: &Plan, seed: u64, rows: &mut Vec<Row>) {
+    for target in fuzz::targets() {
+        let r = fuzz::run(&target, fuzz::Budget::Time(p.parser_time), seed);
+        rows.push(Row::new(
+            "fuzz",
+            format!("parser {}", r.name),
+            r.findings.is_empty(),
+            format!(
+                "{} cases ({:.0}/s); {} findings{}",
+                r.cases,
+                r.rate(),
+                r.findings.len(),
+                r.findings
+                    .first()
+                    .map(|f| format!(" (first: {f})"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+}
+
 async fn run_fuzz(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
+    run_parser_fuzz(p, seed, rows);
     let mut rig = match Rig::start(bins, &faults::profiles()).await {
         Ok(r) => r,
         Err(e) => return rows.push(Row::new("fuzz", "set-up", false, e)),

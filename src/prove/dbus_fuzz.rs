@@ -47,7 +47,11 @@ pub fn methods_of(path: &str, xml: &str) -> Result<Vec<Method>, String> {
         .map_err(|e| format!("introspection XML: {e}"))?;
     let mut out = Vec::new();
     // Only the object's own interfaces: zbus also describes child nodes inline.
-    for iface in doc.root_element().children().filter(|n| n.has_tag_name("interface")) {
+    for iface in doc
+        .root_element()
+        .children()
+        .filter(|n| n.has_tag_name("interface"))
+    {
         let iname = iface.attribute("name").unwrap_or_default();
         if !iname.starts_with("org.vgpud1.") {
             continue;
