@@ -2,6 +2,9 @@
 //! plan, quota counted with creates in flight), the kernel writes on a blocking thread with a
 //! bound, and the result comes back as a `*Done` command that reconciles and replies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::sync::oneshot;
 
 use super::owners::Owner;
@@ -39,6 +42,8 @@ pub(crate) struct CreateDone {
 pub(crate) struct RemoveDone {
     uuid: MdevUuid,
     parent: ParentName,
+    /// Some process held the device's group open when the remove was tried.
+    held: bool,
     result: Result<()>,
     /// None when the caller was already answered (the bound ran out first).
     reply: Option<Reply<()>>,
@@ -449,27 +454,6 @@ impl Manager {
             ))));
             return;
         }
-        let holders = dev
-            .iommu_group
-            .map(|g| {
-                holders_of(
-                    &self.config.proc_root,
-                    &group_node(&self.config.dev_root, g),
-                )
-            })
-            .unwrap_or_default();
-        self.apply_holders(vec![(uuid, !holders.is_empty())]);
-        if !holders.is_empty() && !req.force {
-            let who: Vec<String> = holders
-                .iter()
-                .map(|h| format!("pid {} ({})", h.pid, h.comm))
-                .collect();
-            let _ = reply.send(Err(Error::Busy(format!(
-                "device {uuid} is held open by {}; stop that VM or remove with force",
-                who.join(", ")
-            ))));
-            return;
-        }
         tracing::info!(caller = %caller.origin, uid = ?caller.uid, %uuid, force = req.force, "removing a device");
         self.removing.insert(uuid);
         self.recompose(&uuid);
@@ -477,8 +461,32 @@ impl Manager {
         let me = self.me.clone();
         let bound = req.timeout.unwrap_or(self.config.remove_timeout);
         let parent = dev.parent.clone();
+        // Who holds the group open is asked off the loop (a walk of /proc); a group without a
+        // device node cannot be held.
+        let node = dev
+            .iommu_group
+            .map(|g| group_node(&self.config.dev_root, g))
+            .filter(|n| n.exists());
+        let proc_root = self.config.proc_root.clone();
+        let force = req.force;
+        let held = Arc::new(AtomicBool::new(false));
+        let seen_held = held.clone();
         tokio::spawn(async move {
-            let mut work = tokio::task::spawn_blocking(move || host.remove(&uuid));
+            let mut work = tokio::task::spawn_blocking(move || {
+                let holders = node.map(|n| holders_of(&proc_root, &n)).unwrap_or_default();
+                seen_held.store(!holders.is_empty(), Ordering::Relaxed);
+                if !holders.is_empty() && !force {
+                    let who: Vec<String> = holders
+                        .iter()
+                        .map(|h| format!("pid {} ({})", h.pid, h.comm))
+                        .collect();
+                    return Err(Error::Busy(format!(
+                        "device {uuid} is held open by {}; stop that VM or remove with force",
+                        who.join(", ")
+                    )));
+                }
+                host.remove(&uuid)
+            });
             let joined = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
                 r.unwrap_or_else(|join| {
                     Err(Error::Failed(format!("the remove thread failed: {join}")))
@@ -496,6 +504,7 @@ impl Manager {
             let _ = me.send(Command::RemoveDone(RemoveDone {
                 uuid,
                 parent,
+                held: held.load(Ordering::Relaxed),
                 result,
                 reply,
             }));
@@ -504,6 +513,7 @@ impl Manager {
 
     pub(super) fn finish_remove(&mut self, done: RemoveDone) {
         self.removing.remove(&done.uuid);
+        self.apply_holders(vec![(done.uuid, done.held)]);
         self.refresh_device(&done.uuid);
         self.refresh_availability(std::slice::from_ref(&done.parent));
         match &done.result {
