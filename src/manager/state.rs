@@ -490,7 +490,7 @@ impl Manager {
     // ---- events ------------------------------------------------------------------------------
 
     fn on_events(&mut self, events: &[UEvent]) {
-        let mut devices: Vec<MdevUuid> = Vec::new();
+        let mut devices: Vec<(MdevUuid, Option<ParentName>)> = Vec::new();
         // Parents whose own events came (read in full) and parents of devices that came or
         // went (only their availability changed).
         let mut parents: Vec<ParentName> = Vec::new();
@@ -499,10 +499,7 @@ impl Manager {
         for e in events {
             tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
             match e.affected() {
-                Affected::Device { uuid, parent } => {
-                    devices.push(uuid);
-                    hosting.extend(parent);
-                }
+                Affected::Device { uuid, parent } => devices.push((uuid, parent)),
                 Affected::Parent { name, registered } => {
                     // A parent (re)registering is when autostart and ensure rules apply, even if
                     // the model did not see it go: events can be handled after the state has
@@ -519,12 +516,21 @@ impl Manager {
         devices.dedup();
         parents.sort();
         parents.dedup();
-        hosting.retain(|p| parents.binary_search(p).is_err());
-        for uuid in devices {
+        for (uuid, parent) in devices {
+            let was = self.live.get(&uuid).map(|d| d.parent.clone());
             if self.refresh_device(&uuid) {
                 self.retry_link(uuid, LINK_RETRIES);
             }
+            let now = self.live.get(&uuid).map(|d| d.parent.clone());
+            // Capacity changed only if the device came or went as far as the model knew: the
+            // events of vgpud's own creates and removes find the model already up to date.
+            if was != now {
+                hosting.extend(was.into_iter().chain(now).chain(parent));
+            }
         }
+        hosting.sort();
+        hosting.dedup();
+        hosting.retain(|p| parents.binary_search(p).is_err());
         self.refresh_parents(&parents);
         self.refresh_availability(&hosting);
         for name in parents.iter().chain(&hosting) {
