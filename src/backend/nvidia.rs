@@ -264,11 +264,18 @@ impl NvidiaBackend {
     }
 
     /// The VF whose vGPU is named `uuid`.
+    /// The UUID is derived from the VF's name, so only the one entry whose name matches is
+    /// checked for the vendor files (not every PCI device of the host).
     fn vf_of(&self, uuid: &MdevUuid) -> Result<Option<ParentName>> {
-        Ok(self
-            .vendor_vfs()?
-            .into_iter()
-            .find(|vf| vf_device_uuid(vf) == *uuid))
+        for entry in self.root.list_dir(&self.root.at("bus/pci/devices"))? {
+            let Ok(vf) = ParentName::new(entry) else {
+                continue;
+            };
+            if vf_device_uuid(&vf) == *uuid {
+                return Ok(self.owns_parent(&vf)?.then_some(vf));
+            }
+        }
+        Ok(None)
     }
 }
 
