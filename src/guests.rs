@@ -179,6 +179,25 @@ pub fn vmm_config(opts: &LaunchOptions, spec: &AttachSpec, serial_log: &Path) ->
     }
 }
 
+/// A kernel or initrd the VMM could not read is the caller's mistake: say so in the reply
+/// instead of in the VMM's log after a guest that exits 1.
+fn check_kernel_files(boot: &Boot) -> Result<()> {
+    if let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = boot
+    {
+        crate::vmm::linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline).map_err(|e| {
+            let source = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            Error::InvalidArgument(format!("{e}{source}"))
+        })?;
+    }
+    Ok(())
+}
+
 /// Spawns the VMM for guest `id`; its output goes to `<dir>/<id>.vmm.log`.
 pub fn spawn(
     config: &GuestConfig,
@@ -193,6 +212,7 @@ pub fn spawn(
     let vmm = vmm_config(opts, spec, &serial_log);
     vmm.validate()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    check_kernel_files(&vmm.boot)?;
     let mut cmd = vmm.command(&config.vmm_binary);
     if let Some(hold) = &spec.hold {
         cmd.arg("--hold").arg(hold);
@@ -236,6 +256,64 @@ mod tests {
         assert_eq!(status_of(&s), (GuestState::Exited, 143));
         let s = std::process::ExitStatus::from_raw(9);
         assert_eq!(status_of(&s), (GuestState::Crashed, 137));
+    }
+
+    #[test]
+    fn kernel_options_reach_the_vmm_command_line() {
+        let spec = AttachSpec {
+            device: DeviceSpec::Emulated("/tmp/d.json".into()),
+            hold: None,
+            emulated: true,
+        };
+        let opts = LaunchOptions {
+            kernel: Some("/boot/vmlinuz".into()),
+            initrd: Some("/boot/initrd.img".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+            memory_mib: Some(512),
+            ..Default::default()
+        };
+        let c = vmm_config(&opts, &spec, Path::new("/tmp/1.log"));
+        assert_eq!(
+            c.boot,
+            Boot::Kernel {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: Some("/boot/initrd.img".into()),
+                cmdline: "console=ttyS0 quiet".into(),
+            }
+        );
+        let args: Vec<String> = c
+            .command(Path::new("vgpud-vmm"))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains(
+                "--kernel /boot/vmlinuz --cmdline console=ttyS0 quiet --initrd /boot/initrd.img"
+            ),
+            "{joined}"
+        );
+        let no_cmdline = LaunchOptions {
+            kernel: Some("/boot/vmlinuz".into()),
+            ..Default::default()
+        };
+        let c = vmm_config(&no_cmdline, &spec, Path::new("/tmp/1.log"));
+        assert!(matches!(c.boot, Boot::Kernel { ref cmdline, .. } if cmdline == "console=ttyS0"));
+    }
+
+    #[test]
+    fn unreadable_kernel_is_an_invalid_argument() {
+        let boot = Boot::Kernel {
+            kernel: "/nonexistent/vmlinuz".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
+        let err = check_kernel_files(&boot).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("cannot read kernel /nonexistent/vmlinuz: No such file")),
+            "{err:?}"
+        );
+        assert!(check_kernel_files(&Boot::Payload("halt".into())).is_ok());
     }
 
     #[test]

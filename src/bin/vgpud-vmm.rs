@@ -27,11 +27,13 @@ struct Args {
     /// Built-in payload (pci-probe, loop, halt) or a raw 32-bit image loaded and entered at 0x10000.
     #[arg(long, conflicts_with = "kernel")]
     payload: Option<String>,
-    /// Linux kernel image (not implemented in this build).
+    /// Linux kernel to boot (bzImage or ELF vmlinux, 64-bit entry).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel, loaded high in guest RAM.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
     cmdline: String,
     /// File that receives everything the guest writes to its UART.

@@ -1,5 +1,5 @@
 //! The KVM side: VM with guest RAM and the in-kernel irqchip, vCPUs entered in 32-bit
-//! protected mode, and the run loop that ends on the debug exit port, on a HLT with
+//! protected mode (flat payloads) or 64-bit long mode (Linux), and the run loop that ends on the debug exit port, on a HLT with
 //! interrupts disabled, on a triple fault, or when asked to stop (SIGTERM).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,13 +9,15 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
+    kvm_fpu, kvm_pit_config, kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
+    KVM_MP_STATE_HALTED,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::bus::{Action, IoBus};
+use super::linux::{LinuxEntry, BOOT_STACK, PML4};
 use super::payload::Payload;
 use super::VmmError;
 
@@ -47,6 +49,20 @@ pub fn gdt_entries() -> [u64; 3] {
     [0, 0x00cf_9a00_0000_ffff, 0x00cf_9200_0000_ffff]
 }
 
+/// The GDT the 64-bit boot protocol asks for: __BOOT_CS at 0x10 (64-bit code), __BOOT_DS
+/// at 0x18, both flat.
+pub fn long_mode_gdt_entries() -> [u64; 4] {
+    [0, 0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff]
+}
+const BOOT_CS: u16 = 0x10;
+const BOOT_DS: u16 = 0x18;
+const CR0_PE: u64 = 1;
+const CR0_ET: u64 = 1 << 4;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+
 fn segment(selector: u16, code: bool) -> kvm_segment {
     kvm_segment {
         base: 0,
@@ -65,9 +81,26 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
     }
 }
 
+/// A 64-bit code segment: L set, D clear (a set D with L is reserved).
+fn long_mode_code(selector: u16) -> kvm_segment {
+    kvm_segment {
+        db: 0,
+        l: 1,
+        ..segment(selector, true)
+    }
+}
+
 /// Sets LVT field `mode` (delivery mode bits 8..10, unmasked) as firmware does for LINT0/1.
 pub fn lvt_with_mode(reg: u32, mode: u32) -> u32 {
     ((reg & !0x700) | (mode << 8)) & !(1 << 16)
+}
+
+/// Where vCPU 0 was when the guest was stopped: for the stop report and for tests that
+/// check how far a guest got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopPoint {
+    pub rip: u64,
+    pub cr3: u64,
 }
 
 pub struct Machine {
@@ -75,6 +108,7 @@ pub struct Machine {
     pub vm: VmFd,
     pub mem: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
+    stop_point: Arc<Mutex<Option<StopPoint>>>,
 }
 
 impl Machine {
@@ -123,17 +157,14 @@ impl Machine {
             vm,
             mem,
             vcpus,
+            stop_point: Arc::new(Mutex::new(None)),
         })
     }
 
     /// Writes the GDT and the payload, and points vCPU 0 at the entry in protected mode.
     /// Other vCPUs stay in wait-for-SIPI, as on real hardware.
     pub fn load(&mut self, payload: &Payload) -> Result<(), VmmError> {
-        for (i, entry) in gdt_entries().iter().enumerate() {
-            self.mem
-                .write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))
-                .map_err(|_| VmmError::Memory)?;
-        }
+        self.write_gdt(&gdt_entries())?;
         let end = payload.load_addr + payload.image.len() as u64;
         if end > self.mem.last_addr().0 {
             return Err(VmmError::PayloadTooLarge(payload.name.clone()));
@@ -141,9 +172,7 @@ impl Machine {
         self.mem
             .write_slice(&payload.image, GuestAddress(payload.load_addr))
             .map_err(|_| VmmError::Memory)?;
-        let Some(bsp) = self.vcpus.first() else {
-            return Err(VmmError::NoVcpu);
-        };
+        let bsp = self.bsp()?;
         let mut sregs = bsp
             .get_sregs()
             .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
@@ -159,7 +188,7 @@ impl Machine {
         }
         sregs.gdt.base = GDT_ADDR;
         sregs.gdt.limit = (gdt_entries().len() * 8 - 1) as u16;
-        sregs.cr0 |= 1; // PE
+        sregs.cr0 |= CR0_PE;
         bsp.set_sregs(&sregs)
             .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
         let mut regs = bsp
@@ -169,7 +198,82 @@ impl Machine {
         regs.rflags = 0x2;
         bsp.set_regs(&regs)
             .map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
-        // LINT0 = ExtINT so the 8259's output reaches the CPU, LINT1 = NMI.
+        self.wire_lapic_lines()
+    }
+
+    /// Points vCPU 0 at a loaded Linux kernel's 64-bit entry as the boot protocol says:
+    /// long mode with the identity page tables `linux` wrote, __BOOT_CS/__BOOT_DS, interrupts
+    /// off, RSI = the zero page. Also gives the guest the in-kernel PIT a kernel expects.
+    pub fn enter_linux(&mut self, entry: &LinuxEntry) -> Result<(), VmmError> {
+        self.vm
+            .create_pit2(kvm_pit_config::default())
+            .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
+        self.write_gdt(&long_mode_gdt_entries())?;
+        let bsp = self.bsp()?;
+        let mut sregs = bsp
+            .get_sregs()
+            .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = long_mode_code(BOOT_CS);
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.fs,
+            &mut sregs.gs,
+            &mut sregs.ss,
+        ] {
+            *seg = segment(BOOT_DS, false);
+        }
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (long_mode_gdt_entries().len() * 8 - 1) as u16;
+        sregs.idt.base = 0;
+        sregs.idt.limit = 0;
+        sregs.cr3 = PML4;
+        sregs.cr4 |= CR4_PAE;
+        sregs.cr0 |= CR0_PE | CR0_ET | CR0_PG;
+        sregs.efer |= EFER_LME | EFER_LMA;
+        bsp.set_sregs(&sregs)
+            .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        bsp.set_fpu(&fpu)
+            .map_err(|e| VmmError::Kvm("KVM_SET_FPU", e))?;
+        let mut regs = bsp
+            .get_regs()
+            .map_err(|e| VmmError::Kvm("KVM_GET_REGS", e))?;
+        regs.rip = entry.entry;
+        regs.rsi = entry.zero_page;
+        regs.rsp = BOOT_STACK;
+        regs.rbp = BOOT_STACK;
+        regs.rflags = 0x2;
+        bsp.set_regs(&regs)
+            .map_err(|e| VmmError::Kvm("KVM_SET_REGS", e))?;
+        self.wire_lapic_lines()
+    }
+
+    /// Where vCPU 0 stood when `run` stopped it (`None` if it ended by itself).
+    pub fn stop_point(&self) -> Option<StopPoint> {
+        self.stop_point.lock().ok().and_then(|p| *p)
+    }
+
+    fn bsp(&self) -> Result<&VcpuFd, VmmError> {
+        self.vcpus.first().ok_or(VmmError::NoVcpu)
+    }
+
+    fn write_gdt(&self, entries: &[u64]) -> Result<(), VmmError> {
+        for (i, entry) in entries.iter().enumerate() {
+            self.mem
+                .write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))
+                .map_err(|_| VmmError::Memory)?;
+        }
+        Ok(())
+    }
+
+    /// LINT0 = ExtINT so the 8259's output reaches the CPU, LINT1 = NMI.
+    fn wire_lapic_lines(&self) -> Result<(), VmmError> {
+        let bsp = self.bsp()?;
         let mut lapic = bsp
             .get_lapic()
             .map_err(|e| VmmError::Kvm("KVM_GET_LAPIC", e))?;
@@ -201,10 +305,11 @@ impl Machine {
         let mut threads: Vec<JoinHandle<()>> = Vec::new();
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let (tx, bus, halt) = (tx.clone(), bus.clone(), halt_all.clone());
+            let stop_point = (id == 0).then(|| self.stop_point.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let result = vcpu_loop(id, vcpu, &bus, &halt);
+                    let result = vcpu_loop(id, vcpu, &bus, &halt, stop_point);
                     let _ = tx.send(result);
                 });
             match spawned {
@@ -258,9 +363,25 @@ fn stop_threads(threads: &[JoinHandle<()>]) {
 /// `Some(result)` ends the guest; `None` means this vCPU stopped because it was told to.
 type VcpuResult = Option<Result<GuestExit, VmmError>>;
 
-fn vcpu_loop(id: usize, mut vcpu: VcpuFd, bus: &Mutex<IoBus>, halt_all: &AtomicBool) -> VcpuResult {
+fn vcpu_loop(
+    id: usize,
+    mut vcpu: VcpuFd,
+    bus: &Mutex<IoBus>,
+    halt_all: &AtomicBool,
+    stop_point: Option<Arc<Mutex<Option<StopPoint>>>>,
+) -> VcpuResult {
     loop {
         if halt_all.load(Ordering::SeqCst) {
+            if let (Some(slot), Ok(regs), Ok(sregs)) =
+                (stop_point, vcpu.get_regs(), vcpu.get_sregs())
+            {
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(StopPoint {
+                        rip: regs.rip,
+                        cr3: sregs.cr3,
+                    });
+                }
+            }
             return None;
         }
         let exit = match vcpu.run() {
@@ -331,6 +452,19 @@ mod tests {
         assert_eq!((g[2] >> 40) & 0xff, 0x92);
         // granularity 4 KiB and 32-bit default size
         assert_eq!((g[1] >> 52) & 0xc, 0xc);
+    }
+
+    #[test]
+    fn long_mode_gdt_has_boot_cs_and_ds() {
+        let g = long_mode_gdt_entries();
+        let cs = g[usize::from(BOOT_CS / 8)];
+        let ds = g[usize::from(BOOT_DS / 8)];
+        assert_eq!((cs >> 40) & 0xff, 0x9b, "present ring-0 code, accessed");
+        assert_eq!((cs >> 53) & 1, 1, "L: 64-bit code");
+        assert_eq!((cs >> 54) & 1, 0, "D must be clear with L");
+        assert_eq!((ds >> 40) & 0xff, 0x93);
+        let seg = long_mode_code(BOOT_CS);
+        assert_eq!((seg.l, seg.db, seg.selector), (1, 0, 0x10));
     }
 
     #[test]

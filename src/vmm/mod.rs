@@ -1,10 +1,11 @@
-//! The guest launcher behind `vgpud-vmm` (one process per guest): a KVM VM with a flat
-//! payload, a 16550 UART, a PCI host bridge and one passthrough device behind the
+//! The guest launcher behind `vgpud-vmm` (one process per guest): a KVM VM running a flat
+//! payload or a Linux kernel, a 16550 UART, a PCI host bridge and one passthrough device behind the
 //! `PassthroughDevice` seam (emulated here, VFIO where the host has it).
 
 pub mod bus;
 pub mod device;
 pub mod kvm;
+pub mod linux;
 pub mod payload;
 pub mod pci;
 pub mod uart;
@@ -17,7 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub use device::{EmulatedDevice, PassthroughDevice};
-pub use kvm::GuestExit;
+pub use kvm::{GuestExit, StopPoint};
 pub use vfio::VfioPassthrough;
 
 /// The GSI (8259 line) the passthrough device's INTx is wired to; firmware writes it into
@@ -67,8 +68,8 @@ pub enum VmmError {
     Vfio(#[from] vfio::VfioError),
     #[error("device BARs do not fit the 32-bit PCI windows (IO {IO_WINDOW:#x}.., memory 0xc0000000..0xe0000000)")]
     BarsTooLarge,
-    #[error("booting a Linux kernel (--kernel) is not implemented in this build; use --payload")]
-    KernelNotImplemented,
+    #[error("Linux boot")]
+    Linux(#[from] linux::LinuxError),
     #[error("KVM_IRQFD for the device interrupt failed")]
     Irqfd(#[source] kvm_ioctls::Error),
 }
@@ -222,6 +223,11 @@ fn load_payload(name: &str) -> Result<payload::Payload, VmmError> {
     Ok(payload::from_file(name, image))
 }
 
+enum Image {
+    Flat(payload::Payload),
+    Linux(linux::LinuxFiles),
+}
+
 /// Places the device's BARs like firmware and wires its INTx line.
 fn firmware_setup(dev: &mut dyn PassthroughDevice) -> Result<(), VmmError> {
     let placed = pci::assign_addresses(dev.bars(), IO_WINDOW, MEM_WINDOW.0, MEM_WINDOW.1)
@@ -245,9 +251,14 @@ pub fn launch(
     report: &mut dyn FnMut(&str),
 ) -> Result<GuestExit, VmmError> {
     config.validate()?;
-    let payload = match &config.boot {
-        Boot::Payload(name) => load_payload(name)?,
-        Boot::Kernel { .. } => return Err(VmmError::KernelNotImplemented),
+    // Files are opened before the VM exists, so a bad path fails at once.
+    let image = match &config.boot {
+        Boot::Payload(name) => Image::Flat(load_payload(name)?),
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => Image::Linux(linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline)?),
     };
     let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
     if let Some(path) = &config.serial_log {
@@ -289,9 +300,22 @@ pub fn launch(
         }
         None => report("device: none"),
     }
-    machine.load(&payload)?;
+    match image {
+        Image::Flat(payload) => machine.load(&payload)?,
+        Image::Linux(files) => {
+            let entry = linux::load(&machine.mem, files)?;
+            machine.enter_linux(&entry)?;
+        }
+    }
     let io = Arc::new(Mutex::new(bus::IoBus::new(uart, device)));
-    machine.run(io, stop)
+    let exit = machine.run(io, stop)?;
+    if let Some(at) = machine.stop_point() {
+        report(&format!(
+            "stopped: vcpu0 rip={:#x} cr3={:#x}",
+            at.rip, at.cr3
+        ));
+    }
+    Ok(exit)
 }
 
 #[cfg(test)]

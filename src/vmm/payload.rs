@@ -78,6 +78,99 @@ pub fn from_file(name: &str, image: Vec<u8>) -> Payload {
     }
 }
 
+/// Where `long_mode_elf` is loaded and entered (above 1 MiB, as the boot protocol wants).
+pub const ELF_LOAD: u64 = 0x20_0000;
+const ELF_CODE_OFFSET: u64 = 0x1000;
+const HDRS: u32 = 0x5372_6448;
+
+/// A minimal 64-bit ELF "kernel" for the Linux boot path, so that path runs to the end on any
+/// KVM: entered in long mode at `ELF_LOAD` with RSI = zero page, it checks that it runs 64-bit
+/// code and that the zero page has the "HdrS" magic, prints `elf64: cmdline=<command line
+/// read through cmd_line_ptr>` and exits through the debug port with 0 (4 on a bad zero page).
+pub fn long_mode_elf() -> Result<Vec<u8>, PayloadError> {
+    let mut a = CodeAssembler::new(64)?;
+    let msg = ELF_LOAD + 0x800;
+    let mut bad = a.create_label();
+    let mut puts = a.create_label();
+    a.mov(rbx, rsi)?;
+    a.mov(edx, UART)?;
+    // Only long mode decodes this as one instruction with a 64-bit immediate.
+    a.mov(rax, 0x1122_3344_5566_7788u64)?;
+    a.shr(rax, 32)?;
+    a.cmp(eax, 0x1122_3344)?;
+    a.jne(bad)?;
+    a.cmp(dword_ptr(rbx + 0x202), HDRS as i32)?;
+    a.jne(bad)?;
+    a.mov(rsi, msg)?;
+    a.call(puts)?;
+    a.mov(esi, dword_ptr(rbx + 0x228))?; // cmd_line_ptr
+    a.call(puts)?;
+    a.mov(al, b'\n' as i32)?;
+    a.out(dx, al)?;
+    a.mov(al, 0)?;
+    a.out(DEBUG_EXIT_PORT as i32, al)?;
+    a.cli()?;
+    a.hlt()?;
+    a.set_label(&mut bad)?;
+    a.mov(al, 4)?;
+    a.out(DEBUG_EXIT_PORT as i32, al)?;
+    a.cli()?;
+    a.hlt()?;
+    let mut done = a.create_label();
+    a.set_label(&mut puts)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(done)?;
+    a.out(dx, al)?;
+    a.jmp(puts)?;
+    a.set_label(&mut done)?;
+    a.ret()?;
+    let mut code = a.assemble(ELF_LOAD)?;
+    if code.len() as u64 > msg - ELF_LOAD {
+        return Err(PayloadError::TooLarge);
+    }
+    code.resize((msg - ELF_LOAD) as usize, 0x90);
+    code.extend_from_slice(b"elf64: cmdline=\0");
+    Ok(elf64_image(&code, ELF_LOAD, ELF_CODE_OFFSET))
+}
+
+/// An x86-64 ELF executable with one PT_LOAD segment holding `code` at `addr` (virtual =
+/// physical), entered at `addr`.
+pub fn elf64_image(code: &[u8], addr: u64, file_offset: u64) -> Vec<u8> {
+    const EHDR_SIZE: u16 = 64;
+    const PHDR_SIZE: u16 = 56;
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // 64-bit, LE, version 1
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&addr.to_le_bytes()); // e_entry
+    f.extend_from_slice(&u64::from(EHDR_SIZE).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [EHDR_SIZE, PHDR_SIZE, 1, 64, 0, 0] {
+        // e_ehsize, e_phentsize, e_phnum, e_shentsize, e_shnum, e_shstrndx
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R + X
+    for v in [
+        file_offset,
+        addr,
+        addr,
+        code.len() as u64,
+        code.len() as u64,
+        0x1000,
+    ] {
+        // p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.resize(file_offset as usize, 0);
+    f.extend_from_slice(code);
+    f
+}
+
 fn simple(
     body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
 ) -> Result<Vec<u8>, PayloadError> {
@@ -647,6 +740,21 @@ mod tests {
             .filter(|i| i.mnemonic() == Mnemonic::Out && i.immediate8() == DEBUG_EXIT_PORT as u8)
             .count();
         assert!(outs_to_exit >= 3);
+    }
+
+    #[test]
+    fn long_mode_elf_is_an_x86_64_executable_entered_at_its_load_address() {
+        let f = long_mode_elf().unwrap();
+        assert_eq!(&f[..4], b"\x7fELF");
+        assert_eq!(f[4], 2, "ELFCLASS64");
+        assert_eq!(u16::from_le_bytes([f[18], f[19]]), 62, "EM_X86_64");
+        let entry = u64::from_le_bytes(f[24..32].try_into().unwrap());
+        assert_eq!(entry, ELF_LOAD);
+        let code = &f[ELF_CODE_OFFSET as usize..];
+        let mut dec = Decoder::with_ip(64, code, ELF_LOAD, DecoderOptions::NONE);
+        let first: Vec<Mnemonic> = dec.iter().take(3).map(|i| i.mnemonic()).collect();
+        assert_eq!(first, [Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Mov]);
+        assert!(code.windows(15).any(|w| w == b"elf64: cmdline="));
     }
 
     #[test]
