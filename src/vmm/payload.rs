@@ -43,7 +43,9 @@ pub enum PayloadError {
     TooLarge,
 }
 
-pub const BUILTIN: &[&str] = &["pci-probe", "loop", "halt"];
+pub const BUILTIN: &[&str] = &["pci-probe", "hello", "loop", "halt"];
+/// What `hello` prints; the benchmark waits for it under vgpud-vmm and under QEMU.
+pub const HELLO: &str = "hello: vgpud payload\n";
 
 /// Builds a built-in payload by name, or `None` for an unknown name.
 pub fn builtin(name: &str) -> Option<Result<Payload, PayloadError>> {
@@ -58,6 +60,7 @@ pub fn builtin(name: &str) -> Option<Result<Payload, PayloadError>> {
             a.cli()?;
             a.hlt()
         }),
+        "hello" => hello(),
         _ => return None,
     };
     Some(image.map(|image| Payload {
@@ -76,6 +79,33 @@ pub fn from_file(name: &str, image: Vec<u8>) -> Payload {
         load_addr: LOAD_ADDR,
         entry: LOAD_ADDR,
     }
+}
+
+const MULTIBOOT_MAGIC: u32 = 0x1bad_b002;
+/// Multiboot header flag: the load addresses are in the header (the "a.out kludge").
+const MULTIBOOT_AOUT_KLUDGE: u32 = 1 << 16;
+const MULTIBOOT_HEADER_LEN: u64 = 32;
+
+/// The payload as a Multiboot image, so QEMU (`-kernel FILE`) runs the very same bytes: a
+/// 32-byte Multiboot header followed by the unchanged image, whose load and entry addresses
+/// it gives. A Multiboot loader enters in 32-bit protected mode with flat segments, paging and
+/// interrupts off: the state `vgpud-vmm` starts a payload in.
+pub fn multiboot_image(p: &Payload) -> Vec<u8> {
+    let header_addr = (p.load_addr - MULTIBOOT_HEADER_LEN) as u32;
+    let load_end = (p.load_addr + p.image.len() as u64) as u32;
+    let fields = [
+        MULTIBOOT_MAGIC,
+        MULTIBOOT_AOUT_KLUDGE,
+        0u32.wrapping_sub(MULTIBOOT_MAGIC.wrapping_add(MULTIBOOT_AOUT_KLUDGE)),
+        header_addr, // header_addr
+        header_addr, // load_addr: the file is loaded from its first byte
+        load_end,    // load_end_addr
+        0,           // bss_end_addr: none
+        p.entry as u32,
+    ];
+    let mut out: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+    out.extend_from_slice(&p.image);
+    out
 }
 
 /// Where `long_mode_elf` is loaded and entered (above 1 MiB, as the boot protocol wants).
@@ -169,6 +199,31 @@ pub fn elf64_image(code: &[u8], addr: u64, file_offset: u64) -> Vec<u8> {
     f.resize(file_offset as usize, 0);
     f.extend_from_slice(code);
     f
+}
+
+/// Prints `HELLO` and exits with 0; the text sits in the first bytes, before the entry.
+fn hello() -> Result<Vec<u8>, PayloadError> {
+    let mut image = simple(|a| {
+        let mut next = a.create_label();
+        let mut done = a.create_label();
+        a.cld()?;
+        a.mov(esi, LOAD_ADDR as u32)?;
+        a.mov(edx, UART)?;
+        a.set_label(&mut next)?;
+        a.lodsb()?;
+        a.test(al, al)?;
+        a.jz(done)?;
+        a.out(dx, al)?;
+        a.jmp(next)?;
+        a.set_label(&mut done)?;
+        exit(a, 0)
+    })?;
+    let text = [HELLO.as_bytes(), &[0]].concat();
+    if text.len() as u64 > ENTRY_OFFSET {
+        return Err(PayloadError::TooLarge);
+    }
+    image[..text.len()].copy_from_slice(&text);
+    Ok(image)
 }
 
 fn simple(
@@ -755,6 +810,37 @@ mod tests {
         let first: Vec<Mnemonic> = dec.iter().take(3).map(|i| i.mnemonic()).collect();
         assert_eq!(first, [Mnemonic::Mov, Mnemonic::Mov, Mnemonic::Mov]);
         assert!(code.windows(15).any(|w| w == b"elf64: cmdline="));
+    }
+
+    #[test]
+    fn hello_prints_and_exits_through_the_debug_port() {
+        let p = builtin("hello").unwrap().unwrap();
+        assert_eq!(&p.image[..HELLO.len()], HELLO.as_bytes());
+        let code = &p.image[ENTRY_OFFSET as usize..];
+        let dec = Decoder::with_ip(32, code, p.entry, DecoderOptions::NONE);
+        let outs: Vec<_> = dec
+            .into_iter()
+            .take_while(|i| i.mnemonic() != Mnemonic::Hlt)
+            .filter(|i| i.mnemonic() == Mnemonic::Out)
+            .collect();
+        assert_eq!(outs.len(), 2, "one to the UART, one to the exit port");
+        assert_eq!(outs[1].immediate8(), DEBUG_EXIT_PORT as u8);
+    }
+
+    #[test]
+    fn multiboot_header_is_valid_and_places_the_image_at_its_load_address() {
+        let p = builtin("hello").unwrap().unwrap();
+        let mb = multiboot_image(&p);
+        let word = |i: usize| u32::from_le_bytes(mb[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(word(0), MULTIBOOT_MAGIC);
+        assert_eq!(word(0).wrapping_add(word(1)).wrapping_add(word(2)), 0);
+        assert_eq!(word(1) & MULTIBOOT_AOUT_KLUDGE, MULTIBOOT_AOUT_KLUDGE);
+        // header_addr - load_addr = the header's file offset (0); the image follows it.
+        assert_eq!(word(3), word(4));
+        assert_eq!(u64::from(word(4)) + MULTIBOOT_HEADER_LEN, p.load_addr);
+        assert_eq!(u64::from(word(5)), p.load_addr + p.image.len() as u64);
+        assert_eq!(u64::from(word(7)), p.entry);
+        assert_eq!(&mb[MULTIBOOT_HEADER_LEN as usize..], &p.image[..]);
     }
 
     #[test]
