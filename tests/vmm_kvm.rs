@@ -75,6 +75,11 @@ fn pci_probe_finds_emulated_t4_and_gets_its_interrupt() {
     assert_line(&serial, "bar0 moved to e0000000");
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
+    // MSI: programmed by the guest, routed by KVM_SET_GSI_ROUTING, delivered through an irqfd
+    // with both 8259s masked and a vector no 8259 uses.
+    assert_line(&serial, "msi cap at 50");
+    assert_line(&serial, "msi enabled vector=40");
+    assert_line(&serial, "msi count=1");
     assert_line(&serial, "pci-probe: done");
     assert_eq!(
         out.status.code(),
@@ -96,6 +101,7 @@ fn pci_probe_handles_mtty_io_bars() {
     assert_line(&serial, "bar0 moved to 0000d000");
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
+    assert_line(&serial, "msi count=1");
     assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");
 }
 

@@ -2,6 +2,7 @@
 //! configuration mechanism #1 and the passthrough device's BARs wherever the guest put them.
 
 use super::device::PassthroughDevice;
+use super::kvm::{IrqRouter, MSI_GSI_BASE};
 use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
 use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::uart::{Uart, COM1_BASE};
@@ -22,6 +23,7 @@ pub struct IoBus {
     bridge: ConfigSpace,
     pub device: Option<Box<dyn PassthroughDevice>>,
     config_address: u32,
+    router: Option<IrqRouter>,
 }
 
 impl IoBus {
@@ -31,7 +33,15 @@ impl IoBus {
             bridge: host_bridge(),
             device,
             config_address: 0,
+            router: None,
         }
+    }
+
+    /// Lets the guest's MSI programming reach KVM's GSI routing (the device's MSI eventfd is
+    /// bound to `MSI_GSI_BASE` with KVM_IRQFD).
+    pub fn with_router(mut self, router: IrqRouter) -> Self {
+        self.router = Some(router);
+        self
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
@@ -59,6 +69,11 @@ impl IoBus {
             (0, DEVICE_SLOT, 0) => {
                 if let Some(d) = self.device.as_mut() {
                     d.config_write(reg, size, value);
+                    if let Some(router) = self.router.as_mut() {
+                        if let Err(e) = router.set_msi(MSI_GSI_BASE, d.msi_message()) {
+                            tracing::warn!("MSI route cannot be updated: {e}");
+                        }
+                    }
                 }
             }
             _ => {}

@@ -5,7 +5,7 @@ use std::io;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pci::{BarRegion, Bars, ConfigSpace, PciIds};
+use super::pci::{BarRegion, Bars, ConfigSpace, MsiMessage, PciIds};
 use crate::sim::profile::GuestPci;
 
 /// Register offsets inside BAR0 of the emulated device.
@@ -27,6 +27,15 @@ pub trait PassthroughDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// The eventfd the device signals for INTx; the VMM binds it to a GSI with KVM_IRQFD.
     fn irq_eventfd(&self) -> Option<&EventFd>;
+    /// The eventfd the device signals for MSI; the VMM binds it to the device's MSI GSI and
+    /// routes that GSI to `msi_message` with KVM_SET_GSI_ROUTING.
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        None
+    }
+    /// The MSI message the guest programmed, while it has MSI enabled.
+    fn msi_message(&self) -> Option<MsiMessage> {
+        None
+    }
     /// The BAR layout, for firmware-style initial placement.
     fn bars(&self) -> &Bars;
 }
@@ -67,13 +76,16 @@ pub fn load_description(path: &str) -> Result<GuestPci, DescriptionError> {
     parse_description(path, &text)
 }
 
-/// A PCI function built from a description, with one device register block in BAR0.
-/// Always reported as emulated: it proves the VMM's PCI and interrupt plumbing, not VFIO.
+/// A PCI function built from a description, with one device register block in BAR0 and an
+/// MSI capability. Always reported as emulated: it proves the VMM's PCI and interrupt
+/// plumbing, not VFIO.
 pub struct EmulatedDevice {
     config: ConfigSpace,
     scratch: u32,
     irq_count: u32,
+    msi_count: u32,
     irq: EventFd,
+    msi: EventFd,
 }
 
 impl EmulatedDevice {
@@ -87,20 +99,43 @@ impl EmulatedDevice {
             class_code: desc.class_code,
             revision: 0xa1,
         };
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| DescriptionError::Read {
-            path: "eventfd".to_owned(),
-            source,
-        })?;
+        let eventfd = || {
+            EventFd::new(EFD_NONBLOCK).map_err(|source| DescriptionError::Read {
+                path: "eventfd".to_owned(),
+                source,
+            })
+        };
         Ok(Self {
-            config: ConfigSpace::new(ids, bars, 1),
+            config: ConfigSpace::new(ids, bars, 1).with_msi(),
             scratch: 0,
             irq_count: 0,
-            irq,
+            msi_count: 0,
+            irq: eventfd()?,
+            msi: eventfd()?,
         })
     }
 
     pub fn irq_count(&self) -> u32 {
         self.irq_count
+    }
+
+    /// How many of the interrupts went out as MSI.
+    pub fn msi_count(&self) -> u32 {
+        self.msi_count
+    }
+
+    /// One interrupt: an MSI while the guest has MSI enabled, INTx otherwise.
+    fn raise(&mut self) {
+        self.irq_count = self.irq_count.wrapping_add(1);
+        let fd = if self.config.msi.is_some_and(|m| m.enabled()) {
+            self.msi_count = self.msi_count.wrapping_add(1);
+            &self.msi
+        } else {
+            &self.irq
+        };
+        if let Err(e) = fd.write(1) {
+            tracing::warn!("emulated device cannot signal its interrupt: {e}");
+        }
     }
 
     fn register_read(&self, offset: u64) -> u32 {
@@ -158,18 +193,21 @@ impl PassthroughDevice for EmulatedDevice {
         }
         match offset {
             REG_SCRATCH => self.scratch = le_value(data),
-            REG_RAISE_IRQ if le_value(data) & 1 == 1 => {
-                self.irq_count = self.irq_count.wrapping_add(1);
-                if let Err(e) = self.irq.write(1) {
-                    tracing::warn!("emulated device cannot signal its interrupt: {e}");
-                }
-            }
+            REG_RAISE_IRQ if le_value(data) & 1 == 1 => self.raise(),
             _ => {}
         }
     }
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
         Some(&self.irq)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        Some(&self.msi)
+    }
+
+    fn msi_message(&self) -> Option<MsiMessage> {
+        self.config.msi.and_then(|m| m.message())
     }
 
     fn bars(&self) -> &Bars {
@@ -230,5 +268,30 @@ mod tests {
         assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
         dev.bar_read(0, REG_IRQ_COUNT, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 1);
+    }
+
+    #[test]
+    fn enabled_msi_takes_the_interrupt_from_intx() {
+        use crate::vmm::pci::MSI_CAP_OFFSET;
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        dev.config_write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0000);
+        dev.config_write(MSI_CAP_OFFSET + 12, 2, 0x41);
+        dev.config_write(MSI_CAP_OFFSET + 2, 2, 1);
+        assert_eq!(
+            dev.msi_message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        assert!(dev.irq_eventfd().unwrap().read().is_err(), "no INTx");
+        assert_eq!((dev.irq_count(), dev.msi_count()), (1, 1));
+        dev.config_write(MSI_CAP_OFFSET + 2, 2, 0);
+        assert_eq!(dev.msi_message(), None);
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
     }
 }

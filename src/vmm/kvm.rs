@@ -8,9 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use kvm_bindings::{
-    kvm_fpu, kvm_pit_config, kvm_segment, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES,
-    KVM_MP_STATE_HALTED,
+    kvm_fpu, kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config,
+    kvm_segment, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
+    KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
@@ -19,6 +23,7 @@ use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 use super::bus::{Action, IoBus};
 use super::linux::{LinuxEntry, BOOT_STACK, PML4};
 use super::payload::Payload;
+use super::pci::MsiMessage;
 use super::VmmError;
 
 const GDT_ADDR: u64 = 0x500;
@@ -103,9 +108,87 @@ pub struct StopPoint {
     pub cr3: u64,
 }
 
+/// GSIs 0..24 are the in-kernel PICs and IOAPIC; MSI routes start after them.
+pub const MSI_GSI_BASE: u32 = 24;
+const IOAPIC_PINS: u32 = 24;
+const PIC_LINES: u32 = 16;
+
+/// The whole GSI routing table: KVM_SET_GSI_ROUTING replaces KVM's default table, so its
+/// irqchip routes (IOAPIC pins 0..24, PIC lines 0..16, as KVM sets them up) come first, then
+/// one MSI route per `(gsi, message)`.
+pub fn routing_table(msis: &BTreeMap<u32, MsiMessage>) -> Vec<kvm_irq_routing_entry> {
+    let irqchip = |gsi: u32, chip: u32, pin: u32| {
+        let mut e = kvm_irq_routing_entry {
+            gsi,
+            type_: KVM_IRQ_ROUTING_IRQCHIP,
+            ..Default::default()
+        };
+        e.u.irqchip = kvm_irq_routing_irqchip { irqchip: chip, pin };
+        e
+    };
+    let mut table = Vec::new();
+    for gsi in 0..IOAPIC_PINS {
+        table.push(irqchip(gsi, KVM_IRQCHIP_IOAPIC, gsi));
+        if gsi < PIC_LINES {
+            let chip = if gsi < 8 {
+                KVM_IRQCHIP_PIC_MASTER
+            } else {
+                KVM_IRQCHIP_PIC_SLAVE
+            };
+            table.push(irqchip(gsi, chip, gsi % 8));
+        }
+    }
+    for (gsi, m) in msis {
+        let mut e = kvm_irq_routing_entry {
+            gsi: *gsi,
+            type_: KVM_IRQ_ROUTING_MSI,
+            ..Default::default()
+        };
+        e.u.msi = kvm_irq_routing_msi {
+            address_lo: m.address as u32,
+            address_hi: (m.address >> 32) as u32,
+            data: m.data,
+            ..Default::default()
+        };
+        table.push(e);
+    }
+    table
+}
+
+/// Keeps KVM's GSI routing in step with the MSI messages guests program.
+pub struct IrqRouter {
+    vm: Arc<VmFd>,
+    msis: BTreeMap<u32, MsiMessage>,
+}
+
+impl IrqRouter {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self {
+            vm,
+            msis: BTreeMap::new(),
+        }
+    }
+
+    /// Routes `gsi` to `message`, or removes its route for `None`; no ioctl when unchanged.
+    pub fn set_msi(&mut self, gsi: u32, message: Option<MsiMessage>) -> Result<(), VmmError> {
+        let changed = match message {
+            Some(m) => self.msis.insert(gsi, m) != Some(m),
+            None => self.msis.remove(&gsi).is_some(),
+        };
+        if !changed {
+            return Ok(());
+        }
+        let routing = KvmIrqRouting::from_entries(&routing_table(&self.msis))
+            .map_err(|_| VmmError::InvalidArgument("GSI routing table too large".into()))?;
+        self.vm
+            .set_gsi_routing(&routing)
+            .map_err(|e| VmmError::Kvm("KVM_SET_GSI_ROUTING", e))
+    }
+}
+
 pub struct Machine {
     _kvm: Kvm,
-    pub vm: VmFd,
+    pub vm: Arc<VmFd>,
     pub mem: GuestMemoryMmap,
     vcpus: Vec<VcpuFd>,
     stop_point: Arc<Mutex<Option<StopPoint>>>,
@@ -154,7 +237,7 @@ impl Machine {
         }
         Ok(Self {
             _kvm: kvm,
-            vm,
+            vm: Arc::new(vm),
             mem,
             vcpus,
             stop_point: Arc::new(Mutex::new(None)),
@@ -465,6 +548,38 @@ mod tests {
         assert_eq!((ds >> 40) & 0xff, 0x93);
         let seg = long_mode_code(BOOT_CS);
         assert_eq!((seg.l, seg.db, seg.selector), (1, 0, 0x10));
+    }
+
+    #[test]
+    fn routing_table_keeps_kvm_defaults_and_adds_msi() {
+        let mut msis = BTreeMap::new();
+        msis.insert(
+            MSI_GSI_BASE,
+            MsiMessage {
+                address: 0x1_fee0_1000,
+                data: 0x40,
+            },
+        );
+        let t = routing_table(&msis);
+        assert_eq!(t.len(), 24 + 16 + 1);
+        let chips: Vec<(u32, u32, u32)> = t
+            .iter()
+            .filter(|e| e.type_ == KVM_IRQ_ROUTING_IRQCHIP && e.gsi == 10)
+            // SAFETY: irqchip is the union member written for IRQCHIP entries.
+            .map(|e| unsafe { (e.gsi, e.u.irqchip.irqchip, e.u.irqchip.pin) })
+            .collect();
+        assert_eq!(
+            chips,
+            [(10, KVM_IRQCHIP_IOAPIC, 10), (10, KVM_IRQCHIP_PIC_SLAVE, 2)]
+        );
+        let msi = t.last().unwrap();
+        assert_eq!((msi.gsi, msi.type_), (MSI_GSI_BASE, KVM_IRQ_ROUTING_MSI));
+        // SAFETY: msi is the union member written for MSI entries.
+        let m = unsafe { msi.u.msi };
+        assert_eq!((m.address_lo, m.address_hi, m.data), (0xfee0_1000, 1, 0x40));
+        assert!(t
+            .iter()
+            .all(|e| e.gsi < 24 || e.type_ == KVM_IRQ_ROUTING_MSI));
     }
 
     #[test]

@@ -285,6 +285,7 @@ pub fn launch(
         )?)),
     };
     let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
+    let mut msi = false;
     match device.as_mut() {
         Some(dev) => {
             firmware_setup(dev.as_mut())?;
@@ -293,6 +294,14 @@ pub fn launch(
                     .vm
                     .register_irqfd(fd, DEVICE_GSI)
                     .map_err(VmmError::Irqfd)?;
+            }
+            if let Some(fd) = dev.msi_eventfd() {
+                // Routed to the guest's MSI message once the guest programs and enables it.
+                machine
+                    .vm
+                    .register_irqfd(fd, kvm::MSI_GSI_BASE)
+                    .map_err(VmmError::Irqfd)?;
+                msi = true;
             }
             let line = format!("device: 00:{:02x}.0 {}", bus::DEVICE_SLOT, dev.describe());
             report(&line);
@@ -307,7 +316,11 @@ pub fn launch(
             machine.enter_linux(&entry)?;
         }
     }
-    let io = Arc::new(Mutex::new(bus::IoBus::new(uart, device)));
+    let mut io = bus::IoBus::new(uart, device);
+    if msi {
+        io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
+    }
+    let io = Arc::new(Mutex::new(io));
     let exit = machine.run(io, stop)?;
     if let Some(at) = machine.stop_point() {
         report(&format!(

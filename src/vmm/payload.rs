@@ -20,6 +20,13 @@ const VAR_MASK: u64 = 0x60c;
 const VAR_BASE: u64 = 0x610;
 const VAR_IDTR: u64 = 0x620;
 const VAR_RET: u64 = 0x614;
+const VAR_CAP: u64 = 0x618;
+/// The vector pci-probe programs into the device's MSI data register.
+pub const MSI_VECTOR: u32 = 0x40;
+/// The MSI address: the local APIC window, destination APIC ID 0, physical mode.
+const MSI_ADDRESS: u32 = 0xfee0_0000;
+const LAPIC_SVR: u64 = 0xfee0_00f0;
+const LAPIC_EOI: u64 = 0xfee0_00b0;
 const UART: u32 = 0x3f8;
 /// Where pci-probe moves BAR0: a memory BAR to 0xE000_0000, an IO BAR to port 0xD000.
 pub const RELOCATED_MEM: u32 = 0xe000_0000;
@@ -269,7 +276,7 @@ fn hex(a: &mut CodeAssembler, s: &Subs, digits: u32) -> Result<(), IcedError> {
     a.call(s.puthex)
 }
 
-/// The IRQ handler. It returns without IRET: KVM's instruction emulator (which runs all guest
+/// The IRQ handler (8259 vectors and the MSI vector). It returns without IRET: KVM's instruction emulator (which runs all guest
 /// code on the paravirtual KVM here) handles IRET only in real mode, so the frame is
 /// unwound by hand: EFLAGS restored with IF clear, then STI (whose one-instruction shadow
 /// keeps the next interrupt out) and an indirect jump to the saved EIP.
@@ -280,6 +287,8 @@ fn interrupt_handler() -> Result<Vec<u8>, PayloadError> {
     a.mov(al, 0x20)?;
     a.out(0xa0, al)?;
     a.out(0x20, al)?;
+    // Also end an MSI at the local APIC; harmless for an 8259 interrupt (no ISR bit set).
+    a.mov(dword_ptr(LAPIC_EOI), 0)?;
     a.mov(eax, dword_ptr(esp + 4))?; // saved EIP
     a.mov(dword_ptr(VAR_RET), eax)?;
     a.pop(eax)?;
@@ -645,6 +654,24 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.out(0x21, al)?;
     a.set_label(&mut unmasked)?;
     a.sti()?;
+    raise_and_wait(a, s)?;
+    print(a, s, s_count)?;
+    a.mov(eax, dword_ptr(VAR_COUNT))?;
+    hex(a, s, 1)?;
+    print(a, s, s_nl)?;
+    let mut irq_ok = a.create_label();
+    a.cmp(dword_ptr(VAR_COUNT), 1)?;
+    a.je(irq_ok)?;
+    exit(a, 3)?;
+    a.set_label(&mut irq_ok)?;
+    msi(a, s, d)?;
+    print(a, s, s_done)?;
+    exit(a, 0)
+}
+
+/// Asks the device in EBX for one interrupt through BAR0 (MMIO or port I/O, at VAR_BASE) and
+/// waits, bounded, for the handler to count it; returns with interrupts off.
+fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), IcedError> {
     let mut raise_pio = a.create_label();
     let mut raised = a.create_label();
     a.mov(ecx, 0x10)?;
@@ -659,7 +686,7 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.add(edx, REG_RAISE_IRQ as i32)?;
     a.out(dx, eax)?;
     a.set_label(&mut raised)?;
-    // Wait (bounded) for the handler to count it; only the handler increments VAR_COUNT.
+    // Only the handler increments VAR_COUNT.
     let mut wait = a.create_label();
     let mut counted = a.create_label();
     a.mov(ecx, 1_000_000)?;
@@ -669,18 +696,99 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.pause()?;
     a.loop_(wait)?;
     a.set_label(&mut counted)?;
-    a.cli()?;
+    a.cli()
+}
+
+/// Finds the MSI capability of the device in EBX, programs it (local APIC address, data =
+/// MSI_VECTOR), enables it with both 8259s masked, and counts one interrupt, which can only
+/// arrive through MSI: the vector is not an 8259 one. Skipped when the device has no MSI.
+fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
+    let s_none = d.str("msi: none\n");
+    let s_cap = d.str("msi cap at ");
+    let s_vector = d.str("msi enabled vector=");
+    let s_count = d.str("msi count=");
+    let s_nl = d.str("\n");
+    let mut none = a.create_label();
+    let mut walk = a.create_label();
+    let mut found = a.create_label();
+    let mut end = a.create_label();
+    a.mov(ecx, 4)?;
+    a.call(s.cfg_read)?;
+    a.test(eax, 0x10_0000)?; // status: capabilities list
+    a.jz(none)?;
+    a.mov(ecx, 0x34)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, 0xfc)?;
+    a.mov(ecx, eax)?;
+    a.mov(edi, 48)?; // a looping list ends here
+    a.set_label(&mut walk)?;
+    a.cmp(ecx, 0x40)?;
+    a.jb(none)?;
+    a.dec(edi)?;
+    a.jz(none)?;
+    a.call(s.cfg_read)?;
+    a.cmp(al, 0x05)?;
+    a.je(found)?;
+    a.shr(eax, 8)?;
+    a.and(eax, 0xfc)?;
+    a.mov(ecx, eax)?;
+    a.jmp(walk)?;
+    a.set_label(&mut none)?;
+    print(a, s, s_none)?;
+    a.jmp(end)?;
+    a.set_label(&mut found)?;
+    a.mov(dword_ptr(VAR_CAP), ecx)?;
+    print(a, s, s_cap)?;
+    a.mov(eax, dword_ptr(VAR_CAP))?;
+    hex(a, s, 2)?;
+    print(a, s, s_nl)?;
+    // Software-enable the local APIC (spurious vector 0xff) and mask both 8259s.
+    a.mov(dword_ptr(LAPIC_SVR), 0x1ff)?;
+    a.mov(al, 0xff)?;
+    a.out(0x21, al)?;
+    a.out(0xa1, al)?;
+    // Address, then data at +8 or, for a 64-bit capable capability, upper address at +8 and
+    // data at +0xc.
+    let mut addr32 = a.create_label();
+    let mut data = a.create_label();
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.add(ecx, 4)?;
+    a.mov(eax, MSI_ADDRESS)?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.call(s.cfg_read)?;
+    a.test(eax, 0x80_0000)?; // message control bit 7: 64-bit address
+    a.jz(addr32)?;
+    a.add(ecx, 8)?;
+    a.xor(eax, eax)?;
+    a.call(s.cfg_write)?;
+    a.add(ecx, 4)?;
+    a.jmp(data)?;
+    a.set_label(&mut addr32)?;
+    a.add(ecx, 8)?;
+    a.set_label(&mut data)?;
+    a.mov(eax, MSI_VECTOR)?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.call(s.cfg_read)?;
+    a.or(eax, 0x1_0000)?; // message control bit 0: MSI enable
+    a.call(s.cfg_write)?;
+    print(a, s, s_vector)?;
+    a.mov(eax, MSI_VECTOR)?;
+    hex(a, s, 2)?;
+    print(a, s, s_nl)?;
+    a.mov(dword_ptr(VAR_COUNT), 0)?;
+    a.sti()?;
+    raise_and_wait(a, s)?;
     print(a, s, s_count)?;
     a.mov(eax, dword_ptr(VAR_COUNT))?;
     hex(a, s, 1)?;
     print(a, s, s_nl)?;
-    let mut irq_ok = a.create_label();
     a.cmp(dword_ptr(VAR_COUNT), 1)?;
-    a.je(irq_ok)?;
-    exit(a, 3)?;
-    a.set_label(&mut irq_ok)?;
-    print(a, s, s_done)?;
-    exit(a, 0)
+    a.je(end)?;
+    exit(a, 5)?;
+    a.set_label(&mut end)?;
+    a.nop()
 }
 
 fn pci_probe() -> Result<Vec<u8>, PayloadError> {
@@ -708,7 +816,11 @@ fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     a.mov(dword_ptr(edi + 4), (handler & 0xffff_0000) | 0x8e00)?;
     a.add(edi, 8)?;
     a.loop_(fill)?;
-    a.mov(word_ptr(VAR_IDTR), 0x30 * 8 - 1)?;
+    // ... and the MSI vector.
+    let msi_gate = u64::from(IDT_BASE) + u64::from(MSI_VECTOR) * 8;
+    a.mov(dword_ptr(msi_gate), (0x08 << 16) | (handler & 0xffff))?;
+    a.mov(dword_ptr(msi_gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
+    a.mov(word_ptr(VAR_IDTR), (MSI_VECTOR + 1) * 8 - 1)?;
     a.mov(dword_ptr(VAR_IDTR + 2), IDT_BASE)?;
     a.lidt(fword_ptr(VAR_IDTR))?;
     a.mov(dword_ptr(VAR_COUNT), 0)?;
@@ -770,10 +882,10 @@ mod tests {
             LOAD_ADDR,
             DecoderOptions::NONE,
         );
-        let mnemonics: Vec<Mnemonic> = dec.iter().map(|i| i.mnemonic()).take(13).collect();
+        let mnemonics: Vec<Mnemonic> = dec.iter().map(|i| i.mnemonic()).take(14).collect();
         assert_eq!(mnemonics[1], Mnemonic::Inc);
         assert_eq!(
-            &mnemonics[10..],
+            &mnemonics[11..],
             &[Mnemonic::Popfd, Mnemonic::Sti, Mnemonic::Jmp]
         );
     }

@@ -214,12 +214,114 @@ pub fn merge(old: u32, offset: u16, size: u8, value: u32) -> u32 {
     (old & !(mask << shift)) | ((value & mask) << shift)
 }
 
+/// Capability ID of MSI (PCI Local Bus 3.0, 6.8.1).
+pub const CAP_ID_MSI: u8 = 0x05;
+/// Where the emulated device's MSI capability sits.
+pub const MSI_CAP_OFFSET: u16 = 0x50;
+const STATUS_CAP_LIST: u32 = 1 << 20; // status bit 4, seen in dword 1
+const CAP_POINTER: usize = 0x34 / 4;
+const MSI_ENABLE: u16 = 1 << 0;
+const MSI_64BIT: u16 = 1 << 7;
+
+/// An MSI message as the guest programmed it: what the device writes to raise its interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+/// A 64-bit MSI capability with one vector and no per-vector masking: the guest writes the
+/// address, the data and the enable bit; only what the spec makes writable changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsiCap {
+    next: u8,
+    control: u16,
+    address_lo: u32,
+    address_hi: u32,
+    data: u16,
+}
+
+impl MsiCap {
+    /// Bytes the capability occupies (64-bit layout without masking).
+    pub const LEN: u16 = 0x10;
+
+    pub fn new(next: u8) -> Self {
+        Self {
+            next,
+            control: MSI_64BIT,
+            ..Self::default()
+        }
+    }
+
+    /// Dword `index` (0..4) of the capability.
+    pub fn dword(&self, index: usize) -> u32 {
+        match index {
+            0 => {
+                u32::from(CAP_ID_MSI)
+                    | (u32::from(self.next) << 8)
+                    | (u32::from(self.control) << 16)
+            }
+            1 => self.address_lo,
+            2 => self.address_hi,
+            3 => u32::from(self.data),
+            _ => 0,
+        }
+    }
+
+    /// Applies a `size`-byte write at `offset` inside the capability.
+    pub fn write(&mut self, offset: u16, size: u8, value: u32) {
+        let index = usize::from(offset / 4);
+        let merged = merge(self.dword(index), offset, size, value);
+        match index {
+            // One vector: Multiple Message Enable stays 0; only the enable bit is writable.
+            0 => self.control = (self.control & !MSI_ENABLE) | ((merged >> 16) as u16 & MSI_ENABLE),
+            1 => self.address_lo = merged & !0x3,
+            2 => self.address_hi = merged,
+            3 => self.data = merged as u16,
+            _ => {}
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.control & MSI_ENABLE != 0
+    }
+
+    /// The message to send, while MSI is enabled.
+    pub fn message(&self) -> Option<MsiMessage> {
+        self.enabled().then(|| MsiMessage {
+            address: (u64::from(self.address_hi) << 32) | u64::from(self.address_lo),
+            data: u32::from(self.data),
+        })
+    }
+}
+
+/// Walks the capability list of a function whose config space `read` returns by dword
+/// offset; the offset of the first capability with `id`. Bounded, so a looping list ends.
+pub fn find_capability(read: impl Fn(u16) -> u32, id: u8) -> Option<u16> {
+    if read(0x04) & STATUS_CAP_LIST == 0 {
+        return None;
+    }
+    let mut at = (read(0x34) & 0xfc) as u16;
+    for _ in 0..48 {
+        if at < 0x40 {
+            return None;
+        }
+        let header = read(at);
+        if header as u8 == id {
+            return Some(at);
+        }
+        at = ((header >> 8) & 0xfc) as u16;
+    }
+    None
+}
+
 /// A type-0 configuration header with virtualized BARs: the config space of the emulated
 /// device and of the host bridge.
 #[derive(Debug, Clone)]
 pub struct ConfigSpace {
     dwords: [u32; 64],
     pub bars: Bars,
+    pub msi: Option<MsiCap>,
 }
 
 /// Identity of a PCI function.
@@ -240,13 +342,32 @@ impl ConfigSpace {
         dwords[2] = (ids.class_code << 8) | u32::from(ids.revision);
         dwords[11] = u32::from(ids.subsystem_vendor) | (u32::from(ids.subsystem_device) << 16);
         dwords[15] = u32::from(interrupt_pin) << 8;
-        Self { dwords, bars }
+        Self {
+            dwords,
+            bars,
+            msi: None,
+        }
+    }
+
+    /// Adds an MSI capability at `MSI_CAP_OFFSET` as the only entry of the capability list.
+    pub fn with_msi(mut self) -> Self {
+        self.dwords[1] |= STATUS_CAP_LIST;
+        self.dwords[CAP_POINTER] = u32::from(MSI_CAP_OFFSET);
+        self.msi = Some(MsiCap::new(0));
+        self
+    }
+
+    fn msi_index(&self, index: usize) -> Option<usize> {
+        let first = usize::from(MSI_CAP_OFFSET / 4);
+        let range = first..first + usize::from(MsiCap::LEN / 4);
+        (self.msi.is_some() && range.contains(&index)).then(|| index - first)
     }
 
     pub fn read(&self, offset: u16, size: u8) -> u32 {
         let index = usize::from(offset / 4);
-        let dword = match index {
-            4..=9 => self.bars.read(index - 4),
+        let dword = match (index, self.msi_index(index), &self.msi) {
+            (4..=9, _, _) => self.bars.read(index - 4),
+            (_, Some(i), Some(msi)) => msi.dword(i),
             _ => self.dwords.get(index).copied().unwrap_or(0),
         };
         extract(dword, offset, size)
@@ -256,6 +377,10 @@ impl ConfigSpace {
     /// timer and interrupt line are writable, as on real hardware.
     pub fn write(&mut self, offset: u16, size: u8, value: u32) {
         let index = usize::from(offset / 4);
+        if let (Some(_), Some(msi)) = (self.msi_index(index), self.msi.as_mut()) {
+            msi.write(offset - MSI_CAP_OFFSET, size, value);
+            return;
+        }
         match index {
             1 => {
                 let old = self.dwords[1];
@@ -502,6 +627,73 @@ mod tests {
             assign_addresses(&io, 0xc000, 0, 0).unwrap(),
             vec![(0, 0xc000), (1, 0xc008)]
         );
+    }
+
+    fn device_with_msi() -> ConfigSpace {
+        let ids = PciIds {
+            vendor: 1,
+            device: 2,
+            subsystem_vendor: 0,
+            subsystem_device: 0,
+            class_code: 0x030000,
+            revision: 0,
+        };
+        ConfigSpace::new(ids, t4_bars(), 1).with_msi()
+    }
+
+    #[test]
+    fn msi_capability_is_listed_and_found() {
+        let c = device_with_msi();
+        assert_eq!(c.read(0x06, 2) & 0x10, 0x10, "status: capabilities list");
+        assert_eq!(c.read(0x34, 1), u32::from(MSI_CAP_OFFSET));
+        assert_eq!(
+            find_capability(|o| c.read(o, 4), CAP_ID_MSI),
+            Some(MSI_CAP_OFFSET)
+        );
+        assert_eq!(find_capability(|o| c.read(o, 4), 0x11), None);
+        assert_eq!(
+            find_capability(|o| host_bridge().read(o, 4), CAP_ID_MSI),
+            None
+        );
+        // 64-bit capable, one vector, disabled.
+        assert_eq!(c.read(MSI_CAP_OFFSET + 2, 2), u32::from(MSI_64BIT));
+    }
+
+    #[test]
+    fn capability_walk_ends_on_a_loop() {
+        // status has the list bit; 0x40 points to itself with another id.
+        let read = |o: u16| match o {
+            0x04 => STATUS_CAP_LIST,
+            0x34 => 0x40,
+            0x40 => 0x4009,
+            _ => 0,
+        };
+        assert_eq!(find_capability(read, CAP_ID_MSI), None);
+    }
+
+    #[test]
+    fn msi_programming_gives_a_message_only_when_enabled() {
+        let mut c = device_with_msi();
+        c.write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0003);
+        c.write(MSI_CAP_OFFSET + 8, 4, 0);
+        c.write(MSI_CAP_OFFSET + 12, 2, 0x40);
+        assert_eq!(c.msi.unwrap().message(), None);
+        // Enable, and try to set Multiple Message Enable (read-only 0 with one vector).
+        c.write(MSI_CAP_OFFSET + 2, 2, 0x0071);
+        assert_eq!(
+            c.read(MSI_CAP_OFFSET + 2, 2),
+            u32::from(MSI_64BIT | MSI_ENABLE)
+        );
+        assert_eq!(
+            c.msi.unwrap().message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x40
+            })
+        );
+        // The capability header (id, next) is read-only.
+        c.write(MSI_CAP_OFFSET, 2, 0xffff);
+        assert_eq!(c.read(MSI_CAP_OFFSET, 2), u32::from(CAP_ID_MSI));
     }
 
     #[test]
