@@ -222,6 +222,7 @@ const STATUS_CAP_LIST: u32 = 1 << 20; // status bit 4, seen in dword 1
 const CAP_POINTER: usize = 0x34 / 4;
 const MSI_ENABLE: u16 = 1 << 0;
 const MSI_64BIT: u16 = 1 << 7;
+const MSI_PER_VECTOR_MASK: u16 = 1 << 8;
 
 /// An MSI message as the guest programmed it: what the device writes to raise its interrupt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,8 +231,10 @@ pub struct MsiMessage {
     pub data: u32,
 }
 
-/// A 64-bit MSI capability with one vector and no per-vector masking: the guest writes the
-/// address, the data and the enable bit; only what the spec makes writable changes.
+/// An MSI capability with one vector, as the guest sees it: the guest writes the address, the
+/// data and the enable bit; only what the spec makes writable changes. 64-bit (the emulated
+/// device's) or 32-bit layout; a device's per-vector mask registers, after the data, are not
+/// part of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MsiCap {
     next: u8,
@@ -242,9 +245,7 @@ pub struct MsiCap {
 }
 
 impl MsiCap {
-    /// Bytes the capability occupies (64-bit layout without masking).
-    pub const LEN: u16 = 0x10;
-
+    /// A 64-bit capability (the emulated device's).
     pub fn new(next: u8) -> Self {
         Self {
             next,
@@ -253,17 +254,38 @@ impl MsiCap {
         }
     }
 
-    /// Dword `index` (0..4) of the capability.
+    /// The guest's view of a device's capability with message control `control`: its
+    /// layout (64-bit, masking) kept, one vector offered, disabled.
+    pub fn from_control(next: u8, control: u16) -> Self {
+        Self {
+            next,
+            control: control & (MSI_64BIT | MSI_PER_VECTOR_MASK),
+            ..Self::default()
+        }
+    }
+
+    fn is64(&self) -> bool {
+        self.control & MSI_64BIT != 0
+    }
+
+    /// Bytes from the capability's start that this model owns (header, address, data).
+    pub fn window(&self) -> u16 {
+        if self.is64() {
+            0x10
+        } else {
+            0x0c
+        }
+    }
+
+    /// Dword `index` of the capability.
     pub fn dword(&self, index: usize) -> u32 {
-        match index {
-            0 => {
-                u32::from(CAP_ID_MSI)
-                    | (u32::from(self.next) << 8)
-                    | (u32::from(self.control) << 16)
-            }
-            1 => self.address_lo,
-            2 => self.address_hi,
-            3 => u32::from(self.data),
+        let header =
+            u32::from(CAP_ID_MSI) | (u32::from(self.next) << 8) | (u32::from(self.control) << 16);
+        match (index, self.is64()) {
+            (0, _) => header,
+            (1, _) => self.address_lo,
+            (2, true) => self.address_hi,
+            (3, true) | (2, false) => u32::from(self.data),
             _ => 0,
         }
     }
@@ -272,12 +294,14 @@ impl MsiCap {
     pub fn write(&mut self, offset: u16, size: u8, value: u32) {
         let index = usize::from(offset / 4);
         let merged = merge(self.dword(index), offset, size, value);
-        match index {
+        match (index, self.is64()) {
             // One vector: Multiple Message Enable stays 0; only the enable bit is writable.
-            0 => self.control = (self.control & !MSI_ENABLE) | ((merged >> 16) as u16 & MSI_ENABLE),
-            1 => self.address_lo = merged & !0x3,
-            2 => self.address_hi = merged,
-            3 => self.data = merged as u16,
+            (0, _) => {
+                self.control = (self.control & !MSI_ENABLE) | ((merged >> 16) as u16 & MSI_ENABLE)
+            }
+            (1, _) => self.address_lo = merged & !0x3,
+            (2, true) => self.address_hi = merged,
+            (3, true) | (2, false) => self.data = merged as u16,
             _ => {}
         }
     }
@@ -359,8 +383,9 @@ impl ConfigSpace {
 
     fn msi_index(&self, index: usize) -> Option<usize> {
         let first = usize::from(MSI_CAP_OFFSET / 4);
-        let range = first..first + usize::from(MsiCap::LEN / 4);
-        (self.msi.is_some() && range.contains(&index)).then(|| index - first)
+        let msi = self.msi.as_ref()?;
+        let range = first..first + usize::from(msi.window() / 4);
+        range.contains(&index).then(|| index - first)
     }
 
     pub fn read(&self, offset: u16, size: u8) -> u32 {
@@ -694,6 +719,25 @@ mod tests {
         // The capability header (id, next) is read-only.
         c.write(MSI_CAP_OFFSET, 2, 0xffff);
         assert_eq!(c.read(MSI_CAP_OFFSET, 2), u32::from(CAP_ID_MSI));
+    }
+
+    #[test]
+    fn a_32_bit_capability_keeps_its_layout() {
+        // Device control: 32-bit, masking, 4 vectors capable -> guest sees one vector.
+        let mut m = MsiCap::from_control(0x60, 0x0104);
+        assert_eq!(m.window(), 0x0c);
+        assert_eq!(m.dword(0) >> 16, u32::from(MSI_PER_VECTOR_MASK));
+        m.write(4, 4, 0xfee0_1000);
+        m.write(8, 2, 0x45);
+        m.write(0, 4, 0x0001_0000);
+        assert_eq!(
+            m.message(),
+            Some(MsiMessage {
+                address: 0xfee0_1000,
+                data: 0x45
+            })
+        );
+        assert_eq!(m.dword(0) & 0xffff, 0x6005, "id and next kept");
     }
 
     #[test]

@@ -13,7 +13,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::PassthroughDevice;
-use super::pci::{BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
+use super::pci::{
+    find_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
+};
 use crate::sim::profile::GuestBar;
 
 /// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
@@ -88,6 +90,47 @@ pub fn is_virtualized(offset: u16) -> bool {
         || (0x3c..0x3d).contains(&offset)
 }
 
+/// The device's MSI capability as the guest sees it: where it is, and the guest's values.
+/// The kernel's vfio-pci programs the real one on VFIO_DEVICE_SET_IRQS; the guest's address
+/// and data only say where KVM must route the eventfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualMsi {
+    pub offset: u16,
+    pub cap: MsiCap,
+}
+
+impl VirtualMsi {
+    /// From the capability header dword read at `offset` of the device's config space.
+    pub fn from_header(offset: u16, header: u32) -> Self {
+        Self {
+            offset,
+            cap: MsiCap::from_control((header >> 8) as u8, (header >> 16) as u16),
+        }
+    }
+
+    /// The offset inside the capability, for a config access at `offset` it owns.
+    pub fn inside(&self, offset: u16) -> Option<u16> {
+        let rel = offset.checked_sub(self.offset)?;
+        (rel < self.cap.window()).then_some(rel)
+    }
+}
+
+/// What a guest's write to the MSI enable bit asks of VFIO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiChange {
+    Enable,
+    Disable,
+    None,
+}
+
+pub fn msi_change(before: bool, after: bool) -> MsiChange {
+    match (before, after) {
+        (false, true) => MsiChange::Enable,
+        (true, false) => MsiChange::Disable,
+        _ => MsiChange::None,
+    }
+}
+
 /// VFIO passthrough of an mdev or a PCI function.
 pub struct VfioPassthrough {
     device: VfioDevice,
@@ -98,6 +141,8 @@ pub struct VfioPassthrough {
     command: u16,
     interrupt_line: u8,
     irq: EventFd,
+    msi: Option<VirtualMsi>,
+    msi_irq: EventFd,
 }
 
 impl VfioPassthrough {
@@ -144,6 +189,14 @@ impl VfioPassthrough {
         device
             .enable_irq(INTX_IRQ, vec![&irq])
             .map_err(|e| VfioError::Setup("INTx", e))?;
+        let config_dword = |offset: u16| {
+            let mut buf = [0u8; 4];
+            device.region_read(CONFIG_REGION, &mut buf, u64::from(offset));
+            u32::from_le_bytes(buf)
+        };
+        let msi = find_capability(config_dword, CAP_ID_MSI)
+            .map(|at| VirtualMsi::from_header(at, config_dword(at)));
+        let msi_irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
         Ok(Self {
             device,
             _container: container,
@@ -153,6 +206,8 @@ impl VfioPassthrough {
             command: 0,
             interrupt_line: 0,
             irq,
+            msi,
+            msi_irq,
         })
     }
 }
@@ -164,6 +219,10 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
         let dword = offset & !3;
+        if let Some(rel) = self.msi.and_then(|m| m.inside(dword)) {
+            let cap = self.msi.map(|m| m.cap).unwrap_or_default();
+            return super::pci::extract(cap.dword(usize::from(rel / 4)), offset, size);
+        }
         let value = match dword {
             0x10..=0x24 => self.virtual_bars.read(usize::from((dword - 0x10) / 4)),
             0x30 => 0, // no expansion ROM exposed
@@ -184,6 +243,24 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
         let dword = offset & !3;
+        if let Some(msi) = self.msi.as_mut() {
+            if let Some(rel) = msi.inside(dword) {
+                let before = msi.cap.enabled();
+                msi.cap.write(rel | (offset & 3), size, value);
+                let result = match msi_change(before, msi.cap.enabled()) {
+                    MsiChange::Enable => self.device.enable_msi(vec![&self.msi_irq]),
+                    MsiChange::Disable => self.device.disable_msi(),
+                    MsiChange::None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(
+                        "VFIO MSI of {} cannot be switched: {e}",
+                        self.path.display()
+                    );
+                }
+                return;
+            }
+        }
         match dword {
             0x10..=0x24 => {
                 let i = usize::from((dword - 0x10) / 4);
@@ -223,6 +300,14 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
         Some(&self.irq)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        self.msi.is_some().then_some(&self.msi_irq)
+    }
+
+    fn msi_message(&self) -> Option<MsiMessage> {
+        self.msi.and_then(|m| m.cap.message())
     }
 
     fn bars(&self) -> &Bars {
@@ -269,6 +354,28 @@ mod tests {
     fn odd_region_sizes_round_up_to_power_of_two() {
         let bars = bar_layout(&[(0x3000, 0)], &[0, 0, 0, 0, 0, 0]);
         assert_eq!(bars[0].size, 0x4000);
+    }
+
+    #[test]
+    fn virtual_msi_owns_only_its_window() {
+        // A 64-bit capability at 0x68 whose next capability is at 0x78.
+        let m = VirtualMsi::from_header(0x68, 0x0080_7805);
+        assert_eq!(m.inside(0x68), Some(0));
+        assert_eq!(m.inside(0x74), Some(0x0c));
+        assert_eq!(m.inside(0x78), None);
+        assert_eq!(m.inside(0x64), None);
+        assert_eq!(m.cap.dword(0), 0x0080_7805);
+        // 32-bit layout: data at +8, the window ends at +0xc.
+        let m = VirtualMsi::from_header(0x50, 0x0000_0005);
+        assert_eq!(m.inside(0x5c), None);
+    }
+
+    #[test]
+    fn msi_enable_bit_transitions() {
+        assert_eq!(msi_change(false, true), MsiChange::Enable);
+        assert_eq!(msi_change(true, false), MsiChange::Disable);
+        assert_eq!(msi_change(true, true), MsiChange::None);
+        assert_eq!(msi_change(false, false), MsiChange::None);
     }
 
     #[test]
