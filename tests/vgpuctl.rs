@@ -520,6 +520,31 @@ fn launch_with_the_probe_payload_shows_the_vgpu_in_the_guest() {
 }
 
 #[test]
+fn launch_with_two_devices_gives_the_guest_both() {
+    with_timeout(|| {
+        let d = Daemon::start(&["nvidia-t4", "mtty"]);
+        let u2 = "5a1e0000-0000-4000-8000-000000000002";
+        ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
+        ctl(&d, &["create", "mtty-1", "--uuid", u2]).ok();
+        let r = ctl(&d, &["launch", U1, u2, "--payload", "pci-probe"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("00:01.0 10de:1eb8 class 030200"),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("00:02.0 4348:3253 class 070002"),
+            "{}",
+            r.stdout
+        );
+        let twice = ctl(&d, &["launch", U1, U1, "--payload", "halt"]);
+        assert_ne!(twice.code, 0);
+        assert!(twice.stderr.contains("given twice"), "{}", twice.stderr);
+    });
+}
+
+#[test]
 fn launch_with_a_kernel_passes_kernel_initrd_and_cmdline_to_the_vmm() {
     with_timeout(|| {
         let d = Daemon::start(&["nvidia-t4"]);

@@ -106,6 +106,60 @@ fn pci_probe_handles_mtty_io_bars() {
 }
 
 #[test]
+fn pci_probe_lists_two_devices_in_their_own_slots() {
+    if kvm_missing() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let t4 = description(dir.path(), "nvidia-t4");
+    let mtty = description(dir.path(), "mtty");
+    let log = dir.path().join("serial.log");
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"))
+        .args(["--payload", "pci-probe"])
+        .arg("--device")
+        .arg(format!("emulated:{}", t4.display()))
+        .arg("--device")
+        .arg(format!("emulated:{}", mtty.display()))
+        .arg("--serial-log")
+        .arg(&log)
+        .output()
+        .unwrap();
+    let serial = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_line(
+        &serial,
+        "vgpud-vmm: device: 00:01.0 10de:1eb8 emulated (no VFIO)",
+    );
+    assert_line(
+        &serial,
+        "vgpud-vmm: device: 00:02.0 4348:3253 emulated (no VFIO)",
+    );
+    assert_line(&serial, "00:01.0 10de:1eb8 class 030200");
+    assert_line(&serial, "00:02.0 4348:3253 class 070002");
+    // The second device's BARs follow the first one's in the windows.
+    assert_line(&serial, "  bar0 mem32 addr=d2000000 size=01000000");
+    assert_line(&serial, "  bar0 io addr=0000c000 size=00000008");
+    assert_line(&serial, "  bar1 io addr=0000c008 size=00000008");
+    // The first one is exercised, with its interrupt line and MSI.
+    assert_line(&serial, "target 00:01");
+    assert_line(&serial, "irq count=1");
+    assert_line(&serial, "msi count=1");
+    assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");
+}
+
+#[test]
+fn a_device_given_twice_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t4 = description(dir.path(), "nvidia-t4");
+    let arg = format!("emulated:{}", t4.display());
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"))
+        .args(["--payload", "halt", "--device", &arg, "--device", &arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is given twice"));
+}
+
+#[test]
 fn sigterm_stops_a_guest_that_loops_forever() {
     if kvm_missing() {
         return;
