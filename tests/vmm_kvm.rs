@@ -80,6 +80,15 @@ fn pci_probe_finds_emulated_t4_and_gets_its_interrupt() {
     assert_line(&serial, "msi cap at 50");
     assert_line(&serial, "msi enabled vector=40");
     assert_line(&serial, "msi count=1");
+    // The last prefetchable BAR is host memory behind a KVM memory slot: the guest's write
+    // reaches the host's memory, the slot follows the BAR's move with the content, and no
+    // access traps to the VMM.
+    assert_line(
+        &serial,
+        "ram bar3 at d0000000 wrote 1234abcd host saw 1234abcd",
+    );
+    assert_line(&serial, "ram bar moved to e2000000 read 1234abcd ok");
+    assert_line(&serial, "ram traps=0");
     assert_line(&serial, "pci-probe: done");
     assert_eq!(
         out.status.code(),
@@ -102,6 +111,7 @@ fn pci_probe_handles_mtty_io_bars() {
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
     assert_line(&serial, "msi count=1");
+    assert_line(&serial, "ram bar: none");
     assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");
 }
 
@@ -143,6 +153,7 @@ fn pci_probe_lists_two_devices_in_their_own_slots() {
     assert_line(&serial, "target 00:01");
     assert_line(&serial, "irq count=1");
     assert_line(&serial, "msi count=1");
+    assert_line(&serial, "ram traps=0");
     assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");
 }
 

@@ -2,7 +2,7 @@
 //! configuration mechanism #1 and the passthrough devices' BARs wherever the guest put them.
 
 use super::device::PassthroughDevice;
-use super::kvm::{IrqRouter, MSI_GSI_BASE};
+use super::kvm::{BarSlots, IrqRouter, MSI_GSI_BASE};
 use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
 use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::uart::{Uart, COM1_BASE};
@@ -33,6 +33,7 @@ pub struct IoBus {
     pub devices: Vec<Box<dyn PassthroughDevice>>,
     config_address: u32,
     router: Option<IrqRouter>,
+    slots: Option<BarSlots>,
 }
 
 impl IoBus {
@@ -43,7 +44,15 @@ impl IoBus {
             devices,
             config_address: 0,
             router: None,
+            slots: None,
         }
+    }
+
+    /// Lets the devices' host-memory BARs become KVM memory slots that follow the guest's
+    /// BAR programming and command register.
+    pub fn with_slots(mut self, slots: BarSlots) -> Self {
+        self.slots = Some(slots);
+        self
     }
 
     /// The device in `slot` of bus 0, with its index.
@@ -96,9 +105,21 @@ impl IoBus {
         };
         d.config_write(reg, size, value);
         let message = d.msi_message();
+        let (ram, decoding) = (d.ram_bars(), d.bar_regions());
         if let Some(router) = self.router.as_mut() {
             if let Err(e) = router.set_msi(MSI_GSI_BASE + index as u32, message) {
                 tracing::warn!("MSI route cannot be updated: {e}");
+            }
+        }
+        if let Some(slots) = self.slots.as_mut() {
+            for bar in ram {
+                let base = decoding
+                    .iter()
+                    .find(|r| r.index == bar.index && !r.io)
+                    .map(|r| r.base);
+                if let Err(e) = slots.place(BarSlots::slot_id(index, bar.index), &bar, base) {
+                    tracing::warn!("BAR {} cannot be mapped as memory: {e}", bar.index);
+                }
             }
         }
     }

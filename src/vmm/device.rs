@@ -3,6 +3,8 @@
 
 use std::io;
 
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::pci::{BarRegion, Bars, ConfigSpace, MsiMessage, PciIds};
@@ -14,6 +16,21 @@ pub const REG_SCRATCH: u64 = 0;
 pub const REG_RAISE_IRQ: u64 = 4;
 /// Read-only: how many interrupts the device has raised.
 pub const REG_IRQ_COUNT: u64 = 8;
+/// Read-only: the dword at `RAM_PEEK_OFFSET` of the RAM-backed BAR, read by the host.
+pub const REG_RAM_PEEK: u64 = 12;
+/// Read-only: how many guest accesses to the RAM-backed BAR trapped to the VMM (0 while
+/// the BAR is a KVM memory slot).
+pub const REG_RAM_TRAPS: u64 = 16;
+pub const RAM_PEEK_OFFSET: u64 = 0x100;
+
+/// A BAR backed by host memory, which the VMM maps into the guest as a KVM memory slot
+/// wherever the guest puts the BAR (no exits on access).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamBar {
+    pub index: usize,
+    pub host_addr: u64,
+    pub size: u64,
+}
 
 /// A PCI function attached to a guest: an emulated one or a VFIO device.
 pub trait PassthroughDevice: Send {
@@ -36,6 +53,10 @@ pub trait PassthroughDevice: Send {
     fn msi_message(&self) -> Option<MsiMessage> {
         None
     }
+    /// BARs the VMM maps as memory slots instead of trapping their accesses.
+    fn ram_bars(&self) -> Vec<RamBar> {
+        Vec::new()
+    }
     /// The BAR layout, for firmware-style initial placement.
     fn bars(&self) -> &Bars;
 }
@@ -53,6 +74,8 @@ pub enum DescriptionError {
     Bars(#[from] super::pci::BarError),
     #[error("device description has class code {0:#x}, more than 24 bits")]
     Class(u32),
+    #[error("host memory for BAR {0} cannot be mapped")]
+    RamBar(usize),
 }
 
 /// Parses a description in the format `vgpud-sim ctl DIR guest-pci UUID` prints.
@@ -76,8 +99,9 @@ pub fn load_description(path: &str) -> Result<GuestPci, DescriptionError> {
     parse_description(path, &text)
 }
 
-/// A PCI function built from a description, with one device register block in BAR0 and an
-/// MSI capability. Always reported as emulated: it proves the VMM's PCI and interrupt
+/// A PCI function built from a description, with one device register block in BAR0, an MSI
+/// capability, and its last prefetchable memory BAR (a VRAM aperture on a GPU) backed by host
+/// memory. Always reported as emulated: it proves the VMM's PCI, interrupt and memory-slot
 /// plumbing, not VFIO.
 pub struct EmulatedDevice {
     config: ConfigSpace,
@@ -86,6 +110,24 @@ pub struct EmulatedDevice {
     msi_count: u32,
     irq: EventFd,
     msi: EventFd,
+    ram: Option<(usize, MmapRegion)>,
+    ram_traps: u32,
+}
+
+/// The BAR an emulated device backs with memory: its last prefetchable memory BAR.
+pub fn ram_bar_index(bars: &Bars) -> Option<usize> {
+    (0..6).rev().find(|&i| {
+        matches!(
+            bars.slot(i),
+            super::pci::BarSlot::Mem32 {
+                prefetchable: true,
+                ..
+            } | super::pci::BarSlot::Mem64Low {
+                prefetchable: true,
+                ..
+            }
+        )
+    })
 }
 
 impl EmulatedDevice {
@@ -105,6 +147,18 @@ impl EmulatedDevice {
                 source,
             })
         };
+        let ram = match ram_bar_index(&bars) {
+            Some(index) => {
+                let size = bars.region(index).map(|r| r.size).unwrap_or(0);
+                // Anonymous and MAP_NORESERVE: only the pages the guest touches cost memory.
+                let region = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| MmapRegion::new(size).ok())
+                    .ok_or(DescriptionError::RamBar(index))?;
+                Some((index, region))
+            }
+            None => None,
+        };
         Ok(Self {
             config: ConfigSpace::new(ids, bars, 1).with_msi(),
             scratch: 0,
@@ -112,7 +166,20 @@ impl EmulatedDevice {
             msi_count: 0,
             irq: eventfd()?,
             msi: eventfd()?,
+            ram,
+            ram_traps: 0,
         })
+    }
+
+    fn ram_peek(&self) -> u32 {
+        self.ram
+            .as_ref()
+            .and_then(|(_, r)| {
+                r.as_volatile_slice()
+                    .read_obj::<u32>(RAM_PEEK_OFFSET as usize)
+                    .ok()
+            })
+            .unwrap_or(0)
     }
 
     pub fn irq_count(&self) -> u32 {
@@ -142,6 +209,8 @@ impl EmulatedDevice {
         match offset {
             REG_SCRATCH => self.scratch,
             REG_IRQ_COUNT => self.irq_count,
+            REG_RAM_PEEK => self.ram_peek(),
+            REG_RAM_TRAPS => self.ram_traps,
             _ => 0,
         }
     }
@@ -176,6 +245,20 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        if let Some((index, region)) = &self.ram {
+            if *index == bar {
+                // Only while the BAR is not a memory slot (never, once the VMM maps it).
+                self.ram_traps = self.ram_traps.wrapping_add(1);
+                if region
+                    .as_volatile_slice()
+                    .read_slice(data, offset as usize)
+                    .is_err()
+                {
+                    data.fill(0xff);
+                }
+                return;
+            }
+        }
         let value = if bar == 0 {
             self.register_read(offset & !3) >> ((offset & 3) * 8)
         } else {
@@ -188,6 +271,15 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if let Some((index, region)) = &self.ram {
+            if *index == bar {
+                self.ram_traps = self.ram_traps.wrapping_add(1);
+                let _ = region
+                    .as_volatile_slice()
+                    .write_slice(data, offset as usize);
+                return;
+            }
+        }
         if bar != 0 {
             return;
         }
@@ -208,6 +300,17 @@ impl PassthroughDevice for EmulatedDevice {
 
     fn msi_message(&self) -> Option<MsiMessage> {
         self.config.msi.and_then(|m| m.message())
+    }
+
+    fn ram_bars(&self) -> Vec<RamBar> {
+        self.ram
+            .iter()
+            .map(|(index, region)| RamBar {
+                index: *index,
+                host_addr: region.as_ptr() as u64,
+                size: region.size() as u64,
+            })
+            .collect()
     }
 
     fn bars(&self) -> &Bars {
@@ -267,6 +370,22 @@ mod tests {
         dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
         assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
         dev.bar_read(0, REG_IRQ_COUNT, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 1);
+    }
+
+    #[test]
+    fn last_prefetchable_bar_is_host_memory() {
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let ram = dev.ram_bars();
+        assert_eq!(ram.len(), 1);
+        assert_eq!((ram[0].index, ram[0].size), (1, 256 << 20));
+        // Trapped accesses (before the VMM maps a slot) reach the same memory.
+        dev.bar_write(1, RAM_PEEK_OFFSET, &0x1234_abcdu32.to_le_bytes());
+        let mut buf = [0u8; 4];
+        dev.bar_read(0, REG_RAM_PEEK, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 0x1234_abcd);
+        dev.bar_read(0, REG_RAM_TRAPS, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 1);
     }
 

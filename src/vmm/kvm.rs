@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestM
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use super::bus::{Action, IoBus};
+use super::device::RamBar;
 use super::linux::{LinuxEntry, BOOT_STACK, PML4};
 use super::payload::Payload;
 use super::pci::MsiMessage;
@@ -183,6 +184,57 @@ impl IrqRouter {
         self.vm
             .set_gsi_routing(&routing)
             .map_err(|e| VmmError::Kvm("KVM_SET_GSI_ROUTING", e))
+    }
+}
+
+/// Maps host-memory BARs into the guest as KVM memory slots and moves a slot when the
+/// guest moves its BAR (or drops it when the BAR stops decoding).
+pub struct BarSlots {
+    vm: Arc<VmFd>,
+    mapped: BTreeMap<u32, u64>,
+}
+
+impl BarSlots {
+    pub fn new(vm: Arc<VmFd>) -> Self {
+        Self {
+            vm,
+            mapped: BTreeMap::new(),
+        }
+    }
+
+    /// The KVM slot of BAR `bar` of device `device` (slot 0 is guest RAM).
+    pub fn slot_id(device: usize, bar: usize) -> u32 {
+        1 + (device * 6 + bar) as u32
+    }
+
+    /// Puts `ram` at guest address `base` (`None`: not decoding, no slot); no ioctl when
+    /// nothing changes.
+    pub fn place(&mut self, slot: u32, ram: &RamBar, base: Option<u64>) -> Result<(), VmmError> {
+        let current = self.mapped.get(&slot).copied();
+        if current == base {
+            return Ok(());
+        }
+        let region = |guest_phys_addr: u64, memory_size: u64| kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr,
+            memory_size,
+            userspace_addr: ram.host_addr,
+            flags: 0,
+        };
+        if let Some(old) = current {
+            // SAFETY: a size of 0 deletes the slot; no memory is handed to KVM.
+            unsafe { self.vm.set_user_memory_region(region(old, 0)) }
+                .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION (delete BAR slot)", e))?;
+            self.mapped.remove(&slot);
+        }
+        if let Some(new) = base {
+            // SAFETY: `ram` is a live mapping of `ram.size` bytes owned by its device, which the
+            // bus keeps until every vCPU has stopped; slots of different BARs never share one.
+            unsafe { self.vm.set_user_memory_region(region(new, ram.size)) }
+                .map_err(|e| VmmError::Kvm("KVM_SET_USER_MEMORY_REGION (BAR slot)", e))?;
+            self.mapped.insert(slot, new);
+        }
+        Ok(())
     }
 }
 
@@ -580,6 +632,18 @@ mod tests {
         assert!(t
             .iter()
             .all(|e| e.gsi < 24 || e.type_ == KVM_IRQ_ROUTING_MSI));
+    }
+
+    #[test]
+    fn bar_slots_never_collide_with_ram_or_each_other() {
+        let mut ids: Vec<u32> = (0..4)
+            .flat_map(|d| (0..6).map(move |b| BarSlots::slot_id(d, b)))
+            .collect();
+        assert!(ids.iter().all(|&i| i != 0));
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), n);
     }
 
     #[test]

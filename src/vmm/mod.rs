@@ -359,7 +359,11 @@ pub fn launch(
             machine.enter_linux(&entry)?;
         }
     }
+    let ram_bars = devices.iter().any(|d| !d.ram_bars().is_empty());
     let mut io = bus::IoBus::new(uart, devices);
+    if ram_bars {
+        io = io.with_slots(kvm::BarSlots::new(machine.vm.clone()));
+    }
     if msi {
         io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
     }

@@ -6,7 +6,7 @@ use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
 use super::bus::DEBUG_EXIT_PORT;
-use super::device::{REG_RAISE_IRQ, REG_SCRATCH};
+use super::device::{RAM_PEEK_OFFSET, REG_RAISE_IRQ, REG_RAM_PEEK, REG_RAM_TRAPS, REG_SCRATCH};
 
 pub const LOAD_ADDR: u64 = 0x1_0000;
 const ENTRY_OFFSET: u64 = 0x40;
@@ -21,6 +21,13 @@ const VAR_BASE: u64 = 0x610;
 const VAR_IDTR: u64 = 0x620;
 const VAR_RET: u64 = 0x614;
 const VAR_CAP: u64 = 0x618;
+const VAR_RAM_INDEX: u64 = 0x630;
+const VAR_RAM_REG: u64 = 0x634;
+const VAR_RAM_BASE: u64 = 0x638;
+/// Where pci-probe moves the host-memory BAR (aligned for BARs up to 32 MiB).
+pub const RELOCATED_RAM: u32 = 0xe200_0000;
+const RELOCATABLE_RAM_MAX: u32 = 0x200_0000;
+pub const RAM_PATTERN: u32 = 0x1234_abcd;
 /// The vector pci-probe programs into the device's MSI data register.
 pub const MSI_VECTOR: u32 = 0x40;
 /// The MSI address: the local APIC window, destination APIC ID 0, physical mode.
@@ -665,6 +672,7 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     exit(a, 3)?;
     a.set_label(&mut irq_ok)?;
     msi(a, s, d)?;
+    ram_bar(a, s, d)?;
     print(a, s, s_done)?;
     exit(a, 0)
 }
@@ -697,6 +705,138 @@ fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), IcedError> {
     a.loop_(wait)?;
     a.set_label(&mut counted)?;
     a.cli()
+}
+
+/// The last prefetchable memory BAR of the device in EBX (host memory behind a KVM memory
+/// slot on the emulated device): writes a pattern through it, has the device report what the
+/// host sees, moves the BAR with decoding off (sizing it on the way), reads the pattern back
+/// at the new address, and prints how many accesses trapped to the VMM.
+fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
+    let s_none = d.str("ram bar: none\n");
+    let s_bar = d.str("ram bar");
+    let s_at = d.str(" at ");
+    let s_wrote = d.str(" wrote ");
+    let s_host = d.str(" host saw ");
+    let s_big = d.str("ram bar too large to move\n");
+    let s_moved = d.str("ram bar moved to ");
+    let s_read = d.str(" read ");
+    let s_ok = d.str(" ok\n");
+    let s_bad = d.str(" MISMATCH\n");
+    let s_traps = d.str("ram traps=");
+    let s_nl = d.str("\n");
+    let mut top = a.create_label();
+    let mut next = a.create_label();
+    let mut not_pf = a.create_label();
+    let mut scanned = a.create_label();
+    let mut have = a.create_label();
+    let mut too_big = a.create_label();
+    let mut traps = a.create_label();
+    let mut end = a.create_label();
+    a.mov(dword_ptr(VAR_RAM_INDEX), -1)?;
+    a.xor(edi, edi)?;
+    a.set_label(&mut top)?;
+    a.cmp(edi, 6)?;
+    a.jae(scanned)?;
+    a.lea(ecx, dword_ptr(edi * 4 + 0x10))?;
+    a.call(s.cfg_read)?;
+    a.test(eax, 1)?;
+    a.jnz(next)?; // IO BAR
+    a.test(eax, 8)?;
+    a.jz(not_pf)?;
+    a.mov(dword_ptr(VAR_RAM_INDEX), edi)?;
+    a.set_label(&mut not_pf)?;
+    a.and(eax, 6)?;
+    a.cmp(eax, 4)?;
+    a.jne(next)?;
+    a.inc(edi)?; // a 64-bit BAR's high half
+    a.set_label(&mut next)?;
+    a.inc(edi)?;
+    a.jmp(top)?;
+    a.set_label(&mut scanned)?;
+    a.cmp(dword_ptr(VAR_RAM_INDEX), -1)?;
+    a.jne(have)?;
+    print(a, s, s_none)?;
+    a.jmp(end)?;
+    a.set_label(&mut have)?;
+    a.mov(ecx, dword_ptr(VAR_RAM_INDEX))?;
+    a.lea(ecx, dword_ptr(ecx * 4 + 0x10))?;
+    a.mov(dword_ptr(VAR_RAM_REG), ecx)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !0xf)?;
+    a.mov(dword_ptr(VAR_RAM_BASE), eax)?;
+    print(a, s, s_bar)?;
+    a.mov(eax, dword_ptr(VAR_RAM_INDEX))?;
+    hex(a, s, 1)?;
+    print(a, s, s_at)?;
+    a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
+    hex(a, s, 8)?;
+    a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
+    a.mov(dword_ptr(edx + RAM_PEEK_OFFSET as i32), RAM_PATTERN)?;
+    print(a, s, s_wrote)?;
+    a.mov(eax, RAM_PATTERN)?;
+    hex(a, s, 8)?;
+    print(a, s, s_host)?;
+    a.mov(edx, dword_ptr(VAR_BASE))?;
+    a.mov(eax, dword_ptr(edx + REG_RAM_PEEK as i32))?;
+    hex(a, s, 8)?;
+    print(a, s, s_nl)?;
+    // Memory decoding off while the BAR is sized and moved, as firmware does.
+    a.mov(ecx, 4)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !2)?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, dword_ptr(VAR_RAM_REG))?;
+    a.mov(eax, -1)?;
+    a.call(s.cfg_write)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !0xf)?;
+    a.not(eax)?;
+    a.inc(eax)?;
+    a.cmp(eax, RELOCATABLE_RAM_MAX)?;
+    a.ja(too_big)?;
+    a.mov(eax, RELOCATED_RAM)?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, 4)?;
+    a.call(s.cfg_read)?;
+    a.or(eax, 2)?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, dword_ptr(VAR_RAM_REG))?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !0xf)?;
+    a.mov(dword_ptr(VAR_RAM_BASE), eax)?;
+    print(a, s, s_moved)?;
+    a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
+    hex(a, s, 8)?;
+    print(a, s, s_read)?;
+    a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
+    a.mov(eax, dword_ptr(edx + RAM_PEEK_OFFSET as i32))?;
+    a.push(eax)?;
+    hex(a, s, 8)?;
+    a.pop(eax)?;
+    let mut same = a.create_label();
+    a.cmp(eax, RAM_PATTERN)?;
+    a.je(same)?;
+    print(a, s, s_bad)?;
+    exit(a, 6)?;
+    a.set_label(&mut same)?;
+    print(a, s, s_ok)?;
+    a.jmp(traps)?;
+    a.set_label(&mut too_big)?;
+    a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
+    a.call(s.cfg_write)?;
+    a.mov(ecx, 4)?;
+    a.call(s.cfg_read)?;
+    a.or(eax, 2)?;
+    a.call(s.cfg_write)?;
+    print(a, s, s_big)?;
+    a.set_label(&mut traps)?;
+    print(a, s, s_traps)?;
+    a.mov(edx, dword_ptr(VAR_BASE))?;
+    a.mov(eax, dword_ptr(edx + REG_RAM_TRAPS as i32))?;
+    hex(a, s, 1)?;
+    print(a, s, s_nl)?;
+    a.set_label(&mut end)?;
+    a.nop()
 }
 
 /// Finds the MSI capability of the device in EBX, programs it (local APIC address, data =

@@ -3,16 +3,17 @@
 //! forwarded to the device regions, guest RAM mapped for DMA, INTx through an eventfd that
 //! KVM injects. Needs /dev/vfio, which no machine here has: only the pure helpers are tested.
 
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps, VfioRegionInfoCap};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::PassthroughDevice;
+use super::device::{PassthroughDevice, RamBar};
 use super::pci::{
     find_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
 };
@@ -22,6 +23,43 @@ use crate::sim::profile::GuestBar;
 pub const CONFIG_REGION: u32 = 7;
 pub const INTX_IRQ: u32 = 0;
 const REGION_FLAG_IO_HINT: u32 = 1 << 31; // not a kernel flag: marks IO BARs in `bar_layout`
+/// VFIO_REGION_INFO_FLAG_MMAP (linux/vfio.h): the region can be mmapped from the device fd.
+pub const REGION_FLAG_MMAP: u32 = 1 << 2;
+const PAGE_SIZE: u64 = 4096;
+
+/// Whether a BAR's region becomes a KVM memory slot (mmapped from the device fd) or traps.
+/// Only a region that is mmappable as a whole (no sparse-mmap capability, or one sparse area
+/// covering it) and page-sized is mapped; a region with holes (an MSI-X table inside, say)
+/// stays trapped so the VMM sees every access.
+pub fn maps_whole(flags: u32, size: u64, caps: &[VfioRegionInfoCap]) -> bool {
+    if flags & REGION_FLAG_MMAP == 0 || size == 0 || size % PAGE_SIZE != 0 {
+        return false;
+    }
+    caps.iter().all(|cap| match cap {
+        VfioRegionInfoCap::SparseMmap(sparse) => {
+            sparse.areas.len() == 1 && sparse.areas[0].offset == 0 && sparse.areas[0].size >= size
+        }
+        _ => true,
+    })
+}
+
+/// A BAR region mmapped from the device fd; unmapped on drop.
+struct MappedBar {
+    index: usize,
+    addr: *mut libc::c_void,
+    size: u64,
+}
+
+// SAFETY: the mapping is plain shared memory of the device; the pointer is only handed to
+// KVM (which accesses it on the guest's behalf) and unmapped on drop.
+unsafe impl Send for MappedBar {}
+
+impl Drop for MappedBar {
+    fn drop(&mut self) {
+        // SAFETY: `addr`/`size` are exactly what mmap returned; nothing uses it after drop.
+        unsafe { libc::munmap(self.addr, self.size as usize) };
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
@@ -143,6 +181,7 @@ pub struct VfioPassthrough {
     irq: EventFd,
     msi: Option<VirtualMsi>,
     msi_irq: EventFd,
+    mapped: Vec<MappedBar>,
 }
 
 impl VfioPassthrough {
@@ -197,6 +236,43 @@ impl VfioPassthrough {
         let msi = find_capability(config_dword, CAP_ID_MSI)
             .map(|at| VirtualMsi::from_header(at, config_dword(at)));
         let msi_irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
+        let mut mapped = Vec::new();
+        for r in bars.regions().filter(|r| !r.io) {
+            let index = r.index as u32;
+            let size = device.get_region_size(index);
+            if !maps_whole(
+                device.get_region_flags(index),
+                size,
+                &device.get_region_caps(index),
+            ) {
+                continue;
+            }
+            // SAFETY: a new shared mapping of the device fd at the region's offset, as VFIO
+            // documents for regions with VFIO_REGION_INFO_FLAG_MMAP; checked below.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    device.as_raw_fd(),
+                    device.get_region_offset(index) as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                tracing::warn!(
+                    "BAR {index} of {} cannot be mmapped; its accesses trap: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+                continue;
+            }
+            mapped.push(MappedBar {
+                index: r.index,
+                addr,
+                size,
+            });
+        }
         Ok(Self {
             device,
             _container: container,
@@ -208,6 +284,7 @@ impl VfioPassthrough {
             irq,
             msi,
             msi_irq,
+            mapped,
         })
     }
 }
@@ -310,6 +387,17 @@ impl PassthroughDevice for VfioPassthrough {
         self.msi.and_then(|m| m.cap.message())
     }
 
+    fn ram_bars(&self) -> Vec<RamBar> {
+        self.mapped
+            .iter()
+            .map(|m| RamBar {
+                index: m.index,
+                host_addr: m.addr as u64,
+                size: m.size,
+            })
+            .collect()
+    }
+
     fn bars(&self) -> &Bars {
         &self.bars
     }
@@ -368,6 +456,34 @@ mod tests {
         // 32-bit layout: data at +8, the window ends at +0xc.
         let m = VirtualMsi::from_header(0x50, 0x0000_0005);
         assert_eq!(m.inside(0x5c), None);
+    }
+
+    #[test]
+    fn only_whole_page_sized_mmappable_regions_become_slots() {
+        use vfio_ioctls::{VfioRegionInfoCapSparseMmap, VfioRegionSparseMmapArea};
+        let sparse = |areas: &[(u64, u64)]| {
+            VfioRegionInfoCap::SparseMmap(VfioRegionInfoCapSparseMmap {
+                areas: areas
+                    .iter()
+                    .map(|&(offset, size)| VfioRegionSparseMmapArea { offset, size })
+                    .collect(),
+            })
+        };
+        let mb = 1 << 20;
+        assert!(maps_whole(REGION_FLAG_MMAP | 3, 16 * mb, &[]));
+        assert!(!maps_whole(3, 16 * mb, &[]), "not mmappable: trapped");
+        assert!(!maps_whole(REGION_FLAG_MMAP, 0x800, &[]), "not page-sized");
+        assert!(maps_whole(
+            REGION_FLAG_MMAP,
+            16 * mb,
+            &[sparse(&[(0, 16 * mb)])]
+        ));
+        // An MSI-X table carved out of the BAR: two areas, trapped.
+        assert!(!maps_whole(
+            REGION_FLAG_MMAP,
+            16 * mb,
+            &[sparse(&[(0, 0x1000), (0x2000, 16 * mb - 0x2000)])]
+        ));
     }
 
     #[test]
