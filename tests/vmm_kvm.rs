@@ -80,6 +80,9 @@ fn pci_probe_finds_emulated_t4_and_gets_its_interrupt() {
     assert_line(&serial, "msi cap at 50");
     assert_line(&serial, "msi enabled vector=40");
     assert_line(&serial, "msi count=1");
+    // MSI-X: vector 0 programmed through the table in BAR0 (trapped MMIO), routed the same way.
+    assert_line(&serial, "msix cap at 60 table bar0+800 vector=41");
+    assert_line(&serial, "msix count=1");
     // The last prefetchable BAR is host memory behind a KVM memory slot: the guest's write
     // reaches the host's memory, the slot follows the BAR's move with the content, and no
     // access traps to the VMM.
@@ -111,6 +114,8 @@ fn pci_probe_handles_mtty_io_bars() {
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
     assert_line(&serial, "msi count=1");
+    // An IO BAR0 has no room for an MSI-X table.
+    assert_line(&serial, "msix: none");
     assert_line(&serial, "ram bar: none");
     assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");
 }

@@ -104,6 +104,15 @@ impl IoBus {
             return;
         };
         d.config_write(reg, size, value);
+        self.sync_device(index);
+    }
+
+    /// Brings KVM in line with device `index` after a guest write that may have changed it:
+    /// its MSI/MSI-X route and the memory slots of its host-memory BARs.
+    fn sync_device(&mut self, index: usize) {
+        let Some(d) = self.devices.get(index) else {
+            return;
+        };
         let message = d.msi_message();
         let (ram, decoding) = (d.ram_bars(), d.bar_regions());
         if let Some(router) = self.router.as_mut() {
@@ -124,18 +133,19 @@ impl IoBus {
         }
     }
 
-    /// The device, BAR and offset that decode `addr` (the first device wins an overlap).
+    /// The device (with its index), BAR and offset that decode `addr` (the first device
+    /// wins an overlap).
     fn find_bar(
         &mut self,
         addr: u64,
         io: bool,
-    ) -> Option<(&mut Box<dyn PassthroughDevice>, usize, u64)> {
-        self.devices.iter_mut().find_map(|device| {
+    ) -> Option<(usize, &mut Box<dyn PassthroughDevice>, usize, u64)> {
+        self.devices.iter_mut().enumerate().find_map(|(i, device)| {
             let hit = device
                 .bar_regions()
                 .into_iter()
                 .find(|r| r.io == io && addr >= r.base && addr - r.base < r.size)?;
-            Some((device, hit.index, addr - hit.base))
+            Some((i, device, hit.index, addr - hit.base))
         })
     }
 
@@ -146,7 +156,7 @@ impl IoBus {
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address,
             CONFIG_DATA_PORT..=0xcff => self.config_read(port - CONFIG_DATA_PORT, size),
             _ => match self.find_bar(u64::from(port), true) {
-                Some((d, bar, offset)) => {
+                Some((_, d, bar, offset)) => {
                     d.bar_read(bar, offset, data);
                     return;
                 }
@@ -167,8 +177,9 @@ impl IoBus {
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address = value,
             CONFIG_DATA_PORT..=0xcff => self.config_write(port - CONFIG_DATA_PORT, size, value),
             _ => {
-                if let Some((d, bar, offset)) = self.find_bar(u64::from(port), true) {
+                if let Some((i, d, bar, offset)) = self.find_bar(u64::from(port), true) {
                     d.bar_write(bar, offset, data);
+                    self.sync_device(i);
                 }
             }
         }
@@ -177,14 +188,16 @@ impl IoBus {
 
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         match self.find_bar(addr, false) {
-            Some((d, bar, offset)) => d.bar_read(bar, offset, data),
+            Some((_, d, bar, offset)) => d.bar_read(bar, offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        if let Some((d, bar, offset)) = self.find_bar(addr, false) {
+        if let Some((i, d, bar, offset)) = self.find_bar(addr, false) {
             d.bar_write(bar, offset, data);
+            // A BAR write can program an MSI-X table entry.
+            self.sync_device(i);
         }
     }
 }

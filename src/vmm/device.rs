@@ -159,8 +159,13 @@ impl EmulatedDevice {
             }
             None => None,
         };
+        let mut config = ConfigSpace::new(ids, bars.clone(), 1).with_msi();
+        // MSI-X needs its table in BAR0: a memory BAR of at least a page.
+        if matches!(bars.region(0), Some(r) if !r.io && r.size >= 0x1000) {
+            config = config.with_msix();
+        }
         Ok(Self {
-            config: ConfigSpace::new(ids, bars, 1).with_msi(),
+            config,
             scratch: 0,
             irq_count: 0,
             msi_count: 0,
@@ -191,10 +196,17 @@ impl EmulatedDevice {
         self.msi_count
     }
 
-    /// One interrupt: an MSI while the guest has MSI enabled, INTx otherwise.
+    /// One interrupt: MSI-X vector 0 while MSI-X is enabled (left pending while masked), an
+    /// MSI while MSI is enabled, INTx otherwise.
     fn raise(&mut self) {
         self.irq_count = self.irq_count.wrapping_add(1);
-        let fd = if self.config.msi.is_some_and(|m| m.enabled()) {
+        let fd = if let Some(msix) = self.config.msix.as_mut().filter(|m| m.enabled()) {
+            if !msix.raise() {
+                return;
+            }
+            self.msi_count = self.msi_count.wrapping_add(1);
+            &self.msi
+        } else if self.config.msi.is_some_and(|m| m.enabled()) {
             self.msi_count = self.msi_count.wrapping_add(1);
             &self.msi
         } else {
@@ -259,7 +271,10 @@ impl PassthroughDevice for EmulatedDevice {
                 return;
             }
         }
-        let value = if bar == 0 {
+        let msix = self.config.msix.as_ref().filter(|_| bar == 0);
+        let value = if let Some(m) = msix.filter(|_| crate::vmm::msix::Msix::owns(offset)) {
+            m.bar_read(offset & !3) >> ((offset & 3) * 8)
+        } else if bar == 0 {
             self.register_read(offset & !3) >> ((offset & 3) * 8)
         } else {
             0
@@ -283,6 +298,13 @@ impl PassthroughDevice for EmulatedDevice {
         if bar != 0 {
             return;
         }
+        if let Some(m) = self.config.msix.as_mut() {
+            if crate::vmm::msix::Msix::owns(offset) {
+                // Table entries are written a dword at a time (6.8.2).
+                m.bar_write(offset & !3, le_value(data));
+                return;
+            }
+        }
         match offset {
             REG_SCRATCH => self.scratch = le_value(data),
             REG_RAISE_IRQ if le_value(data) & 1 == 1 => self.raise(),
@@ -299,7 +321,10 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn msi_message(&self) -> Option<MsiMessage> {
-        self.config.msi.and_then(|m| m.message())
+        match self.config.msix.as_ref().filter(|m| m.enabled()) {
+            Some(msix) => msix.message(),
+            None => self.config.msi.and_then(|m| m.message()),
+        }
     }
 
     fn ram_bars(&self) -> Vec<RamBar> {
@@ -371,6 +396,29 @@ mod tests {
         assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
         dev.bar_read(0, REG_IRQ_COUNT, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 1);
+    }
+
+    #[test]
+    fn msix_vector_zero_is_programmed_through_bar0() {
+        use crate::vmm::msix::{MSIX_CAP_OFFSET, TABLE_OFFSET};
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        dev.bar_write(0, TABLE_OFFSET, &0xfee0_0000u32.to_le_bytes());
+        dev.bar_write(0, TABLE_OFFSET + 8, &0x41u32.to_le_bytes());
+        dev.bar_write(0, TABLE_OFFSET + 12, &0u32.to_le_bytes());
+        dev.config_write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
+        assert_eq!(
+            dev.msi_message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        let mut buf = [0u8; 4];
+        dev.bar_read(0, TABLE_OFFSET + 8, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 0x41);
     }
 
     #[test]

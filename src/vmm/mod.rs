@@ -6,6 +6,7 @@ pub mod bus;
 pub mod device;
 pub mod kvm;
 pub mod linux;
+pub mod msix;
 pub mod payload;
 pub mod pci;
 pub mod uart;

@@ -21,6 +21,7 @@ const VAR_BASE: u64 = 0x610;
 const VAR_IDTR: u64 = 0x620;
 const VAR_RET: u64 = 0x614;
 const VAR_CAP: u64 = 0x618;
+const VAR_TABLE: u64 = 0x61c;
 const VAR_RAM_INDEX: u64 = 0x630;
 const VAR_RAM_REG: u64 = 0x634;
 const VAR_RAM_BASE: u64 = 0x638;
@@ -30,6 +31,8 @@ const RELOCATABLE_RAM_MAX: u32 = 0x200_0000;
 pub const RAM_PATTERN: u32 = 0x1234_abcd;
 /// The vector pci-probe programs into the device's MSI data register.
 pub const MSI_VECTOR: u32 = 0x40;
+/// The vector pci-probe programs into MSI-X table entry 0.
+pub const MSIX_VECTOR: u32 = 0x41;
 /// The MSI address: the local APIC window, destination APIC ID 0, physical mode.
 const MSI_ADDRESS: u32 = 0xfee0_0000;
 const LAPIC_SVR: u64 = 0xfee0_00f0;
@@ -672,6 +675,7 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     exit(a, 3)?;
     a.set_label(&mut irq_ok)?;
     msi(a, s, d)?;
+    msix(a, s, d)?;
     ram_bar(a, s, d)?;
     print(a, s, s_done)?;
     exit(a, 0)
@@ -839,6 +843,111 @@ fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErro
     a.nop()
 }
 
+/// Walks the capability list of the device in EBX (bounded, so a looping list ends) and
+/// leaves the offset of the capability with `id` in VAR_CAP, or 0.
+fn find_cap(a: &mut CodeAssembler, s: &Subs, id: u32) -> Result<(), IcedError> {
+    let mut walk = a.create_label();
+    let mut found = a.create_label();
+    let mut done = a.create_label();
+    a.mov(dword_ptr(VAR_CAP), 0)?;
+    a.mov(ecx, 4)?;
+    a.call(s.cfg_read)?;
+    a.test(eax, 0x10_0000)?; // status: capabilities list
+    a.jz(done)?;
+    a.mov(ecx, 0x34)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, 0xfc)?;
+    a.mov(ecx, eax)?;
+    a.mov(edi, 48)?;
+    a.set_label(&mut walk)?;
+    a.cmp(ecx, 0x40)?;
+    a.jb(done)?;
+    a.dec(edi)?;
+    a.jz(done)?;
+    a.call(s.cfg_read)?;
+    a.cmp(al, id as i32)?;
+    a.je(found)?;
+    a.shr(eax, 8)?;
+    a.and(eax, 0xfc)?;
+    a.mov(ecx, eax)?;
+    a.jmp(walk)?;
+    a.set_label(&mut found)?;
+    a.mov(dword_ptr(VAR_CAP), ecx)?;
+    a.set_label(&mut done)?;
+    a.nop()
+}
+
+/// Programs MSI-X vector 0 of the device in EBX through its table (local APIC address,
+/// data = MSIX_VECTOR, unmasked), enables MSI-X, and counts one interrupt, which can only
+/// come as that vector. Skipped when the device has no MSI-X.
+fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
+    let s_none = d.str("msix: none\n");
+    let s_cap = d.str("msix cap at ");
+    let s_table = d.str(" table bar");
+    let s_plus = d.str("+");
+    let s_vector = d.str(" vector=");
+    let s_count = d.str("msix count=");
+    let s_nl = d.str("\n");
+    let mut found = a.create_label();
+    let mut end = a.create_label();
+    find_cap(a, s, 0x11)?;
+    a.cmp(dword_ptr(VAR_CAP), 0)?;
+    a.jne(found)?;
+    print(a, s, s_none)?;
+    a.jmp(end)?;
+    a.set_label(&mut found)?;
+    print(a, s, s_cap)?;
+    a.mov(eax, dword_ptr(VAR_CAP))?;
+    hex(a, s, 2)?;
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.add(ecx, 4)?;
+    a.call(s.cfg_read)?; // table offset | BIR
+    a.mov(dword_ptr(VAR_TABLE), eax)?;
+    print(a, s, s_table)?;
+    a.mov(eax, dword_ptr(VAR_TABLE))?;
+    a.and(eax, 7)?;
+    hex(a, s, 1)?;
+    print(a, s, s_plus)?;
+    a.mov(eax, dword_ptr(VAR_TABLE))?;
+    a.and(eax, !7)?;
+    hex(a, s, 3)?;
+    // The table's address: the BIR's BAR base plus the offset.
+    a.mov(ecx, dword_ptr(VAR_TABLE))?;
+    a.and(ecx, 7)?;
+    a.lea(ecx, dword_ptr(ecx * 4 + 0x10))?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !0xf)?;
+    a.mov(edx, dword_ptr(VAR_TABLE))?;
+    a.and(edx, !7)?;
+    a.add(eax, edx)?;
+    a.mov(dword_ptr(VAR_TABLE), eax)?;
+    a.mov(edx, eax)?;
+    a.mov(dword_ptr(edx), MSI_ADDRESS)?;
+    a.mov(dword_ptr(edx + 4), 0)?;
+    a.mov(dword_ptr(edx + 8), MSIX_VECTOR)?;
+    a.mov(dword_ptr(edx + 12), 0)?; // unmask
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.call(s.cfg_read)?;
+    a.or(eax, 0x8000_0000u32 as i32)?; // message control bit 15: MSI-X enable
+    a.call(s.cfg_write)?;
+    print(a, s, s_vector)?;
+    a.mov(eax, MSIX_VECTOR)?;
+    hex(a, s, 2)?;
+    print(a, s, s_nl)?;
+    a.mov(dword_ptr(VAR_COUNT), 0)?;
+    a.sti()?;
+    raise_and_wait(a, s)?;
+    print(a, s, s_count)?;
+    a.mov(eax, dword_ptr(VAR_COUNT))?;
+    hex(a, s, 1)?;
+    print(a, s, s_nl)?;
+    a.cmp(dword_ptr(VAR_COUNT), 1)?;
+    a.je(end)?;
+    exit(a, 7)?;
+    a.set_label(&mut end)?;
+    a.nop()
+}
+
 /// Finds the MSI capability of the device in EBX, programs it (local APIC address, data =
 /// MSI_VECTOR), enables it with both 8259s masked, and counts one interrupt, which can only
 /// arrive through MSI: the vector is not an 8259 one. Skipped when the device has no MSI.
@@ -849,35 +958,15 @@ fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
     let s_count = d.str("msi count=");
     let s_nl = d.str("\n");
     let mut none = a.create_label();
-    let mut walk = a.create_label();
     let mut found = a.create_label();
     let mut end = a.create_label();
-    a.mov(ecx, 4)?;
-    a.call(s.cfg_read)?;
-    a.test(eax, 0x10_0000)?; // status: capabilities list
-    a.jz(none)?;
-    a.mov(ecx, 0x34)?;
-    a.call(s.cfg_read)?;
-    a.and(eax, 0xfc)?;
-    a.mov(ecx, eax)?;
-    a.mov(edi, 48)?; // a looping list ends here
-    a.set_label(&mut walk)?;
-    a.cmp(ecx, 0x40)?;
-    a.jb(none)?;
-    a.dec(edi)?;
-    a.jz(none)?;
-    a.call(s.cfg_read)?;
-    a.cmp(al, 0x05)?;
-    a.je(found)?;
-    a.shr(eax, 8)?;
-    a.and(eax, 0xfc)?;
-    a.mov(ecx, eax)?;
-    a.jmp(walk)?;
+    find_cap(a, s, 0x05)?;
+    a.cmp(dword_ptr(VAR_CAP), 0)?;
+    a.jne(found)?;
     a.set_label(&mut none)?;
     print(a, s, s_none)?;
     a.jmp(end)?;
     a.set_label(&mut found)?;
-    a.mov(dword_ptr(VAR_CAP), ecx)?;
     print(a, s, s_cap)?;
     a.mov(eax, dword_ptr(VAR_CAP))?;
     hex(a, s, 2)?;
@@ -920,6 +1009,11 @@ fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
     a.mov(dword_ptr(VAR_COUNT), 0)?;
     a.sti()?;
     raise_and_wait(a, s)?;
+    // MSI off again: MSI and MSI-X must not be enabled together.
+    a.mov(ecx, dword_ptr(VAR_CAP))?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !0x1_0000)?;
+    a.call(s.cfg_write)?;
     print(a, s, s_count)?;
     a.mov(eax, dword_ptr(VAR_COUNT))?;
     hex(a, s, 1)?;
@@ -956,11 +1050,13 @@ fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     a.mov(dword_ptr(edi + 4), (handler & 0xffff_0000) | 0x8e00)?;
     a.add(edi, 8)?;
     a.loop_(fill)?;
-    // ... and the MSI vector.
-    let msi_gate = u64::from(IDT_BASE) + u64::from(MSI_VECTOR) * 8;
-    a.mov(dword_ptr(msi_gate), (0x08 << 16) | (handler & 0xffff))?;
-    a.mov(dword_ptr(msi_gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
-    a.mov(word_ptr(VAR_IDTR), (MSI_VECTOR + 1) * 8 - 1)?;
+    // ... and the MSI and MSI-X vectors.
+    for vector in [MSI_VECTOR, MSIX_VECTOR] {
+        let gate = u64::from(IDT_BASE) + u64::from(vector) * 8;
+        a.mov(dword_ptr(gate), (0x08 << 16) | (handler & 0xffff))?;
+        a.mov(dword_ptr(gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
+    }
+    a.mov(word_ptr(VAR_IDTR), (MSIX_VECTOR + 1) * 8 - 1)?;
     a.mov(dword_ptr(VAR_IDTR + 2), IDT_BASE)?;
     a.lidt(fword_ptr(VAR_IDTR))?;
     a.mov(dword_ptr(VAR_COUNT), 0)?;

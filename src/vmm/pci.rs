@@ -237,7 +237,7 @@ pub struct MsiMessage {
 /// part of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MsiCap {
-    next: u8,
+    pub(super) next: u8,
     control: u16,
     address_lo: u32,
     address_hi: u32,
@@ -346,6 +346,7 @@ pub struct ConfigSpace {
     dwords: [u32; 64],
     pub bars: Bars,
     pub msi: Option<MsiCap>,
+    pub msix: Option<super::msix::Msix>,
 }
 
 /// Identity of a PCI function.
@@ -370,7 +371,29 @@ impl ConfigSpace {
             dwords,
             bars,
             msi: None,
+            msix: None,
         }
+    }
+
+    /// Adds an MSI-X capability at `MSIX_CAP_OFFSET` after the MSI one (table and PBA in
+    /// BAR0, which the device decodes).
+    pub fn with_msix(mut self) -> Self {
+        use super::msix::{Msix, MSIX_CAP_OFFSET};
+        self.dwords[1] |= STATUS_CAP_LIST;
+        match self.msi.as_mut() {
+            Some(msi) => msi.next = MSIX_CAP_OFFSET as u8,
+            None => self.dwords[CAP_POINTER] = u32::from(MSIX_CAP_OFFSET),
+        }
+        self.msix = Some(Msix::new(0));
+        self
+    }
+
+    fn msix_index(&self, index: usize) -> Option<usize> {
+        use super::msix::{Msix, MSIX_CAP_OFFSET};
+        self.msix.as_ref()?;
+        let first = usize::from(MSIX_CAP_OFFSET / 4);
+        let range = first..first + usize::from(Msix::LEN / 4);
+        range.contains(&index).then(|| index - first)
     }
 
     /// Adds an MSI capability at `MSI_CAP_OFFSET` as the only entry of the capability list.
@@ -393,7 +416,10 @@ impl ConfigSpace {
         let dword = match (index, self.msi_index(index), &self.msi) {
             (4..=9, _, _) => self.bars.read(index - 4),
             (_, Some(i), Some(msi)) => msi.dword(i),
-            _ => self.dwords.get(index).copied().unwrap_or(0),
+            _ => match (self.msix_index(index), &self.msix) {
+                (Some(i), Some(msix)) => msix.cap_dword(i),
+                _ => self.dwords.get(index).copied().unwrap_or(0),
+            },
         };
         extract(dword, offset, size)
     }
@@ -404,6 +430,10 @@ impl ConfigSpace {
         let index = usize::from(offset / 4);
         if let (Some(_), Some(msi)) = (self.msi_index(index), self.msi.as_mut()) {
             msi.write(offset - MSI_CAP_OFFSET, size, value);
+            return;
+        }
+        if let (Some(_), Some(msix)) = (self.msix_index(index), self.msix.as_mut()) {
+            msix.cap_write(offset - super::msix::MSIX_CAP_OFFSET, size, value);
             return;
         }
         match index {
@@ -682,6 +712,20 @@ mod tests {
         );
         // 64-bit capable, one vector, disabled.
         assert_eq!(c.read(MSI_CAP_OFFSET + 2, 2), u32::from(MSI_64BIT));
+    }
+
+    #[test]
+    fn msix_follows_msi_in_the_capability_list() {
+        use crate::vmm::msix::{CAP_ID_MSIX, MSIX_CAP_OFFSET};
+        let mut c = device_with_msi().with_msix();
+        assert_eq!(
+            find_capability(|o| c.read(o, 4), CAP_ID_MSIX),
+            Some(MSIX_CAP_OFFSET)
+        );
+        assert_eq!(c.read(MSI_CAP_OFFSET + 1, 1), u32::from(MSIX_CAP_OFFSET));
+        c.write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
+        assert!(c.msix.as_ref().unwrap().enabled());
+        assert_eq!(c.read(MSIX_CAP_OFFSET + 4, 4), 0x800);
     }
 
     #[test]
