@@ -15,7 +15,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{PassthroughDevice, RamBar};
 use super::pci::{
-    find_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
+    find_capability, unlink_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI,
+    COMMAND_IO, COMMAND_MEMORY,
 };
 use crate::sim::profile::GuestBar;
 
@@ -153,6 +154,22 @@ impl VirtualMsi {
     }
 }
 
+/// Applies an unlink (`pci::unlink_capability`) to the virtual MSI capability when the
+/// pointer to patch is MSI's own next byte (served from the virtual copy); returns the patch
+/// still to apply to reads of the device's config space.
+pub fn hide_through_msi(
+    msi: &mut Option<VirtualMsi>,
+    unlink: Option<(u16, u8)>,
+) -> Option<(u16, u8)> {
+    match (unlink, msi.as_mut()) {
+        (Some((pointer, next)), Some(m)) if pointer == m.offset + 1 => {
+            m.cap.next = next;
+            None
+        }
+        (unlink, _) => unlink,
+    }
+}
+
 /// What a guest's write to the MSI enable bit asks of VFIO.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MsiChange {
@@ -182,6 +199,8 @@ pub struct VfioPassthrough {
     msi: Option<VirtualMsi>,
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
+    /// The config byte that points at the MSI-X capability, and the value that skips it.
+    hide_msix: Option<(u16, u8)>,
 }
 
 impl VfioPassthrough {
@@ -233,8 +252,14 @@ impl VfioPassthrough {
             device.region_read(CONFIG_REGION, &mut buf, u64::from(offset));
             u32::from_le_bytes(buf)
         };
-        let msi = find_capability(config_dword, CAP_ID_MSI)
+        let mut msi = find_capability(config_dword, CAP_ID_MSI)
             .map(|at| VirtualMsi::from_header(at, config_dword(at)));
+        // MSI-X is not virtualized for VFIO devices: hide it, so the guest's driver uses MSI
+        // (or INTx) instead of enabling vectors nobody routes.
+        let hide_msix = hide_through_msi(
+            &mut msi,
+            unlink_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX),
+        );
         let msi_irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
         let mut mapped = Vec::new();
         for r in bars.regions().filter(|r| !r.io) {
@@ -285,6 +310,7 @@ impl VfioPassthrough {
             msi,
             msi_irq,
             mapped,
+            hide_msix,
         })
     }
 }
@@ -312,7 +338,13 @@ impl PassthroughDevice for VfioPassthrough {
                 let mut buf = [0u8; 4];
                 self.device
                     .region_read(CONFIG_REGION, &mut buf, u64::from(dword));
-                u32::from_le_bytes(buf)
+                let value = u32::from_le_bytes(buf);
+                match self.hide_msix {
+                    Some((pointer, next)) if pointer & !3 == dword => {
+                        super::pci::merge(value, pointer, 1, u32::from(next))
+                    }
+                    _ => value,
+                }
             }
         };
         super::pci::extract(value, offset, size)
@@ -484,6 +516,24 @@ mod tests {
             16 * mb,
             &[sparse(&[(0, 0x1000), (0x2000, 16 * mb - 0x2000)])]
         ));
+    }
+
+    #[test]
+    fn msix_after_msi_is_skipped_by_the_virtual_msi_next_pointer() {
+        // MSI at 0x50 points to MSI-X at 0x70, which points to 0x80.
+        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_7005));
+        assert_eq!(hide_through_msi(&mut msi, Some((0x51, 0x80))), None);
+        assert_eq!((msi.unwrap().cap.dword(0) >> 8) & 0xff, 0x80);
+        // Elsewhere in the list the patch is left for config reads.
+        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_0005));
+        assert_eq!(
+            hide_through_msi(&mut msi, Some((0x61, 0x00))),
+            Some((0x61, 0x00))
+        );
+        assert_eq!(
+            hide_through_msi(&mut None, Some((0x34, 0x40))),
+            Some((0x34, 0x40))
+        );
     }
 
     #[test]
