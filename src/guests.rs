@@ -156,8 +156,8 @@ pub struct GuestView {
     pub owner_uid: Option<u32>,
 }
 
-/// The VMM's configuration for one guest.
-pub fn vmm_config(opts: &LaunchOptions, spec: &AttachSpec, serial_log: &Path) -> VmmConfig {
+/// The VMM's configuration for one guest with `specs` in slot order.
+pub fn vmm_config(opts: &LaunchOptions, specs: &[AttachSpec], serial_log: &Path) -> VmmConfig {
     let boot = match &opts.kernel {
         Some(kernel) => Boot::Kernel {
             kernel: kernel.clone(),
@@ -172,29 +172,50 @@ pub fn vmm_config(opts: &LaunchOptions, spec: &AttachSpec, serial_log: &Path) ->
     VmmConfig {
         memory_mib: opts.memory_mib.unwrap_or(64),
         vcpus: opts.vcpus.unwrap_or(1),
-        device: Some(spec.device.clone()),
+        devices: specs.iter().map(|s| s.device.clone()).collect(),
         boot,
         serial_log: Some(serial_log.to_path_buf()),
         console: false,
     }
 }
 
-/// Spawns the VMM for guest `id`; its output goes to `<dir>/<id>.vmm.log`.
+/// A kernel or initrd the VMM could not read is the caller's mistake: say so in the reply
+/// instead of in the VMM's log after a guest that exits 1.
+fn check_kernel_files(boot: &Boot) -> Result<()> {
+    if let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = boot
+    {
+        crate::vmm::linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline).map_err(|e| {
+            let source = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            Error::InvalidArgument(format!("{e}{source}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Spawns the VMM for guest `id` with `specs` in slot order; its output goes to
+/// `<dir>/<id>.vmm.log`.
 pub fn spawn(
     config: &GuestConfig,
     id: u64,
     opts: &LaunchOptions,
-    spec: &AttachSpec,
+    specs: &[AttachSpec],
 ) -> Result<(tokio::process::Child, PathBuf)> {
     let io = |what: &str, e: std::io::Error| Error::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(&config.dir)
         .map_err(|e| io("cannot create the guests directory", e))?;
     let serial_log = config.dir.join(format!("{id}.log"));
-    let vmm = vmm_config(opts, spec, &serial_log);
+    let vmm = vmm_config(opts, specs, &serial_log);
     vmm.validate()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    check_kernel_files(&vmm.boot)?;
     let mut cmd = vmm.command(&config.vmm_binary);
-    if let Some(hold) = &spec.hold {
+    for hold in specs.iter().filter_map(|s| s.hold.as_ref()) {
         cmd.arg("--hold").arg(hold);
     }
     let out = std::fs::File::create(config.dir.join(format!("{id}.vmm.log")))
@@ -239,14 +260,101 @@ mod tests {
     }
 
     #[test]
+    fn kernel_options_reach_the_vmm_command_line() {
+        let spec = AttachSpec {
+            device: DeviceSpec::Emulated("/tmp/d.json".into()),
+            hold: None,
+            emulated: true,
+        };
+        let opts = LaunchOptions {
+            kernel: Some("/boot/vmlinuz".into()),
+            initrd: Some("/boot/initrd.img".into()),
+            cmdline: Some("console=ttyS0 quiet".into()),
+            memory_mib: Some(512),
+            ..Default::default()
+        };
+        let c = vmm_config(&opts, std::slice::from_ref(&spec), Path::new("/tmp/1.log"));
+        assert_eq!(
+            c.boot,
+            Boot::Kernel {
+                kernel: "/boot/vmlinuz".into(),
+                initrd: Some("/boot/initrd.img".into()),
+                cmdline: "console=ttyS0 quiet".into(),
+            }
+        );
+        let args: Vec<String> = c
+            .command(Path::new("vgpud-vmm"))
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.contains(
+                "--kernel /boot/vmlinuz --cmdline console=ttyS0 quiet --initrd /boot/initrd.img"
+            ),
+            "{joined}"
+        );
+        let no_cmdline = LaunchOptions {
+            kernel: Some("/boot/vmlinuz".into()),
+            ..Default::default()
+        };
+        let c = vmm_config(
+            &no_cmdline,
+            std::slice::from_ref(&spec),
+            Path::new("/tmp/1.log"),
+        );
+        assert!(matches!(c.boot, Boot::Kernel { ref cmdline, .. } if cmdline == "console=ttyS0"));
+    }
+
+    #[test]
+    fn unreadable_kernel_is_an_invalid_argument() {
+        let boot = Boot::Kernel {
+            kernel: "/nonexistent/vmlinuz".into(),
+            initrd: None,
+            cmdline: String::new(),
+        };
+        let err = check_kernel_files(&boot).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("cannot read kernel /nonexistent/vmlinuz: No such file")),
+            "{err:?}"
+        );
+        assert!(check_kernel_files(&Boot::Payload("halt".into())).is_ok());
+    }
+
+    #[test]
     fn default_payload_is_pci_probe() {
         let spec = AttachSpec {
             device: DeviceSpec::Emulated("/tmp/d.json".into()),
             hold: None,
             emulated: true,
         };
-        let c = vmm_config(&LaunchOptions::default(), &spec, Path::new("/tmp/1.log"));
+        let c = vmm_config(
+            &LaunchOptions::default(),
+            std::slice::from_ref(&spec),
+            Path::new("/tmp/1.log"),
+        );
         assert_eq!(c.boot, Boot::Payload("pci-probe".into()));
         assert_eq!(c.memory_mib, 64);
+    }
+
+    #[test]
+    fn several_devices_keep_their_order() {
+        let spec = |p: &str| AttachSpec {
+            device: DeviceSpec::Vfio(p.into()),
+            hold: None,
+            emulated: false,
+        };
+        let specs = [
+            spec("/sys/bus/mdev/devices/b"),
+            spec("/sys/bus/mdev/devices/a"),
+        ];
+        let c = vmm_config(&LaunchOptions::default(), &specs, Path::new("/tmp/1.log"));
+        assert_eq!(
+            c.devices,
+            [
+                DeviceSpec::Vfio("/sys/bus/mdev/devices/b".into()),
+                DeviceSpec::Vfio("/sys/bus/mdev/devices/a".into())
+            ]
+        );
     }
 }

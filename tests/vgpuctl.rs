@@ -520,6 +520,78 @@ fn launch_with_the_probe_payload_shows_the_vgpu_in_the_guest() {
 }
 
 #[test]
+fn launch_with_two_devices_gives_the_guest_both() {
+    with_timeout(|| {
+        let d = Daemon::start(&["nvidia-t4", "mtty"]);
+        let u2 = "5a1e0000-0000-4000-8000-000000000002";
+        ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
+        ctl(&d, &["create", "mtty-1", "--uuid", u2]).ok();
+        let r = ctl(&d, &["launch", U1, u2, "--payload", "pci-probe"]);
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.contains("00:01.0 10de:1eb8 class 030200"),
+            "{}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("00:02.0 4348:3253 class 070002"),
+            "{}",
+            r.stdout
+        );
+        let twice = ctl(&d, &["launch", U1, U1, "--payload", "halt"]);
+        assert_ne!(twice.code, 0);
+        assert!(twice.stderr.contains("given twice"), "{}", twice.stderr);
+    });
+}
+
+#[test]
+fn launch_with_a_kernel_passes_kernel_initrd_and_cmdline_to_the_vmm() {
+    with_timeout(|| {
+        let d = Daemon::start(&["nvidia-t4"]);
+        ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("tiny.elf");
+        std::fs::write(&kernel, vgpud::vmm::payload::long_mode_elf().unwrap()).unwrap();
+        let initrd = dir.path().join("initrd");
+        std::fs::write(&initrd, [1u8; 512]).unwrap();
+        let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
+        let r = ctl(
+            &d,
+            &[
+                "launch",
+                U1,
+                "--kernel",
+                k,
+                "--initrd",
+                i,
+                "--cmdline",
+                "console=ttyS0 from=vgpuctl",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+        // The tiny 64-bit kernel prints the command line it found through its zero page.
+        assert!(
+            r.stdout
+                .contains("elf64: cmdline=console=ttyS0 from=vgpuctl"),
+            "{}",
+            r.stdout
+        );
+        let bad = ctl(&d, &["launch", U1, "--kernel", "/nonexistent/vmlinuz"]);
+        assert_ne!(bad.code, 0);
+        assert!(
+            bad.stdout
+                .contains("cannot read kernel /nonexistent/vmlinuz")
+                || bad
+                    .stderr
+                    .contains("cannot read kernel /nonexistent/vmlinuz"),
+            "{}\n{}",
+            bad.stdout,
+            bad.stderr
+        );
+    });
+}
+
+#[test]
 fn launch_of_an_unknown_device_exits_4() {
     with_timeout(|| {
         let d = Daemon::start(&["mtty"]);

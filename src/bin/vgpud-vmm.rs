@@ -1,4 +1,4 @@
-//! vgpud-vmm: one KVM guest per process, with one passthrough device (emulated or VFIO).
+//! vgpud-vmm: one KVM guest per process, with passthrough devices (emulated or VFIO).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,17 +21,20 @@ struct Args {
     /// Number of vCPUs (vCPU 0 runs the payload; the others wait for a SIPI).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// emulated:FILE.json (a guest PCI description) or vfio:/sys/bus/mdev/devices/UUID.
+    /// emulated:FILE.json (a guest PCI description) or vfio:/sys/bus/mdev/devices/UUID;
+    /// repeat for more devices (slots 00:01.0, 00:02.0, ...; at most 4).
     #[arg(long)]
-    device: Option<DeviceSpec>,
+    device: Vec<DeviceSpec>,
     /// Built-in payload (pci-probe, loop, halt) or a raw 32-bit image loaded and entered at 0x10000.
     #[arg(long, conflicts_with = "kernel")]
     payload: Option<String>,
-    /// Linux kernel image (not implemented in this build).
+    /// Linux kernel to boot (bzImage or ELF vmlinux, 64-bit entry).
     #[arg(long)]
     kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel, loaded high in guest RAM.
     #[arg(long, requires = "kernel")]
     initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
     cmdline: String,
     /// File that receives everything the guest writes to its UART.
@@ -41,9 +44,9 @@ struct Args {
     #[arg(long)]
     console: bool,
     /// A file kept open (read-only) for the life of the process, so the device shows as held
-    /// (vgpud passes the simulated VFIO group node).
+    /// (vgpud passes the simulated VFIO group node); repeatable.
     #[arg(long)]
-    hold: Option<PathBuf>,
+    hold: Vec<PathBuf>,
 }
 
 extern "C" fn on_stop(_: libc::c_int) {
@@ -52,16 +55,16 @@ extern "C" fn on_stop(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let _hold = match &args.hold {
-        Some(path) => match std::fs::File::open(path) {
-            Ok(f) => Some(f),
+    let mut _held = Vec::new();
+    for path in &args.hold {
+        match std::fs::File::open(path) {
+            Ok(f) => _held.push(f),
             Err(e) => {
                 eprintln!("vgpud-vmm: cannot open {} (--hold): {e}", path.display());
                 return ExitCode::from(1);
             }
-        },
-        None => None,
-    };
+        }
+    }
     let boot = match (args.payload, args.kernel) {
         (Some(p), _) => Boot::Payload(p),
         (None, Some(kernel)) => Boot::Kernel {
@@ -77,7 +80,7 @@ fn main() -> ExitCode {
     let config = VmmConfig {
         memory_mib: args.memory_mib,
         vcpus: args.vcpus,
-        device: args.device,
+        devices: args.device,
         boot,
         serial_log: args.serial_log,
         console: args.console,

@@ -158,11 +158,13 @@ pub enum Command {
         /// A built-in payload (pci-probe, loop, halt) or a flat binary file.
         #[arg(long, conflicts_with = "kernel")]
         payload: Option<String>,
-        /// A Linux kernel (not implemented by vgpud-vmm yet: the daemon will say so).
+        /// A Linux kernel to boot (bzImage or ELF vmlinux; a path the daemon can read).
         #[arg(long)]
         kernel: Option<String>,
+        /// An initial ramdisk for --kernel.
         #[arg(long, requires = "kernel")]
         initrd: Option<String>,
+        /// The kernel command line (default: console=ttyS0).
         #[arg(long, requires = "kernel")]
         cmdline: Option<String>,
         #[arg(long)]

@@ -46,12 +46,114 @@ impl Manager {
         let Some(cfg) = self.config.guests.clone() else {
             return Err(Error::Unsupported("this daemon does not run guests".into()));
         };
-        let [uuid] = devices else {
+        if devices.is_empty() || devices.len() > crate::vmm::bus::MAX_DEVICES {
             return Err(Error::InvalidArgument(format!(
-                "a guest takes exactly one device, not {}",
+                "a guest takes 1 to {} devices, not {}",
+                crate::vmm::bus::MAX_DEVICES,
                 devices.len()
             )));
+        }
+        let mut specs = Vec::new();
+        let mut holds = Vec::new();
+        for (i, uuid) in devices.iter().enumerate() {
+            if devices[..i].contains(uuid) {
+                return Err(Error::InvalidArgument(format!(
+                    "device {uuid} is given twice"
+                )));
+            }
+            let (spec, hold) = self.attachable(caller, &cfg, uuid)?;
+            specs.push(spec);
+            holds.push((*uuid, hold));
+        }
+        let id = self.next_guest;
+        self.next_guest += 1;
+        let (mut child, serial_log) = guests::spawn(&cfg, id, &opts, &specs)?;
+        let pid = child.id().unwrap_or(0);
+        let emulated = specs.iter().any(|s| s.emulated);
+        tracing::info!(caller = %caller.origin, uid = ?caller.uid, ?devices, id, pid, emulated, "guest started");
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                s = child.wait() => s,
+                _ = stop_rx => {
+                    if let Some(pid) = child.id() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGTERM,
+                        );
+                    }
+                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                        Ok(s) => s,
+                        Err(_) => {
+                            let _ = child.start_kill();
+                            child.wait().await
+                        }
+                    }
+                }
+            };
+            let status = status.unwrap_or_else(|e| {
+                tracing::error!("cannot wait for guest {id}: {e}");
+                std::process::ExitStatus::from_raw(libc::SIGKILL)
+            });
+            let _ = me.send(Command::GuestExited(id, status));
+        });
+        // Show each device in use once the VMM holds it (or give up after a bound).
+        for (device, node) in holds {
+            let proc_root = self.config.proc_root.clone();
+            let me = self.me.clone();
+            tokio::spawn(async move {
+                if let Some(node) = node {
+                    let deadline = Instant::now() + HOLD_WAIT;
+                    while Instant::now() < deadline {
+                        let node = node.clone();
+                        let root = proc_root.clone();
+                        let held = tokio::task::spawn_blocking(move || holders_of(&root, &node))
+                            .await
+                            .unwrap_or_default();
+                        if held.iter().any(|h| h.pid == pid) {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                let _ = me.send(Command::CheckHolders(vec![device]));
+            });
+        }
+        let gv = GuestView {
+            id,
+            state: GuestState::Running,
+            pid,
+            devices: devices.to_vec(),
+            serial_log,
+            exit_status: -1,
+            emulated,
+            owner_uid: if caller.is_internal() {
+                None
+            } else {
+                caller.uid
+            },
         };
+        self.guests.insert(
+            id,
+            Guest {
+                view: gv.clone(),
+                stop: Some(stop_tx),
+                waiters: Vec::new(),
+            },
+        );
+        self.publish(Change::Guest(gv.clone()));
+        Ok(gv)
+    }
+
+    /// Checks that `uuid` may go to a new guest (started, allowed, not being removed, not in
+    /// another guest); how the VMM gets it, and the node that shows it held.
+    fn attachable(
+        &mut self,
+        caller: &Caller,
+        cfg: &guests::GuestConfig,
+        uuid: &MdevUuid,
+    ) -> Result<(guests::AttachSpec, Option<std::path::PathBuf>)> {
         if !self.live.contains_key(uuid) {
             self.refresh_device(uuid);
         }
@@ -82,87 +184,11 @@ impl Manager {
             )));
         }
         let spec = cfg.source.attach_arg(&view)?;
-        let id = self.next_guest;
-        self.next_guest += 1;
-        let (mut child, serial_log) = guests::spawn(&cfg, id, &opts, &spec)?;
-        let pid = child.id().unwrap_or(0);
-        tracing::info!(caller = %caller.origin, uid = ?caller.uid, %uuid, id, pid, emulated = spec.emulated, "guest started");
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let me = self.me.clone();
-        tokio::spawn(async move {
-            let status = tokio::select! {
-                s = child.wait() => s,
-                _ = stop_rx => {
-                    if let Some(pid) = child.id() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGTERM,
-                        );
-                    }
-                    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                        Ok(s) => s,
-                        Err(_) => {
-                            let _ = child.start_kill();
-                            child.wait().await
-                        }
-                    }
-                }
-            };
-            let status = status.unwrap_or_else(|e| {
-                tracing::error!("cannot wait for guest {id}: {e}");
-                std::process::ExitStatus::from_raw(libc::SIGKILL)
-            });
-            let _ = me.send(Command::GuestExited(id, status));
-        });
-        // Show the device in use once the VMM holds it (or give up after a bound).
         let node = spec.hold.clone().or_else(|| {
             live.iommu_group
                 .map(|g| group_node(&self.config.dev_root, g))
         });
-        let proc_root = self.config.proc_root.clone();
-        let me = self.me.clone();
-        let device = *uuid;
-        tokio::spawn(async move {
-            if let Some(node) = node {
-                let deadline = Instant::now() + HOLD_WAIT;
-                while Instant::now() < deadline {
-                    let node = node.clone();
-                    let root = proc_root.clone();
-                    let held = tokio::task::spawn_blocking(move || holders_of(&root, &node))
-                        .await
-                        .unwrap_or_default();
-                    if held.iter().any(|h| h.pid == pid) {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            let _ = me.send(Command::CheckHolders(vec![device]));
-        });
-        let gv = GuestView {
-            id,
-            state: GuestState::Running,
-            pid,
-            devices: vec![*uuid],
-            serial_log,
-            exit_status: -1,
-            emulated: spec.emulated,
-            owner_uid: if caller.is_internal() {
-                None
-            } else {
-                caller.uid
-            },
-        };
-        self.guests.insert(
-            id,
-            Guest {
-                view: gv.clone(),
-                stop: Some(stop_tx),
-                waiters: Vec::new(),
-            },
-        );
-        self.publish(Change::Guest(gv.clone()));
-        Ok(gv)
+        Ok((spec, node))
     }
 
     pub(super) fn stop_guest(&mut self, caller: &Caller, id: u64, reply: Reply<GuestView>) {

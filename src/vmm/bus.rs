@@ -1,15 +1,25 @@
 //! Routing of the guest's port I/O and MMIO exits: the UART, the debug exit port, PCI
-//! configuration mechanism #1 and the passthrough device's BARs wherever the guest put them.
+//! configuration mechanism #1 and the passthrough devices' BARs wherever the guest put them.
 
 use super::device::PassthroughDevice;
+use super::kvm::{BarSlots, IrqRouter, MSI_GSI_BASE};
 use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
 use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::uart::{Uart, COM1_BASE};
 
 /// `outb` of a code here ends the guest; the VMM exits with that code.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
-/// The PCI slot (bus 0) of the passthrough device.
+/// The PCI slot (bus 0) of the first passthrough device; device `i` sits in slot `1 + i`.
 pub const DEVICE_SLOT: u8 = 1;
+/// How many passthrough devices a guest can have (one INTx line each, see `INTX_GSIS`).
+pub const MAX_DEVICES: usize = 4;
+/// The 8259/IOAPIC line of device `i`'s INTx; firmware writes it into the interrupt line.
+pub const INTX_GSIS: [u32; MAX_DEVICES] = [10, 11, 9, 5];
+
+/// The slot of device `index`.
+pub fn device_slot(index: usize) -> u8 {
+    DEVICE_SLOT + index as u8
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -20,18 +30,45 @@ pub enum Action {
 pub struct IoBus {
     pub uart: Uart,
     bridge: ConfigSpace,
-    pub device: Option<Box<dyn PassthroughDevice>>,
+    pub devices: Vec<Box<dyn PassthroughDevice>>,
     config_address: u32,
+    router: Option<IrqRouter>,
+    slots: Option<BarSlots>,
 }
 
 impl IoBus {
-    pub fn new(uart: Uart, device: Option<Box<dyn PassthroughDevice>>) -> Self {
+    pub fn new(uart: Uart, devices: Vec<Box<dyn PassthroughDevice>>) -> Self {
         Self {
             uart,
             bridge: host_bridge(),
-            device,
+            devices,
             config_address: 0,
+            router: None,
+            slots: None,
         }
+    }
+
+    /// Lets the devices' host-memory BARs become KVM memory slots that follow the guest's
+    /// BAR programming and command register.
+    pub fn with_slots(mut self, slots: BarSlots) -> Self {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// The device in `slot` of bus 0, with its index.
+    fn device_at(&mut self, bus: u8, slot: u8) -> Option<(usize, &mut Box<dyn PassthroughDevice>)> {
+        let index = usize::from(slot.checked_sub(DEVICE_SLOT)?);
+        if bus != 0 {
+            return None;
+        }
+        self.devices.get_mut(index).map(|d| (index, d))
+    }
+
+    /// Lets the guest's MSI programming reach KVM's GSI routing (device `i`'s MSI eventfd is
+    /// bound to `MSI_GSI_BASE + i` with KVM_IRQFD).
+    pub fn with_router(mut self, router: IrqRouter) -> Self {
+        self.router = Some(router);
+        self
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
@@ -39,13 +76,15 @@ impl IoBus {
             return all_ones(size);
         };
         let reg = u16::from(addr.register) + (offset & 3);
-        match (addr.bus, addr.device, addr.function) {
-            (0, 0, 0) => self.bridge.read(reg, size),
-            (0, DEVICE_SLOT, 0) => match self.device.as_mut() {
-                Some(d) => d.config_read(reg, size),
-                None => all_ones(size),
-            },
-            _ => all_ones(size),
+        if (addr.bus, addr.device, addr.function) == (0, 0, 0) {
+            return self.bridge.read(reg, size);
+        }
+        if addr.function != 0 {
+            return all_ones(size);
+        }
+        match self.device_at(addr.bus, addr.device) {
+            Some((_, d)) => d.config_read(reg, size),
+            None => all_ones(size),
         }
     }
 
@@ -54,24 +93,60 @@ impl IoBus {
             return;
         };
         let reg = u16::from(addr.register) + (offset & 3);
-        match (addr.bus, addr.device, addr.function) {
-            (0, 0, 0) => self.bridge.write(reg, size, value),
-            (0, DEVICE_SLOT, 0) => {
-                if let Some(d) = self.device.as_mut() {
-                    d.config_write(reg, size, value);
+        if (addr.bus, addr.device, addr.function) == (0, 0, 0) {
+            self.bridge.write(reg, size, value);
+            return;
+        }
+        if addr.function != 0 {
+            return;
+        }
+        let Some((index, d)) = self.device_at(addr.bus, addr.device) else {
+            return;
+        };
+        d.config_write(reg, size, value);
+        self.sync_device(index);
+    }
+
+    /// Brings KVM in line with device `index` after a guest write that may have changed it:
+    /// its MSI/MSI-X route and the memory slots of its host-memory BARs.
+    fn sync_device(&mut self, index: usize) {
+        let Some(d) = self.devices.get(index) else {
+            return;
+        };
+        let message = d.msi_message();
+        let (ram, decoding) = (d.ram_bars(), d.bar_regions());
+        if let Some(router) = self.router.as_mut() {
+            if let Err(e) = router.set_msi(MSI_GSI_BASE + index as u32, message) {
+                tracing::warn!("MSI route cannot be updated: {e}");
+            }
+        }
+        if let Some(slots) = self.slots.as_mut() {
+            for bar in ram {
+                let base = decoding
+                    .iter()
+                    .find(|r| r.index == bar.index && !r.io)
+                    .map(|r| r.base);
+                if let Err(e) = slots.place(BarSlots::slot_id(index, bar.index), &bar, base) {
+                    tracing::warn!("BAR {} cannot be mapped as memory: {e}", bar.index);
                 }
             }
-            _ => {}
         }
     }
 
-    fn find_bar(&self, addr: u64, io: bool) -> Option<(usize, u64)> {
-        let device = self.device.as_ref()?;
-        device
-            .bar_regions()
-            .into_iter()
-            .find(|r| r.io == io && addr >= r.base && addr - r.base < r.size)
-            .map(|r| (r.index, addr - r.base))
+    /// The device (with its index), BAR and offset that decode `addr` (the first device
+    /// wins an overlap).
+    fn find_bar(
+        &mut self,
+        addr: u64,
+        io: bool,
+    ) -> Option<(usize, &mut Box<dyn PassthroughDevice>, usize, u64)> {
+        self.devices.iter_mut().enumerate().find_map(|(i, device)| {
+            let hit = device
+                .bar_regions()
+                .into_iter()
+                .find(|r| r.io == io && addr >= r.base && addr - r.base < r.size)?;
+            Some((i, device, hit.index, addr - hit.base))
+        })
     }
 
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
@@ -81,10 +156,8 @@ impl IoBus {
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address,
             CONFIG_DATA_PORT..=0xcff => self.config_read(port - CONFIG_DATA_PORT, size),
             _ => match self.find_bar(u64::from(port), true) {
-                Some((bar, offset)) => {
-                    if let Some(d) = self.device.as_mut() {
-                        d.bar_read(bar, offset, data);
-                    }
+                Some((_, d, bar, offset)) => {
+                    d.bar_read(bar, offset, data);
                     return;
                 }
                 None => all_ones(size),
@@ -104,10 +177,9 @@ impl IoBus {
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address = value,
             CONFIG_DATA_PORT..=0xcff => self.config_write(port - CONFIG_DATA_PORT, size, value),
             _ => {
-                if let Some((bar, offset)) = self.find_bar(u64::from(port), true) {
-                    if let Some(d) = self.device.as_mut() {
-                        d.bar_write(bar, offset, data);
-                    }
+                if let Some((i, d, bar, offset)) = self.find_bar(u64::from(port), true) {
+                    d.bar_write(bar, offset, data);
+                    self.sync_device(i);
                 }
             }
         }
@@ -116,20 +188,16 @@ impl IoBus {
 
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         match self.find_bar(addr, false) {
-            Some((bar, offset)) => {
-                if let Some(d) = self.device.as_mut() {
-                    d.bar_read(bar, offset, data);
-                }
-            }
+            Some((_, d, bar, offset)) => d.bar_read(bar, offset, data),
             None => data.fill(0xff),
         }
     }
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        if let Some((bar, offset)) = self.find_bar(addr, false) {
-            if let Some(d) = self.device.as_mut() {
-                d.bar_write(bar, offset, data);
-            }
+        if let Some((i, d, bar, offset)) = self.find_bar(addr, false) {
+            d.bar_write(bar, offset, data);
+            // A BAR write can program an MSI-X table entry.
+            self.sync_device(i);
         }
     }
 }
@@ -156,7 +224,7 @@ mod tests {
         )
         .unwrap();
         let dev = EmulatedDevice::new(&desc).unwrap();
-        IoBus::new(Uart::new(Box::new(std::io::sink())), Some(Box::new(dev)))
+        IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)])
     }
 
     fn cfg_read(b: &mut IoBus, dev: u8, reg: u8) -> u32 {
@@ -216,6 +284,33 @@ mod tests {
         b.pio_write(0xd000, &0x1234_5678u32.to_le_bytes());
         b.pio_read(0xd000, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x1234_5678);
+    }
+
+    #[test]
+    fn each_device_has_its_slot_and_its_bars() {
+        let desc = parse_description(
+            "two",
+            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":16,"io":true}]}"#,
+        )
+        .unwrap();
+        let devices: Vec<Box<dyn PassthroughDevice>> = vec![
+            Box::new(EmulatedDevice::new(&desc).unwrap()),
+            Box::new(EmulatedDevice::new(&desc).unwrap()),
+        ];
+        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), devices);
+        assert_eq!(cfg_read(&mut b, device_slot(0), 0), 0x0002_0001);
+        assert_eq!(cfg_read(&mut b, device_slot(1), 0), 0x0002_0001);
+        assert_eq!(cfg_read(&mut b, device_slot(2), 0), 0xffff_ffff);
+        for (i, port) in [(0, 0xd000u32), (1, 0xd010)] {
+            cfg_write(&mut b, device_slot(i), 0x10, port);
+            cfg_write(&mut b, device_slot(i), 0x04, 1);
+            b.pio_write(port as u16, &(0x100 + port).to_le_bytes());
+        }
+        let mut d = [0u8; 4];
+        b.pio_read(0xd010, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x100 + 0xd010);
+        b.pio_read(0xd000, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0x100 + 0xd000);
     }
 
     #[test]

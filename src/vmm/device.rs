@@ -3,9 +3,11 @@
 
 use std::io;
 
+use vm_memory::mmap::MmapRegion;
+use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pci::{BarRegion, Bars, ConfigSpace, PciIds};
+use super::pci::{BarRegion, Bars, ConfigSpace, MsiMessage, PciIds};
 use crate::sim::profile::GuestPci;
 
 /// Register offsets inside BAR0 of the emulated device.
@@ -14,6 +16,21 @@ pub const REG_SCRATCH: u64 = 0;
 pub const REG_RAISE_IRQ: u64 = 4;
 /// Read-only: how many interrupts the device has raised.
 pub const REG_IRQ_COUNT: u64 = 8;
+/// Read-only: the dword at `RAM_PEEK_OFFSET` of the RAM-backed BAR, read by the host.
+pub const REG_RAM_PEEK: u64 = 12;
+/// Read-only: how many guest accesses to the RAM-backed BAR trapped to the VMM (0 while
+/// the BAR is a KVM memory slot).
+pub const REG_RAM_TRAPS: u64 = 16;
+pub const RAM_PEEK_OFFSET: u64 = 0x100;
+
+/// A BAR backed by host memory, which the VMM maps into the guest as a KVM memory slot
+/// wherever the guest puts the BAR (no exits on access).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RamBar {
+    pub index: usize,
+    pub host_addr: u64,
+    pub size: u64,
+}
 
 /// A PCI function attached to a guest: an emulated one or a VFIO device.
 pub trait PassthroughDevice: Send {
@@ -27,6 +44,19 @@ pub trait PassthroughDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// The eventfd the device signals for INTx; the VMM binds it to a GSI with KVM_IRQFD.
     fn irq_eventfd(&self) -> Option<&EventFd>;
+    /// The eventfd the device signals for MSI; the VMM binds it to the device's MSI GSI and
+    /// routes that GSI to `msi_message` with KVM_SET_GSI_ROUTING.
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        None
+    }
+    /// The MSI message the guest programmed, while it has MSI enabled.
+    fn msi_message(&self) -> Option<MsiMessage> {
+        None
+    }
+    /// BARs the VMM maps as memory slots instead of trapping their accesses.
+    fn ram_bars(&self) -> Vec<RamBar> {
+        Vec::new()
+    }
     /// The BAR layout, for firmware-style initial placement.
     fn bars(&self) -> &Bars;
 }
@@ -44,6 +74,8 @@ pub enum DescriptionError {
     Bars(#[from] super::pci::BarError),
     #[error("device description has class code {0:#x}, more than 24 bits")]
     Class(u32),
+    #[error("host memory for BAR {0} cannot be mapped")]
+    RamBar(usize),
 }
 
 /// Parses a description in the format `vgpud-sim ctl DIR guest-pci UUID` prints.
@@ -67,13 +99,35 @@ pub fn load_description(path: &str) -> Result<GuestPci, DescriptionError> {
     parse_description(path, &text)
 }
 
-/// A PCI function built from a description, with one device register block in BAR0.
-/// Always reported as emulated: it proves the VMM's PCI and interrupt plumbing, not VFIO.
+/// A PCI function built from a description, with one device register block in BAR0, an MSI
+/// capability, and its last prefetchable memory BAR (a VRAM aperture on a GPU) backed by host
+/// memory. Always reported as emulated: it proves the VMM's PCI, interrupt and memory-slot
+/// plumbing, not VFIO.
 pub struct EmulatedDevice {
     config: ConfigSpace,
     scratch: u32,
     irq_count: u32,
+    msi_count: u32,
     irq: EventFd,
+    msi: EventFd,
+    ram: Option<(usize, MmapRegion)>,
+    ram_traps: u32,
+}
+
+/// The BAR an emulated device backs with memory: its last prefetchable memory BAR.
+pub fn ram_bar_index(bars: &Bars) -> Option<usize> {
+    (0..6).rev().find(|&i| {
+        matches!(
+            bars.slot(i),
+            super::pci::BarSlot::Mem32 {
+                prefetchable: true,
+                ..
+            } | super::pci::BarSlot::Mem64Low {
+                prefetchable: true,
+                ..
+            }
+        )
+    })
 }
 
 impl EmulatedDevice {
@@ -87,26 +141,88 @@ impl EmulatedDevice {
             class_code: desc.class_code,
             revision: 0xa1,
         };
-        let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| DescriptionError::Read {
-            path: "eventfd".to_owned(),
-            source,
-        })?;
+        let eventfd = || {
+            EventFd::new(EFD_NONBLOCK).map_err(|source| DescriptionError::Read {
+                path: "eventfd".to_owned(),
+                source,
+            })
+        };
+        let ram = match ram_bar_index(&bars) {
+            Some(index) => {
+                let size = bars.region(index).map(|r| r.size).unwrap_or(0);
+                // Anonymous and MAP_NORESERVE: only the pages the guest touches cost memory.
+                let region = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| MmapRegion::new(size).ok())
+                    .ok_or(DescriptionError::RamBar(index))?;
+                Some((index, region))
+            }
+            None => None,
+        };
+        let mut config = ConfigSpace::new(ids, bars.clone(), 1).with_msi();
+        // MSI-X needs its table in BAR0: a memory BAR of at least a page.
+        if matches!(bars.region(0), Some(r) if !r.io && r.size >= 0x1000) {
+            config = config.with_msix();
+        }
         Ok(Self {
-            config: ConfigSpace::new(ids, bars, 1),
+            config,
             scratch: 0,
             irq_count: 0,
-            irq,
+            msi_count: 0,
+            irq: eventfd()?,
+            msi: eventfd()?,
+            ram,
+            ram_traps: 0,
         })
+    }
+
+    fn ram_peek(&self) -> u32 {
+        self.ram
+            .as_ref()
+            .and_then(|(_, r)| {
+                r.as_volatile_slice()
+                    .read_obj::<u32>(RAM_PEEK_OFFSET as usize)
+                    .ok()
+            })
+            .unwrap_or(0)
     }
 
     pub fn irq_count(&self) -> u32 {
         self.irq_count
     }
 
+    /// How many of the interrupts went out as MSI.
+    pub fn msi_count(&self) -> u32 {
+        self.msi_count
+    }
+
+    /// One interrupt: MSI-X vector 0 while MSI-X is enabled (left pending while masked), an
+    /// MSI while MSI is enabled, INTx otherwise.
+    fn raise(&mut self) {
+        self.irq_count = self.irq_count.wrapping_add(1);
+        let fd = if let Some(msix) = self.config.msix.as_mut().filter(|m| m.enabled()) {
+            if !msix.raise() {
+                return;
+            }
+            self.msi_count = self.msi_count.wrapping_add(1);
+            &self.msi
+        } else if self.config.msi.is_some_and(|m| m.enabled()) {
+            self.msi_count = self.msi_count.wrapping_add(1);
+            &self.msi
+        } else {
+            &self.irq
+        };
+        if let Err(e) = fd.write(1) {
+            tracing::warn!("emulated device cannot signal its interrupt: {e}");
+        }
+    }
+
     fn register_read(&self, offset: u64) -> u32 {
         match offset {
             REG_SCRATCH => self.scratch,
             REG_IRQ_COUNT => self.irq_count,
+            REG_RAM_PEEK => self.ram_peek(),
+            REG_RAM_TRAPS => self.ram_traps,
             _ => 0,
         }
     }
@@ -141,7 +257,24 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        let value = if bar == 0 {
+        if let Some((index, region)) = &self.ram {
+            if *index == bar {
+                // Only while the BAR is not a memory slot (never, once the VMM maps it).
+                self.ram_traps = self.ram_traps.wrapping_add(1);
+                if region
+                    .as_volatile_slice()
+                    .read_slice(data, offset as usize)
+                    .is_err()
+                {
+                    data.fill(0xff);
+                }
+                return;
+            }
+        }
+        let msix = self.config.msix.as_ref().filter(|_| bar == 0);
+        let value = if let Some(m) = msix.filter(|_| crate::vmm::msix::Msix::owns(offset)) {
+            m.bar_read(offset & !3) >> ((offset & 3) * 8)
+        } else if bar == 0 {
             self.register_read(offset & !3) >> ((offset & 3) * 8)
         } else {
             0
@@ -153,23 +286,56 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        if let Some((index, region)) = &self.ram {
+            if *index == bar {
+                self.ram_traps = self.ram_traps.wrapping_add(1);
+                let _ = region
+                    .as_volatile_slice()
+                    .write_slice(data, offset as usize);
+                return;
+            }
+        }
         if bar != 0 {
             return;
         }
+        if let Some(m) = self.config.msix.as_mut() {
+            if crate::vmm::msix::Msix::owns(offset) {
+                // Table entries are written a dword at a time (6.8.2).
+                m.bar_write(offset & !3, le_value(data));
+                return;
+            }
+        }
         match offset {
             REG_SCRATCH => self.scratch = le_value(data),
-            REG_RAISE_IRQ if le_value(data) & 1 == 1 => {
-                self.irq_count = self.irq_count.wrapping_add(1);
-                if let Err(e) = self.irq.write(1) {
-                    tracing::warn!("emulated device cannot signal its interrupt: {e}");
-                }
-            }
+            REG_RAISE_IRQ if le_value(data) & 1 == 1 => self.raise(),
             _ => {}
         }
     }
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
         Some(&self.irq)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        Some(&self.msi)
+    }
+
+    fn msi_message(&self) -> Option<MsiMessage> {
+        match self.config.msix.as_ref().filter(|m| m.enabled()) {
+            Some(msix) => msix.message(),
+            None => self.config.msi.and_then(|m| m.message()),
+        }
+    }
+
+    fn ram_bars(&self) -> Vec<RamBar> {
+        self.ram
+            .iter()
+            .map(|(index, region)| RamBar {
+                index: *index,
+                host_addr: region.as_ptr() as u64,
+                size: region.size() as u64,
+            })
+            .collect()
     }
 
     fn bars(&self) -> &Bars {
@@ -230,5 +396,69 @@ mod tests {
         assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
         dev.bar_read(0, REG_IRQ_COUNT, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 1);
+    }
+
+    #[test]
+    fn msix_vector_zero_is_programmed_through_bar0() {
+        use crate::vmm::msix::{MSIX_CAP_OFFSET, TABLE_OFFSET};
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        dev.bar_write(0, TABLE_OFFSET, &0xfee0_0000u32.to_le_bytes());
+        dev.bar_write(0, TABLE_OFFSET + 8, &0x41u32.to_le_bytes());
+        dev.bar_write(0, TABLE_OFFSET + 12, &0u32.to_le_bytes());
+        dev.config_write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
+        assert_eq!(
+            dev.msi_message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        let mut buf = [0u8; 4];
+        dev.bar_read(0, TABLE_OFFSET + 8, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 0x41);
+    }
+
+    #[test]
+    fn last_prefetchable_bar_is_host_memory() {
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let ram = dev.ram_bars();
+        assert_eq!(ram.len(), 1);
+        assert_eq!((ram[0].index, ram[0].size), (1, 256 << 20));
+        // Trapped accesses (before the VMM maps a slot) reach the same memory.
+        dev.bar_write(1, RAM_PEEK_OFFSET, &0x1234_abcdu32.to_le_bytes());
+        let mut buf = [0u8; 4];
+        dev.bar_read(0, REG_RAM_PEEK, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 0x1234_abcd);
+        dev.bar_read(0, REG_RAM_TRAPS, &mut buf);
+        assert_eq!(u32::from_le_bytes(buf), 1);
+    }
+
+    #[test]
+    fn enabled_msi_takes_the_interrupt_from_intx() {
+        use crate::vmm::pci::MSI_CAP_OFFSET;
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        dev.config_write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0000);
+        dev.config_write(MSI_CAP_OFFSET + 12, 2, 0x41);
+        dev.config_write(MSI_CAP_OFFSET + 2, 2, 1);
+        assert_eq!(
+            dev.msi_message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        assert!(dev.irq_eventfd().unwrap().read().is_err(), "no INTx");
+        assert_eq!((dev.irq_count(), dev.msi_count()), (1, 1));
+        dev.config_write(MSI_CAP_OFFSET + 2, 2, 0);
+        assert_eq!(dev.msi_message(), None);
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.irq_eventfd().unwrap().read().unwrap(), 1);
     }
 }

@@ -1,10 +1,12 @@
-//! The guest launcher behind `vgpud-vmm` (one process per guest): a KVM VM with a flat
-//! payload, a 16550 UART, a PCI host bridge and one passthrough device behind the
-//! `PassthroughDevice` seam (emulated here, VFIO where the host has it).
+//! The guest launcher behind `vgpud-vmm` (one process per guest): a KVM VM running a flat
+//! payload or a Linux kernel, a 16550 UART, a PCI host bridge and passthrough devices (one
+//! slot each) behind the `PassthroughDevice` seam (emulated here, VFIO where the host has it).
 
 pub mod bus;
 pub mod device;
 pub mod kvm;
+pub mod linux;
+pub mod msix;
 pub mod payload;
 pub mod pci;
 pub mod uart;
@@ -17,12 +19,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub use device::{EmulatedDevice, PassthroughDevice};
-pub use kvm::GuestExit;
+pub use kvm::{GuestExit, StopPoint};
 pub use vfio::VfioPassthrough;
 
-/// The GSI (8259 line) the passthrough device's INTx is wired to; firmware writes it into
-/// the interrupt line register.
-pub const DEVICE_GSI: u32 = 10;
 const IO_WINDOW: u64 = 0xc000;
 const MEM_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
 const MAX_MEMORY_MIB: u32 = 3 * 1024;
@@ -67,13 +66,13 @@ pub enum VmmError {
     Vfio(#[from] vfio::VfioError),
     #[error("device BARs do not fit the 32-bit PCI windows (IO {IO_WINDOW:#x}.., memory 0xc0000000..0xe0000000)")]
     BarsTooLarge,
-    #[error("booting a Linux kernel (--kernel) is not implemented in this build; use --payload")]
-    KernelNotImplemented,
+    #[error("Linux boot")]
+    Linux(#[from] linux::LinuxError),
     #[error("KVM_IRQFD for the device interrupt failed")]
     Irqfd(#[source] kvm_ioctls::Error),
 }
 
-/// The passthrough device of a guest.
+/// A passthrough device of a guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
@@ -103,6 +102,16 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
+impl DeviceSpec {
+    /// The `--device` argument that parses back to this.
+    pub fn arg(&self) -> String {
+        match self {
+            Self::Emulated(p) => format!("emulated:{}", p.display()),
+            Self::Vfio(p) => format!("vfio:{}", p.display()),
+        }
+    }
+}
+
 /// What to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
@@ -119,7 +128,8 @@ pub enum Boot {
 pub struct VmmConfig {
     pub memory_mib: u32,
     pub vcpus: u8,
-    pub device: Option<DeviceSpec>,
+    /// In PCI slot order (00:01.0, 00:02.0, ...).
+    pub devices: Vec<DeviceSpec>,
     pub boot: Boot,
     pub serial_log: Option<PathBuf>,
     pub console: bool,
@@ -139,6 +149,21 @@ impl VmmConfig {
                 self.vcpus
             )));
         }
+        if self.devices.len() > bus::MAX_DEVICES {
+            return Err(VmmError::InvalidArgument(format!(
+                "a guest takes at most {} devices, not {}",
+                bus::MAX_DEVICES,
+                self.devices.len()
+            )));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if self.devices[..i].contains(d) {
+                return Err(VmmError::InvalidArgument(format!(
+                    "device {} is given twice",
+                    d.arg()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -149,13 +174,9 @@ impl VmmConfig {
             .arg(self.memory_mib.to_string())
             .arg("--vcpus")
             .arg(self.vcpus.to_string());
-        match &self.device {
-            Some(DeviceSpec::Emulated(p)) => {
-                cmd.arg("--device").arg(format!("emulated:{}", p.display()))
-            }
-            Some(DeviceSpec::Vfio(p)) => cmd.arg("--device").arg(format!("vfio:{}", p.display())),
-            None => &mut cmd,
-        };
+        for d in &self.devices {
+            cmd.arg("--device").arg(d.arg());
+        }
         match &self.boot {
             Boot::Payload(p) => cmd.arg("--payload").arg(p),
             Boot::Kernel {
@@ -222,18 +243,43 @@ fn load_payload(name: &str) -> Result<payload::Payload, VmmError> {
     Ok(payload::from_file(name, image))
 }
 
-/// Places the device's BARs like firmware and wires its INTx line.
-fn firmware_setup(dev: &mut dyn PassthroughDevice) -> Result<(), VmmError> {
-    let placed = pci::assign_addresses(dev.bars(), IO_WINDOW, MEM_WINDOW.0, MEM_WINDOW.1)
-        .ok_or(VmmError::BarsTooLarge)?;
-    for (index, base) in placed {
-        let reg = 0x10 + 4 * index as u16;
-        dev.config_write(reg, 4, base as u32);
-        if matches!(dev.bars().slot(index), pci::BarSlot::Mem64Low { .. }) {
-            dev.config_write(reg + 4, 4, (base >> 32) as u32);
+enum Image {
+    Flat(payload::Payload),
+    Linux(linux::LinuxFiles),
+}
+
+/// Places every device's BARs like firmware, one device after the other in the 32-bit
+/// windows, and writes each device's INTx line (`bus::INTX_GSIS`).
+fn firmware_setup(devices: &mut [Box<dyn PassthroughDevice>]) -> Result<(), VmmError> {
+    let (mut io_next, mut mem_next) = (IO_WINDOW, MEM_WINDOW.0);
+    for (i, dev) in devices.iter_mut().enumerate() {
+        let placed = pci::assign_addresses(dev.bars(), io_next, mem_next, MEM_WINDOW.1)
+            .ok_or(VmmError::BarsTooLarge)?;
+        for (index, base) in placed {
+            let reg = 0x10 + 4 * index as u16;
+            dev.config_write(reg, 4, base as u32);
+            let slot = dev.bars().slot(index);
+            if matches!(slot, pci::BarSlot::Mem64Low { .. }) {
+                dev.config_write(reg + 4, 4, (base >> 32) as u32);
+            }
+            if let Some(r) = dev.bars().region(index) {
+                let end = base + r.size;
+                if r.io {
+                    io_next = io_next.max(end);
+                } else {
+                    mem_next = mem_next.max(end);
+                }
+            }
         }
+        let line = bus::INTX_GSIS
+            .get(i)
+            .copied()
+            .ok_or(VmmError::InvalidArgument(format!(
+                "a guest takes at most {} devices",
+                bus::MAX_DEVICES
+            )))?;
+        dev.config_write(0x3c, 1, line);
     }
-    dev.config_write(0x3c, 1, DEVICE_GSI);
     Ok(())
 }
 
@@ -245,9 +291,14 @@ pub fn launch(
     report: &mut dyn FnMut(&str),
 ) -> Result<GuestExit, VmmError> {
     config.validate()?;
-    let payload = match &config.boot {
-        Boot::Payload(name) => load_payload(name)?,
-        Boot::Kernel { .. } => return Err(VmmError::KernelNotImplemented),
+    // Files are opened before the VM exists, so a bad path fails at once.
+    let image = match &config.boot {
+        Boot::Payload(name) => Image::Flat(load_payload(name)?),
+        Boot::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => Image::Linux(linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline)?),
     };
     let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
     if let Some(path) = &config.serial_log {
@@ -261,37 +312,71 @@ pub fn launch(
         sinks.push(Box::new(std::io::stdout()));
     }
     let mut machine = kvm::Machine::new(config.memory_mib, config.vcpus)?;
-    let mut device: Option<Box<dyn PassthroughDevice>> = match &config.device {
-        None => None,
-        Some(DeviceSpec::Emulated(path)) => {
-            let desc = device::load_description(&path.to_string_lossy())?;
-            Some(Box::new(EmulatedDevice::new(&desc)?))
-        }
-        Some(DeviceSpec::Vfio(path)) => Some(Box::new(VfioPassthrough::open(
-            path,
-            &machine.vm,
-            &machine.mem,
-        )?)),
-    };
-    let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
-    match device.as_mut() {
-        Some(dev) => {
-            firmware_setup(dev.as_mut())?;
-            if let Some(fd) = dev.irq_eventfd() {
-                machine
-                    .vm
-                    .register_irqfd(fd, DEVICE_GSI)
-                    .map_err(VmmError::Irqfd)?;
+    let mut devices: Vec<Box<dyn PassthroughDevice>> = Vec::new();
+    for spec in &config.devices {
+        devices.push(match spec {
+            DeviceSpec::Emulated(path) => {
+                let desc = device::load_description(&path.to_string_lossy())?;
+                Box::new(EmulatedDevice::new(&desc)?)
             }
-            let line = format!("device: 00:{:02x}.0 {}", bus::DEVICE_SLOT, dev.describe());
-            report(&line);
-            uart.write_host_line(&format!("vgpud-vmm: {line}"));
-        }
-        None => report("device: none"),
+            DeviceSpec::Vfio(path) => {
+                Box::new(VfioPassthrough::open(path, &machine.vm, &machine.mem)?)
+            }
+        });
     }
-    machine.load(&payload)?;
-    let io = Arc::new(Mutex::new(bus::IoBus::new(uart, device)));
-    machine.run(io, stop)
+    let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
+    firmware_setup(&mut devices)?;
+    let mut msi = false;
+    for (i, dev) in devices.iter().enumerate() {
+        if let Some(fd) = dev.irq_eventfd() {
+            machine
+                .vm
+                .register_irqfd(fd, bus::INTX_GSIS[i])
+                .map_err(VmmError::Irqfd)?;
+        }
+        if let Some(fd) = dev.msi_eventfd() {
+            // Routed to the guest's MSI message once the guest programs and enables it.
+            machine
+                .vm
+                .register_irqfd(fd, kvm::MSI_GSI_BASE + i as u32)
+                .map_err(VmmError::Irqfd)?;
+            msi = true;
+        }
+        let line = format!(
+            "device: 00:{:02x}.0 {}",
+            bus::device_slot(i),
+            dev.describe()
+        );
+        report(&line);
+        uart.write_host_line(&format!("vgpud-vmm: {line}"));
+    }
+    if devices.is_empty() {
+        report("device: none");
+    }
+    match image {
+        Image::Flat(payload) => machine.load(&payload)?,
+        Image::Linux(files) => {
+            let entry = linux::load(&machine.mem, files)?;
+            machine.enter_linux(&entry)?;
+        }
+    }
+    let ram_bars = devices.iter().any(|d| !d.ram_bars().is_empty());
+    let mut io = bus::IoBus::new(uart, devices);
+    if ram_bars {
+        io = io.with_slots(kvm::BarSlots::new(machine.vm.clone()));
+    }
+    if msi {
+        io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
+    }
+    let io = Arc::new(Mutex::new(io));
+    let exit = machine.run(io, stop)?;
+    if let Some(at) = machine.stop_point() {
+        report(&format!(
+            "stopped: vcpu0 rip={:#x} cr3={:#x}",
+            at.rip, at.cr3
+        ));
+    }
+    Ok(exit)
 }
 
 #[cfg(test)]
@@ -319,7 +404,7 @@ mod tests {
         VmmConfig {
             memory_mib: 64,
             vcpus: 1,
-            device: Some(DeviceSpec::Emulated("/tmp/d.json".into())),
+            devices: vec![DeviceSpec::Emulated("/tmp/d.json".into())],
             boot: Boot::Payload("pci-probe".into()),
             serial_log: Some("/tmp/s.log".into()),
             console: true,
@@ -377,10 +462,51 @@ mod tests {
             {"index":1,"size":268435456,"prefetchable":true,"is64":true}]}"#,
         )
         .unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
-        firmware_setup(&mut dev).unwrap();
-        assert_eq!(dev.config_read(0x10, 4), 0xd000_0000);
-        assert_eq!(dev.config_read(0x14, 4), 0xc000_000c);
-        assert_eq!(dev.config_read(0x3c, 1), DEVICE_GSI);
+        let mut devs: Vec<Box<dyn PassthroughDevice>> =
+            vec![Box::new(EmulatedDevice::new(&desc).unwrap())];
+        firmware_setup(&mut devs).unwrap();
+        assert_eq!(devs[0].config_read(0x10, 4), 0xd000_0000);
+        assert_eq!(devs[0].config_read(0x14, 4), 0xc000_000c);
+        assert_eq!(devs[0].config_read(0x3c, 1), bus::INTX_GSIS[0]);
+    }
+
+    #[test]
+    fn firmware_places_two_devices_apart_with_their_own_lines() {
+        let t4 = device::parse_description(
+            "t4",
+            r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216}]}"#,
+        )
+        .unwrap();
+        let mtty = device::parse_description(
+            "mtty",
+            r#"{"vendor":17224,"device":12883,"class_code":458754,"bars":[{"index":0,"size":8,"io":true}]}"#,
+        )
+        .unwrap();
+        let mut devs: Vec<Box<dyn PassthroughDevice>> = vec![
+            Box::new(EmulatedDevice::new(&t4).unwrap()),
+            Box::new(EmulatedDevice::new(&t4).unwrap()),
+            Box::new(EmulatedDevice::new(&mtty).unwrap()),
+        ];
+        firmware_setup(&mut devs).unwrap();
+        assert_eq!(devs[0].config_read(0x10, 4), 0xc000_0000);
+        assert_eq!(devs[1].config_read(0x10, 4), 0xc100_0000);
+        assert_eq!(devs[2].config_read(0x10, 4), 0xc001);
+        let lines: Vec<u32> = devs.iter_mut().map(|d| d.config_read(0x3c, 1)).collect();
+        assert_eq!(lines, bus::INTX_GSIS[..3]);
+    }
+
+    #[test]
+    fn too_many_or_repeated_devices_are_refused() {
+        let mut c = config();
+        c.devices = (0..5)
+            .map(|i| DeviceSpec::Emulated(format!("/tmp/{i}.json").into()))
+            .collect();
+        assert!(c.validate().is_err());
+        c.devices = vec![
+            DeviceSpec::Emulated("/tmp/a.json".into()),
+            DeviceSpec::Emulated("/tmp/a.json".into()),
+        ];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("given twice"), "{e}");
     }
 }

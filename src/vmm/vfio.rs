@@ -3,23 +3,64 @@
 //! forwarded to the device regions, guest RAM mapped for DMA, INTx through an eventfd that
 //! KVM injects. Needs /dev/vfio, which no machine here has: only the pure helpers are tested.
 
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps, VfioRegionInfoCap};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::device::PassthroughDevice;
-use super::pci::{BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
+use super::device::{PassthroughDevice, RamBar};
+use super::pci::{
+    find_capability, unlink_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI,
+    COMMAND_IO, COMMAND_MEMORY,
+};
 use crate::sim::profile::GuestBar;
 
 /// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
 pub const CONFIG_REGION: u32 = 7;
 pub const INTX_IRQ: u32 = 0;
 const REGION_FLAG_IO_HINT: u32 = 1 << 31; // not a kernel flag: marks IO BARs in `bar_layout`
+/// VFIO_REGION_INFO_FLAG_MMAP (linux/vfio.h): the region can be mmapped from the device fd.
+pub const REGION_FLAG_MMAP: u32 = 1 << 2;
+const PAGE_SIZE: u64 = 4096;
+
+/// Whether a BAR's region becomes a KVM memory slot (mmapped from the device fd) or traps.
+/// Only a region that is mmappable as a whole (no sparse-mmap capability, or one sparse area
+/// covering it) and page-sized is mapped; a region with holes (an MSI-X table inside, say)
+/// stays trapped so the VMM sees every access.
+pub fn maps_whole(flags: u32, size: u64, caps: &[VfioRegionInfoCap]) -> bool {
+    if flags & REGION_FLAG_MMAP == 0 || size == 0 || size % PAGE_SIZE != 0 {
+        return false;
+    }
+    caps.iter().all(|cap| match cap {
+        VfioRegionInfoCap::SparseMmap(sparse) => {
+            sparse.areas.len() == 1 && sparse.areas[0].offset == 0 && sparse.areas[0].size >= size
+        }
+        _ => true,
+    })
+}
+
+/// A BAR region mmapped from the device fd; unmapped on drop.
+struct MappedBar {
+    index: usize,
+    addr: *mut libc::c_void,
+    size: u64,
+}
+
+// SAFETY: the mapping is plain shared memory of the device; the pointer is only handed to
+// KVM (which accesses it on the guest's behalf) and unmapped on drop.
+unsafe impl Send for MappedBar {}
+
+impl Drop for MappedBar {
+    fn drop(&mut self) {
+        // SAFETY: `addr`/`size` are exactly what mmap returned; nothing uses it after drop.
+        unsafe { libc::munmap(self.addr, self.size as usize) };
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
@@ -88,6 +129,63 @@ pub fn is_virtualized(offset: u16) -> bool {
         || (0x3c..0x3d).contains(&offset)
 }
 
+/// The device's MSI capability as the guest sees it: where it is, and the guest's values.
+/// The kernel's vfio-pci programs the real one on VFIO_DEVICE_SET_IRQS; the guest's address
+/// and data only say where KVM must route the eventfd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualMsi {
+    pub offset: u16,
+    pub cap: MsiCap,
+}
+
+impl VirtualMsi {
+    /// From the capability header dword read at `offset` of the device's config space.
+    pub fn from_header(offset: u16, header: u32) -> Self {
+        Self {
+            offset,
+            cap: MsiCap::from_control((header >> 8) as u8, (header >> 16) as u16),
+        }
+    }
+
+    /// The offset inside the capability, for a config access at `offset` it owns.
+    pub fn inside(&self, offset: u16) -> Option<u16> {
+        let rel = offset.checked_sub(self.offset)?;
+        (rel < self.cap.window()).then_some(rel)
+    }
+}
+
+/// Applies an unlink (`pci::unlink_capability`) to the virtual MSI capability when the
+/// pointer to patch is MSI's own next byte (served from the virtual copy); returns the patch
+/// still to apply to reads of the device's config space.
+pub fn hide_through_msi(
+    msi: &mut Option<VirtualMsi>,
+    unlink: Option<(u16, u8)>,
+) -> Option<(u16, u8)> {
+    match (unlink, msi.as_mut()) {
+        (Some((pointer, next)), Some(m)) if pointer == m.offset + 1 => {
+            m.cap.next = next;
+            None
+        }
+        (unlink, _) => unlink,
+    }
+}
+
+/// What a guest's write to the MSI enable bit asks of VFIO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsiChange {
+    Enable,
+    Disable,
+    None,
+}
+
+pub fn msi_change(before: bool, after: bool) -> MsiChange {
+    match (before, after) {
+        (false, true) => MsiChange::Enable,
+        (true, false) => MsiChange::Disable,
+        _ => MsiChange::None,
+    }
+}
+
 /// VFIO passthrough of an mdev or a PCI function.
 pub struct VfioPassthrough {
     device: VfioDevice,
@@ -98,6 +196,11 @@ pub struct VfioPassthrough {
     command: u16,
     interrupt_line: u8,
     irq: EventFd,
+    msi: Option<VirtualMsi>,
+    msi_irq: EventFd,
+    mapped: Vec<MappedBar>,
+    /// The config byte that points at the MSI-X capability, and the value that skips it.
+    hide_msix: Option<(u16, u8)>,
 }
 
 impl VfioPassthrough {
@@ -144,6 +247,57 @@ impl VfioPassthrough {
         device
             .enable_irq(INTX_IRQ, vec![&irq])
             .map_err(|e| VfioError::Setup("INTx", e))?;
+        let config_dword = |offset: u16| {
+            let mut buf = [0u8; 4];
+            device.region_read(CONFIG_REGION, &mut buf, u64::from(offset));
+            u32::from_le_bytes(buf)
+        };
+        let mut msi = find_capability(config_dword, CAP_ID_MSI)
+            .map(|at| VirtualMsi::from_header(at, config_dword(at)));
+        // MSI-X is not virtualized for VFIO devices: hide it, so the guest's driver uses MSI
+        // (or INTx) instead of enabling vectors nobody routes.
+        let hide_msix = hide_through_msi(
+            &mut msi,
+            unlink_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX),
+        );
+        let msi_irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
+        let mut mapped = Vec::new();
+        for r in bars.regions().filter(|r| !r.io) {
+            let index = r.index as u32;
+            let size = device.get_region_size(index);
+            if !maps_whole(
+                device.get_region_flags(index),
+                size,
+                &device.get_region_caps(index),
+            ) {
+                continue;
+            }
+            // SAFETY: a new shared mapping of the device fd at the region's offset, as VFIO
+            // documents for regions with VFIO_REGION_INFO_FLAG_MMAP; checked below.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    device.as_raw_fd(),
+                    device.get_region_offset(index) as libc::off_t,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                tracing::warn!(
+                    "BAR {index} of {} cannot be mmapped; its accesses trap: {}",
+                    path.display(),
+                    std::io::Error::last_os_error()
+                );
+                continue;
+            }
+            mapped.push(MappedBar {
+                index: r.index,
+                addr,
+                size,
+            });
+        }
         Ok(Self {
             device,
             _container: container,
@@ -153,6 +307,10 @@ impl VfioPassthrough {
             command: 0,
             interrupt_line: 0,
             irq,
+            msi,
+            msi_irq,
+            mapped,
+            hide_msix,
         })
     }
 }
@@ -164,6 +322,10 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
         let dword = offset & !3;
+        if let Some(rel) = self.msi.and_then(|m| m.inside(dword)) {
+            let cap = self.msi.map(|m| m.cap).unwrap_or_default();
+            return super::pci::extract(cap.dword(usize::from(rel / 4)), offset, size);
+        }
         let value = match dword {
             0x10..=0x24 => self.virtual_bars.read(usize::from((dword - 0x10) / 4)),
             0x30 => 0, // no expansion ROM exposed
@@ -176,7 +338,13 @@ impl PassthroughDevice for VfioPassthrough {
                 let mut buf = [0u8; 4];
                 self.device
                     .region_read(CONFIG_REGION, &mut buf, u64::from(dword));
-                u32::from_le_bytes(buf)
+                let value = u32::from_le_bytes(buf);
+                match self.hide_msix {
+                    Some((pointer, next)) if pointer & !3 == dword => {
+                        super::pci::merge(value, pointer, 1, u32::from(next))
+                    }
+                    _ => value,
+                }
             }
         };
         super::pci::extract(value, offset, size)
@@ -184,6 +352,24 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
         let dword = offset & !3;
+        if let Some(msi) = self.msi.as_mut() {
+            if let Some(rel) = msi.inside(dword) {
+                let before = msi.cap.enabled();
+                msi.cap.write(rel | (offset & 3), size, value);
+                let result = match msi_change(before, msi.cap.enabled()) {
+                    MsiChange::Enable => self.device.enable_msi(vec![&self.msi_irq]),
+                    MsiChange::Disable => self.device.disable_msi(),
+                    MsiChange::None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(
+                        "VFIO MSI of {} cannot be switched: {e}",
+                        self.path.display()
+                    );
+                }
+                return;
+            }
+        }
         match dword {
             0x10..=0x24 => {
                 let i = usize::from((dword - 0x10) / 4);
@@ -223,6 +409,25 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
         Some(&self.irq)
+    }
+
+    fn msi_eventfd(&self) -> Option<&EventFd> {
+        self.msi.is_some().then_some(&self.msi_irq)
+    }
+
+    fn msi_message(&self) -> Option<MsiMessage> {
+        self.msi.and_then(|m| m.cap.message())
+    }
+
+    fn ram_bars(&self) -> Vec<RamBar> {
+        self.mapped
+            .iter()
+            .map(|m| RamBar {
+                index: m.index,
+                host_addr: m.addr as u64,
+                size: m.size,
+            })
+            .collect()
     }
 
     fn bars(&self) -> &Bars {
@@ -269,6 +474,74 @@ mod tests {
     fn odd_region_sizes_round_up_to_power_of_two() {
         let bars = bar_layout(&[(0x3000, 0)], &[0, 0, 0, 0, 0, 0]);
         assert_eq!(bars[0].size, 0x4000);
+    }
+
+    #[test]
+    fn virtual_msi_owns_only_its_window() {
+        // A 64-bit capability at 0x68 whose next capability is at 0x78.
+        let m = VirtualMsi::from_header(0x68, 0x0080_7805);
+        assert_eq!(m.inside(0x68), Some(0));
+        assert_eq!(m.inside(0x74), Some(0x0c));
+        assert_eq!(m.inside(0x78), None);
+        assert_eq!(m.inside(0x64), None);
+        assert_eq!(m.cap.dword(0), 0x0080_7805);
+        // 32-bit layout: data at +8, the window ends at +0xc.
+        let m = VirtualMsi::from_header(0x50, 0x0000_0005);
+        assert_eq!(m.inside(0x5c), None);
+    }
+
+    #[test]
+    fn only_whole_page_sized_mmappable_regions_become_slots() {
+        use vfio_ioctls::{VfioRegionInfoCapSparseMmap, VfioRegionSparseMmapArea};
+        let sparse = |areas: &[(u64, u64)]| {
+            VfioRegionInfoCap::SparseMmap(VfioRegionInfoCapSparseMmap {
+                areas: areas
+                    .iter()
+                    .map(|&(offset, size)| VfioRegionSparseMmapArea { offset, size })
+                    .collect(),
+            })
+        };
+        let mb = 1 << 20;
+        assert!(maps_whole(REGION_FLAG_MMAP | 3, 16 * mb, &[]));
+        assert!(!maps_whole(3, 16 * mb, &[]), "not mmappable: trapped");
+        assert!(!maps_whole(REGION_FLAG_MMAP, 0x800, &[]), "not page-sized");
+        assert!(maps_whole(
+            REGION_FLAG_MMAP,
+            16 * mb,
+            &[sparse(&[(0, 16 * mb)])]
+        ));
+        // An MSI-X table carved out of the BAR: two areas, trapped.
+        assert!(!maps_whole(
+            REGION_FLAG_MMAP,
+            16 * mb,
+            &[sparse(&[(0, 0x1000), (0x2000, 16 * mb - 0x2000)])]
+        ));
+    }
+
+    #[test]
+    fn msix_after_msi_is_skipped_by_the_virtual_msi_next_pointer() {
+        // MSI at 0x50 points to MSI-X at 0x70, which points to 0x80.
+        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_7005));
+        assert_eq!(hide_through_msi(&mut msi, Some((0x51, 0x80))), None);
+        assert_eq!((msi.unwrap().cap.dword(0) >> 8) & 0xff, 0x80);
+        // Elsewhere in the list the patch is left for config reads.
+        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_0005));
+        assert_eq!(
+            hide_through_msi(&mut msi, Some((0x61, 0x00))),
+            Some((0x61, 0x00))
+        );
+        assert_eq!(
+            hide_through_msi(&mut None, Some((0x34, 0x40))),
+            Some((0x34, 0x40))
+        );
+    }
+
+    #[test]
+    fn msi_enable_bit_transitions() {
+        assert_eq!(msi_change(false, true), MsiChange::Enable);
+        assert_eq!(msi_change(true, false), MsiChange::Disable);
+        assert_eq!(msi_change(true, true), MsiChange::None);
+        assert_eq!(msi_change(false, false), MsiChange::None);
     }
 
     #[test]

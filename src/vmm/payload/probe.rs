@@ -1,16 +1,16 @@
-//! Built-in guest payloads, assembled from source here with iced-x86 (no system assembler).
-//! Flat 32-bit protected-mode images: loaded at `LOAD_ADDR`, entered at `entry` with flat
-//! segments (the VMM's GDT), paging off, interrupts off, ESP set by the payload itself.
+//! pci-probe: scans bus 0, lists every function and its BARs, then exercises the first
+//! non-bridge function: BAR relocation, a register round trip, INTx, MSI, MSI-X and a
+//! host-memory BAR (those steps live in `steps`). Strings sit at DATA_OFFSET after the code.
+
+mod steps;
 
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
-use super::bus::DEBUG_EXIT_PORT;
-use super::device::{REG_RAISE_IRQ, REG_SCRATCH};
+use super::{exit, PayloadError, DATA_OFFSET, ENTRY_OFFSET, LOAD_ADDR, UART};
+use crate::vmm::device::{REG_RAISE_IRQ, REG_SCRATCH};
+use steps::{msi, msix, raise_and_wait, ram_bar};
 
-pub const LOAD_ADDR: u64 = 0x1_0000;
-const ENTRY_OFFSET: u64 = 0x40;
-const DATA_OFFSET: u64 = 0x8000;
 const STACK_TOP: u32 = 0xf000;
 const IDT_BASE: u32 = 0x800;
 const VAR_COUNT: u64 = 0x600;
@@ -20,73 +20,27 @@ const VAR_MASK: u64 = 0x60c;
 const VAR_BASE: u64 = 0x610;
 const VAR_IDTR: u64 = 0x620;
 const VAR_RET: u64 = 0x614;
-const UART: u32 = 0x3f8;
+const VAR_CAP: u64 = 0x618;
+const VAR_TABLE: u64 = 0x61c;
+const VAR_RAM_INDEX: u64 = 0x630;
+const VAR_RAM_REG: u64 = 0x634;
+const VAR_RAM_BASE: u64 = 0x638;
+/// Where pci-probe moves the host-memory BAR (aligned for BARs up to 32 MiB).
+pub const RELOCATED_RAM: u32 = 0xe200_0000;
+const RELOCATABLE_RAM_MAX: u32 = 0x200_0000;
+pub const RAM_PATTERN: u32 = 0x1234_abcd;
+/// The vector pci-probe programs into the device's MSI data register.
+pub const MSI_VECTOR: u32 = 0x40;
+/// The vector pci-probe programs into MSI-X table entry 0.
+pub const MSIX_VECTOR: u32 = 0x41;
+/// The MSI address: the local APIC window, destination APIC ID 0, physical mode.
+const MSI_ADDRESS: u32 = 0xfee0_0000;
+const LAPIC_SVR: u64 = 0xfee0_00f0;
+const LAPIC_EOI: u64 = 0xfee0_00b0;
 /// Where pci-probe moves BAR0: a memory BAR to 0xE000_0000, an IO BAR to port 0xD000.
 pub const RELOCATED_MEM: u32 = 0xe000_0000;
 pub const RELOCATED_IO: u32 = 0xd000;
 pub const SCRATCH_PATTERN: u32 = 0x5aa5_c33c;
-
-/// An assembled payload image.
-#[derive(Debug, Clone)]
-pub struct Payload {
-    pub name: String,
-    pub image: Vec<u8>,
-    pub load_addr: u64,
-    pub entry: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PayloadError {
-    #[error("assembler error")]
-    Assemble(#[from] IcedError),
-    #[error("payload code overflows into its data area")]
-    TooLarge,
-}
-
-pub const BUILTIN: &[&str] = &["pci-probe", "loop", "halt"];
-
-/// Builds a built-in payload by name, or `None` for an unknown name.
-pub fn builtin(name: &str) -> Option<Result<Payload, PayloadError>> {
-    let image = match name {
-        "pci-probe" => pci_probe(),
-        "loop" => simple(|a| {
-            let mut l = a.create_label();
-            a.set_label(&mut l)?;
-            a.jmp(l)
-        }),
-        "halt" => simple(|a| {
-            a.cli()?;
-            a.hlt()
-        }),
-        _ => return None,
-    };
-    Some(image.map(|image| Payload {
-        name: name.to_owned(),
-        image,
-        load_addr: LOAD_ADDR,
-        entry: LOAD_ADDR + ENTRY_OFFSET,
-    }))
-}
-
-/// A raw image from a file, loaded and entered at `LOAD_ADDR`.
-pub fn from_file(name: &str, image: Vec<u8>) -> Payload {
-    Payload {
-        name: name.to_owned(),
-        image,
-        load_addr: LOAD_ADDR,
-        entry: LOAD_ADDR,
-    }
-}
-
-fn simple(
-    body: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
-) -> Result<Vec<u8>, PayloadError> {
-    let mut a = CodeAssembler::new(32)?;
-    body(&mut a)?;
-    let mut image = vec![0x90; ENTRY_OFFSET as usize];
-    image.extend(a.assemble(LOAD_ADDR + ENTRY_OFFSET)?);
-    Ok(image)
-}
 
 /// Strings live after the code at fixed addresses known before the code is assembled.
 struct Data {
@@ -121,7 +75,7 @@ fn hex(a: &mut CodeAssembler, s: &Subs, digits: u32) -> Result<(), IcedError> {
     a.call(s.puthex)
 }
 
-/// The IRQ handler. It returns without IRET: KVM's instruction emulator (which runs all guest
+/// The IRQ handler (8259 vectors and the MSI vector). It returns without IRET: KVM's instruction emulator (which runs all guest
 /// code on the paravirtual KVM here) handles IRET only in real mode, so the frame is
 /// unwound by hand: EFLAGS restored with IF clear, then STI (whose one-instruction shadow
 /// keeps the next interrupt out) and an indirect jump to the saved EIP.
@@ -132,6 +86,8 @@ fn interrupt_handler() -> Result<Vec<u8>, PayloadError> {
     a.mov(al, 0x20)?;
     a.out(0xa0, al)?;
     a.out(0x20, al)?;
+    // Also end an MSI at the local APIC; harmless for an 8259 interrupt (no ISR bit set).
+    a.mov(dword_ptr(LAPIC_EOI), 0)?;
     a.mov(eax, dword_ptr(esp + 4))?; // saved EIP
     a.mov(dword_ptr(VAR_RET), eax)?;
     a.pop(eax)?;
@@ -377,14 +333,6 @@ fn scan(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> 
     a.jb(top)
 }
 
-/// Exits through the debug port with `code`.
-fn exit(a: &mut CodeAssembler, code: i32) -> Result<(), IcedError> {
-    a.mov(al, code)?;
-    a.out(DEBUG_EXIT_PORT as i32, al)?;
-    a.cli()?;
-    a.hlt()
-}
-
 /// Moves BAR0 of the target, round-trips the scratch register, raises and counts an interrupt.
 fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
     let s_none = d.str("pci-probe: no device found\n");
@@ -497,31 +445,7 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.out(0x21, al)?;
     a.set_label(&mut unmasked)?;
     a.sti()?;
-    let mut raise_pio = a.create_label();
-    let mut raised = a.create_label();
-    a.mov(ecx, 0x10)?;
-    a.call(s.cfg_read)?;
-    a.mov(edx, dword_ptr(VAR_BASE))?;
-    a.test(eax, 1)?;
-    a.mov(eax, 1)?;
-    a.jnz(raise_pio)?;
-    a.mov(dword_ptr(edx + REG_RAISE_IRQ as i32), eax)?;
-    a.jmp(raised)?;
-    a.set_label(&mut raise_pio)?;
-    a.add(edx, REG_RAISE_IRQ as i32)?;
-    a.out(dx, eax)?;
-    a.set_label(&mut raised)?;
-    // Wait (bounded) for the handler to count it; only the handler increments VAR_COUNT.
-    let mut wait = a.create_label();
-    let mut counted = a.create_label();
-    a.mov(ecx, 1_000_000)?;
-    a.set_label(&mut wait)?;
-    a.cmp(dword_ptr(VAR_COUNT), 0)?;
-    a.jne(counted)?;
-    a.pause()?;
-    a.loop_(wait)?;
-    a.set_label(&mut counted)?;
-    a.cli()?;
+    raise_and_wait(a, s)?;
     print(a, s, s_count)?;
     a.mov(eax, dword_ptr(VAR_COUNT))?;
     hex(a, s, 1)?;
@@ -531,11 +455,14 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.je(irq_ok)?;
     exit(a, 3)?;
     a.set_label(&mut irq_ok)?;
+    msi(a, s, d)?;
+    msix(a, s, d)?;
+    ram_bar(a, s, d)?;
     print(a, s, s_done)?;
     exit(a, 0)
 }
 
-fn pci_probe() -> Result<Vec<u8>, PayloadError> {
+pub(super) fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     let mut d = Data { bytes: Vec::new() };
     let mut a = CodeAssembler::new(32)?;
     let mut s = Subs {
@@ -560,7 +487,13 @@ fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     a.mov(dword_ptr(edi + 4), (handler & 0xffff_0000) | 0x8e00)?;
     a.add(edi, 8)?;
     a.loop_(fill)?;
-    a.mov(word_ptr(VAR_IDTR), 0x30 * 8 - 1)?;
+    // ... and the MSI and MSI-X vectors.
+    for vector in [MSI_VECTOR, MSIX_VECTOR] {
+        let gate = u64::from(IDT_BASE) + u64::from(vector) * 8;
+        a.mov(dword_ptr(gate), (0x08 << 16) | (handler & 0xffff))?;
+        a.mov(dword_ptr(gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
+    }
+    a.mov(word_ptr(VAR_IDTR), (MSIX_VECTOR + 1) * 8 - 1)?;
     a.mov(dword_ptr(VAR_IDTR + 2), IDT_BASE)?;
     a.lidt(fword_ptr(VAR_IDTR))?;
     a.mov(dword_ptr(VAR_COUNT), 0)?;
@@ -598,6 +531,8 @@ fn pci_probe() -> Result<Vec<u8>, PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::bus::DEBUG_EXIT_PORT;
+    use crate::vmm::payload::builtin;
     use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
     #[test]
@@ -622,10 +557,10 @@ mod tests {
             LOAD_ADDR,
             DecoderOptions::NONE,
         );
-        let mnemonics: Vec<Mnemonic> = dec.iter().map(|i| i.mnemonic()).take(13).collect();
+        let mnemonics: Vec<Mnemonic> = dec.iter().map(|i| i.mnemonic()).take(14).collect();
         assert_eq!(mnemonics[1], Mnemonic::Inc);
         assert_eq!(
-            &mnemonics[10..],
+            &mnemonics[11..],
             &[Mnemonic::Popfd, Mnemonic::Sti, Mnemonic::Jmp]
         );
     }
@@ -647,14 +582,5 @@ mod tests {
             .filter(|i| i.mnemonic() == Mnemonic::Out && i.immediate8() == DEBUG_EXIT_PORT as u8)
             .count();
         assert!(outs_to_exit >= 3);
-    }
-
-    #[test]
-    fn tiny_payloads_and_unknown_names() {
-        let l = builtin("loop").unwrap().unwrap();
-        assert_eq!(&l.image[ENTRY_OFFSET as usize..], &[0xeb, 0xfe]);
-        let h = builtin("halt").unwrap().unwrap();
-        assert_eq!(&h.image[ENTRY_OFFSET as usize..], &[0xfa, 0xf4]);
-        assert!(builtin("nope").is_none());
     }
 }
