@@ -10,16 +10,15 @@
 //! for a run that completes every count.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
 use vgpud::privbus::{BusKind, PrivateBus};
+use vgpud::prove::rig::{terminate, Bins, Sim};
 use zbus::zvariant::OwnedObjectPath;
 
 const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
@@ -173,118 +172,24 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 // ---- the simulated host ----------------------------------------------------------------------
 
-/// `vgpud-sim DIR -p PROFILE...` as a child process; SIGTERM unmounts it.
-struct Sim {
-    child: Child,
-    mount: PathBuf,
-    uevents: PathBuf,
-    dev: PathBuf,
-    _dir: tempfile::TempDir,
+/// The simulator as a child process (the same one `vgpud-prove` uses).
+fn start_sim(profiles: &[&str]) -> Result<Sim, String> {
+    let bins = Bins {
+        vgpud: VGPUD.into(),
+        vgpud_sim: VGPUD_SIM.into(),
+    };
+    let profiles: Vec<String> = profiles.iter().map(|p| p.to_string()).collect();
+    Sim::start(&bins, &profiles)
 }
 
-impl Sim {
-    fn start(profiles: &[&str]) -> Result<Sim, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("vgpud-bench.")
-            .tempdir()
-            .map_err(|e| format!("temporary directory: {e}"))?;
-        let mount = dir.path().join("sys");
-        let mut cmd = Command::new(VGPUD_SIM);
-        cmd.arg(&mount);
-        for p in profiles {
-            cmd.args(["--profile", p]);
-        }
-        let log = std::fs::File::create(dir.path().join("vgpud-sim.log"))
-            .map_err(|e| format!("sim log: {e}"))?;
-        let mut child = cmd
-            .env("VGPUD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("cannot run vgpud-sim: {e}"))?;
-        let stdout = child.stdout.take().ok_or("vgpud-sim stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    // Keep reading so the simulator never blocks on a full pipe.
-                    continue;
-                }
-            }
-        });
-        let (mut uevents, mut dev, mut mounted) = (None, None, None);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line == "ready" => break,
-                Ok(line) => {
-                    if let Some(p) = line.strip_prefix("uevents ") {
-                        uevents = Some(PathBuf::from(p));
-                    } else if let Some(p) = line.strip_prefix("dev ") {
-                        dev = Some(PathBuf::from(p));
-                    } else if let Some(p) = line.strip_prefix("mounted ") {
-                        mounted = Some(PathBuf::from(p));
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = std::fs::read_to_string(dir.path().join("vgpud-sim.log"))
-                        .unwrap_or_default();
-                    return Err(format!("vgpud-sim did not get ready: {}", log.trim()));
-                }
-            }
-        }
-        let sim = Sim {
-            child,
-            mount: mounted.unwrap_or(mount),
-            uevents: uevents.ok_or("vgpud-sim printed no uevents socket")?,
-            dev: dev.ok_or("vgpud-sim printed no dev directory")?,
-            _dir: dir,
-        };
-        Ok(sim)
-    }
-
-    fn sys(&self, rel: &str) -> PathBuf {
-        self.mount.join(rel)
-    }
-
-    fn create_file(&self, parent: &str, type_id: &str) -> PathBuf {
-        self.sys(&format!(
-            "class/mdev_bus/{parent}/mdev_supported_types/{type_id}/create"
-        ))
-    }
-
-    fn remove_file(&self, uuid: &str) -> PathBuf {
-        self.sys(&format!("bus/mdev/devices/{uuid}/remove"))
-    }
+fn create_file(sim: &Sim, parent: &str, type_id: &str) -> PathBuf {
+    sim.sys(&format!(
+        "class/mdev_bus/{parent}/mdev_supported_types/{type_id}/create"
+    ))
 }
 
-impl Drop for Sim {
-    fn drop(&mut self) {
-        terminate(&mut self.child, "vgpud-sim");
-    }
-}
-
-fn terminate(child: &mut Child, what: &str) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    eprintln!("{what} did not stop within 20 s of SIGTERM; killing it");
-    let _ = child.kill();
-    let _ = child.wait();
+fn remove_file(sim: &Sim, uuid: &str) -> PathBuf {
+    sim.sys(&format!("bus/mdev/devices/{uuid}/remove"))
 }
 
 /// Why a host did not come up; `rss_kib` is the daemon's when it was given up on.
@@ -330,7 +235,7 @@ impl Drop for Host {
 
 impl Host {
     async fn start(profiles: &[&str]) -> Result<Host, StartFailure> {
-        let sim = Sim::start(profiles)?;
+        let sim = start_sim(profiles)?;
         Self::start_on(sim).await
     }
 
@@ -350,11 +255,11 @@ impl Host {
             .receive_name_owner_changed_with_args(&[(0, BUS_NAME)])
             .await
             .map_err(|e| e.to_string())?;
-        let log = sim._dir.path().join("vgpud.log");
+        let log = sim.dir().join("vgpud.log");
         let log_file = std::fs::File::create(&log).map_err(|e| format!("vgpud log: {e}"))?;
         // Definitions, policy and state go to the run's own directory, never to /etc or /var.
         let own = |name: &str| -> Result<PathBuf, String> {
-            let dir = sim._dir.path().join(name);
+            let dir = sim.dir().join(name);
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             Ok(dir)
         };
@@ -468,9 +373,10 @@ impl Host {
 /// One raw create + remove through the simulator's files, as a shell or mdevctl does it.
 fn raw_round_trip(sim: &Sim, parent: &str, type_id: &str, uuid: &str) -> Duration {
     let t0 = Instant::now();
-    std::fs::write(sim.create_file(parent, type_id), format!("{uuid}\n"))
+    std::fs::write(create_file(sim, parent, type_id), format!("{uuid}\n"))
         .unwrap_or_else(|e| panic!("raw create {uuid}: {e}"));
-    std::fs::write(sim.remove_file(uuid), "1").unwrap_or_else(|e| panic!("raw remove {uuid}: {e}"));
+    std::fs::write(remove_file(sim, uuid), "1")
+        .unwrap_or_else(|e| panic!("raw remove {uuid}: {e}"));
     t0.elapsed()
 }
 
@@ -481,7 +387,7 @@ async fn round_trips(
     out: &mut Vec<Samples>,
     report: &mut serde_json::Map<String, Json>,
 ) -> Result<(), String> {
-    let sim = Sim::start(&[MTTY, "nvidia-t4"])?;
+    let sim = start_sim(&[MTTY, "nvidia-t4"])?;
     let cases = [(MTTY, MTTY_TYPE, 1u32), (T4, T4_TYPE, 2u32)];
     // The kernel's (simulator's) own cost, nobody listening to its uevents.
     for (parent, type_id, case) in cases {
@@ -575,7 +481,7 @@ async fn round_trips(
 async fn startup(gpus: u32) -> Json {
     let profile = format!("nvidia-t4:{gpus}");
     let sim_start = Instant::now();
-    let sim = match Sim::start(&[&profile]) {
+    let sim = match start_sim(&[&profile]) {
         Ok(s) => s,
         Err(e) => {
             println!("  {profile}: the simulator did not start: {e}");
@@ -684,7 +590,7 @@ async fn external_signals(out: &mut Vec<Samples>) -> Result<(), String> {
             let uuid = uuid(3, i);
             let path = device_path(&uuid);
             let t0 = Instant::now();
-            std::fs::write(host.sim.create_file(MTTY, MTTY_TYPE), format!("{uuid}\n"))
+            std::fs::write(create_file(&host.sim, MTTY, MTTY_TYPE), format!("{uuid}\n"))
                 .unwrap_or_else(|e| panic!("raw create {uuid}: {e}"));
             let seen = tokio::time::timeout(wait, async {
                 while let Some(s) = added.next().await {
@@ -698,7 +604,7 @@ async fn external_signals(out: &mut Vec<Samples>) -> Result<(), String> {
             assert!(seen.is_ok(), "no InterfacesAdded for {path} within 10 s");
             // The remove is timed too, but kept out of the create's figure.
             let t1 = Instant::now();
-            std::fs::write(host.sim.remove_file(&uuid), "1")
+            std::fs::write(remove_file(&host.sim, &uuid), "1")
                 .unwrap_or_else(|e| panic!("raw remove {uuid}: {e}"));
             let gone = tokio::time::timeout(wait, async {
                 while let Some(s) = removed.next().await {

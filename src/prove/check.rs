@@ -89,6 +89,20 @@ fn u32_prop(ifaces: &Interfaces, iface: &str, prop: &str) -> Option<u32> {
     u32::try_from(ifaces.get(iface)?.get(prop)?).ok()
 }
 
+/// vgpud's whole tree, in one GetManagedObjects call.
+pub async fn managed_objects(conn: &zbus::Connection) -> Result<zbus::fdo::ManagedObjects, String> {
+    zbus::fdo::ObjectManagerProxy::builder(conn)
+        .destination(crate::dbus::names::BUS_NAME)
+        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
+        .map_err(|e| e.to_string())?
+        .build()
+        .await
+        .map_err(|e| e.to_string())?
+        .get_managed_objects()
+        .await
+        .map_err(|e| format!("GetManagedObjects: {e}"))
+}
+
 /// Interfaces keyed by plain strings (file descriptors are never among vgpud's properties).
 fn by_name(
     ifaces: &HashMap<zbus::names::OwnedInterfaceName, HashMap<String, OwnedValue>>,
@@ -108,17 +122,7 @@ fn by_name(
 /// The picture vgpud publishes (one GetManagedObjects call). Parents of the vendor-sysfs
 /// backend are left out, as in [`sysfs_picture`].
 pub async fn dbus_picture(conn: &zbus::Connection) -> Result<Picture, String> {
-    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
-        .destination(crate::dbus::names::BUS_NAME)
-        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
-    let objects = om
-        .get_managed_objects()
-        .await
-        .map_err(|e| format!("GetManagedObjects: {e}"))?;
+    let objects = managed_objects(conn).await?;
     let mut pic = Picture::default();
     let mut parent_names: HashMap<String, String> = HashMap::new();
     for (path, ifaces) in &objects {
@@ -162,17 +166,7 @@ pub async fn dbus_picture(conn: &zbus::Connection) -> Result<Picture, String> {
 pub async fn dbus_type_names(
     conn: &zbus::Connection,
 ) -> Result<Vec<(String, String, String)>, String> {
-    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
-        .destination(crate::dbus::names::BUS_NAME)
-        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
-    let objects = om
-        .get_managed_objects()
-        .await
-        .map_err(|e| format!("GetManagedObjects: {e}"))?;
+    let objects = managed_objects(conn).await?;
     let mut parent_names: HashMap<String, String> = HashMap::new();
     for (path, ifaces) in &objects {
         if let Some(name) = string_prop(&by_name(ifaces), PARENT_IFACE, "Name") {

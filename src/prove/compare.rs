@@ -275,14 +275,7 @@ pub async fn host(
         rss_start_kib: rig.daemon_rss_kib().unwrap_or(0),
         ..Default::default()
     };
-    let om = zbus::fdo::ObjectManagerProxy::builder(rig.conn())
-        .destination(crate::dbus::names::BUS_NAME)
-        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
-    fig.objects = om.get_managed_objects().await.map(|o| o.len()).unwrap_or(0);
+    fig.objects = super::check::managed_objects(rig.conn()).await?.len();
     let (parent, type_id) = target(&rig.sim.mount)?;
     fig.ways.push(raw_way(&rig.sim.mount, &parent, &type_id, n));
     fig.ways.push(vgpud_way(&rig, &parent, &type_id, n).await);
