@@ -75,6 +75,27 @@ fn hex(a: &mut CodeAssembler, s: &Subs, digits: u32) -> Result<(), IcedError> {
     a.call(s.puthex)
 }
 
+/// Prints EAX in hex, then the `ok` string when it equals `want`; otherwise the `bad` string and
+/// the guest exits with `code`.
+fn expect_eax(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    want: u32,
+    (ok, bad): (u32, u32),
+    code: i32,
+) -> Result<(), IcedError> {
+    a.push(eax)?;
+    hex(a, s, 8)?;
+    a.pop(eax)?;
+    let mut same = a.create_label();
+    a.cmp(eax, want)?;
+    a.je(same)?;
+    print(a, s, bad)?;
+    exit(a, code)?;
+    a.set_label(&mut same)?;
+    print(a, s, ok)
+}
+
 /// The IRQ handler (8259 vectors and the MSI vector). It returns without IRET: KVM's instruction emulator (which runs all guest
 /// code on the paravirtual KVM here) handles IRET only in real mode, so the frame is
 /// unwound by hand: EFLAGS restored with IF clear, then STI (whose one-instruction shadow
@@ -408,16 +429,7 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.out(dx, eax)?;
     a.in_(eax, dx)?;
     a.set_label(&mut checked)?;
-    a.push(eax)?;
-    hex(a, s, 8)?;
-    a.pop(eax)?;
-    let mut same = a.create_label();
-    a.cmp(eax, SCRATCH_PATTERN)?;
-    a.je(same)?;
-    print(a, s, s_bad)?;
-    exit(a, 2)?;
-    a.set_label(&mut same)?;
-    print(a, s, s_ok)?;
+    expect_eax(a, s, SCRATCH_PATTERN, (s_ok, s_bad), 2)?;
     // Unmask the device's line in the 8259 pair, then ask the device for one interrupt.
     let mut slave = a.create_label();
     let mut unmasked = a.create_label();

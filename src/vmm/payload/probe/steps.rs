@@ -137,16 +137,7 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     print(a, s, s_read)?;
     a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
     a.mov(eax, dword_ptr(edx + RAM_PEEK_OFFSET as i32))?;
-    a.push(eax)?;
-    hex(a, s, 8)?;
-    a.pop(eax)?;
-    let mut same = a.create_label();
-    a.cmp(eax, RAM_PATTERN)?;
-    a.je(same)?;
-    print(a, s, s_bad)?;
-    exit(a, 6)?;
-    a.set_label(&mut same)?;
-    print(a, s, s_ok)?;
+    expect_eax(a, s, RAM_PATTERN, (s_ok, s_bad), 6)?;
     a.jmp(traps)?;
     a.set_label(&mut too_big)?;
     a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
