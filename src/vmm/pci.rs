@@ -339,29 +339,6 @@ pub fn find_capability(read: impl Fn(u16) -> u32, id: u8) -> Option<u16> {
     None
 }
 
-/// Where the pointer to the capability with `id` sits (0x34, or the previous capability's
-/// next byte) and the value that skips it: how a VMM hides a capability it does not
-/// virtualize from the guest. Bounded like `find_capability`.
-pub fn unlink_capability(read: impl Fn(u16) -> u32, id: u8) -> Option<(u16, u8)> {
-    if read(0x04) & STATUS_CAP_LIST == 0 {
-        return None;
-    }
-    let mut pointer = 0x34u16;
-    let mut at = (read(0x34) & 0xfc) as u16;
-    for _ in 0..48 {
-        if at < 0x40 {
-            return None;
-        }
-        let header = read(at);
-        if header as u8 == id {
-            return Some((pointer, ((header >> 8) & 0xfc) as u8));
-        }
-        pointer = at + 1;
-        at = ((header >> 8) & 0xfc) as u16;
-    }
-    None
-}
-
 /// A type-0 configuration header with virtualized BARs: the config space of the emulated
 /// device and of the host bridge.
 #[derive(Debug, Clone)]
@@ -749,23 +726,6 @@ mod tests {
         c.write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
         assert!(c.msix.as_ref().unwrap().enabled());
         assert_eq!(c.read(MSIX_CAP_OFFSET + 4, 4), 0x800);
-    }
-
-    #[test]
-    fn unlinking_skips_a_capability_wherever_it_is() {
-        // 0x34 -> 0x40 (PM, id 1) -> 0x50 (MSI-X, id 0x11) -> 0x60 (MSI, id 5) -> end
-        let read = |o: u16| match o {
-            0x04 => STATUS_CAP_LIST,
-            0x34 => 0x40,
-            0x40 => 0x5001,
-            0x50 => 0x6011,
-            0x60 => 0x0005,
-            _ => 0,
-        };
-        assert_eq!(unlink_capability(read, 0x11), Some((0x41, 0x60)));
-        assert_eq!(unlink_capability(read, 0x01), Some((0x34, 0x50)));
-        assert_eq!(unlink_capability(read, 0x05), Some((0x51, 0x00)));
-        assert_eq!(unlink_capability(read, 0x10), None);
     }
 
     #[test]

@@ -15,8 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::device::{PassthroughDevice, RamBar};
 use super::pci::{
-    find_capability, unlink_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI,
-    COMMAND_IO, COMMAND_MEMORY,
+    find_capability, BarRegion, Bars, MsiCap, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
 };
 use crate::sim::profile::GuestBar;
 
@@ -154,19 +153,133 @@ impl VirtualMsi {
     }
 }
 
-/// Applies an unlink (`pci::unlink_capability`) to the virtual MSI capability when the
-/// pointer to patch is MSI's own next byte (served from the virtual copy); returns the patch
-/// still to apply to reads of the device's config space.
-pub fn hide_through_msi(
-    msi: &mut Option<VirtualMsi>,
-    unlink: Option<(u16, u8)>,
-) -> Option<(u16, u8)> {
-    match (unlink, msi.as_mut()) {
-        (Some((pointer, next)), Some(m)) if pointer == m.offset + 1 => {
-            m.cap.next = next;
-            None
+const MSIX_ENABLE: u16 = 1 << 15;
+const MSIX_FUNCTION_MASK: u16 = 1 << 14;
+const MSIX_ENTRY_LEN: u64 = 16;
+/// The spec's largest table (2048 vectors).
+const MSIX_MAX_VECTORS: usize = 2048;
+
+/// A VFIO device's MSI-X capability and vector table as the guest sees them. The kernel's
+/// vfio-pci programs the real table on VFIO_DEVICE_SET_IRQS; the guest's entries only say
+/// where KVM must route the eventfd. Vector 0 is routed (one interrupt source per device in
+/// this VMM); every entry keeps what the guest wrote, so it reads back its own values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VirtualMsix {
+    /// Where the capability sits in config space.
+    pub offset: u16,
+    /// The device's header dword (ID, next pointer, control with the table size).
+    header: u32,
+    /// Table offset / BIR and PBA offset / BIR, as the device has them (read-only).
+    table: u32,
+    pba: u32,
+    /// The guest's enable and function-mask bits.
+    control: u16,
+    /// Address low, address high, data, vector control; vectors start masked.
+    entries: Vec<[u32; 4]>,
+}
+
+impl VirtualMsix {
+    /// From the capability's three dwords read at `offset` of the device's config space.
+    pub fn new(offset: u16, header: u32, table: u32, pba: u32) -> Self {
+        let size = (((header >> 16) & 0x7ff) as usize + 1).min(MSIX_MAX_VECTORS);
+        Self {
+            offset,
+            header,
+            table,
+            pba,
+            control: 0,
+            entries: vec![[0, 0, 0, 1]; size],
         }
-        (unlink, _) => unlink,
+    }
+
+    /// The offset inside the capability, for a config access at `offset` it owns.
+    pub fn inside(&self, offset: u16) -> Option<u16> {
+        let rel = offset.checked_sub(self.offset)?;
+        (rel < 12).then_some(rel)
+    }
+
+    /// Dword `rel / 4` of the capability as the guest sees it.
+    pub fn read(&self, rel: u16) -> u32 {
+        match rel / 4 {
+            0 => (self.header & 0x07ff_ffff) | (u32::from(self.control) << 16),
+            1 => self.table,
+            _ => self.pba,
+        }
+    }
+
+    /// A guest write into the capability: only the enable and function-mask bits are
+    /// writable (PCI Local Bus 3.0, 6.8.2.3).
+    pub fn write(&mut self, rel: u16, size: u8, value: u32) -> MsiChange {
+        if rel / 4 != 0 {
+            return MsiChange::None;
+        }
+        let before = self.enabled();
+        let merged = super::pci::merge(self.read(0), rel, size, value);
+        self.control = ((merged >> 16) as u16) & (MSIX_ENABLE | MSIX_FUNCTION_MASK);
+        msi_change(before, self.enabled())
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.control & MSIX_ENABLE != 0
+    }
+
+    /// The BAR holding the vector table.
+    pub fn table_bar(&self) -> usize {
+        (self.table & 7) as usize
+    }
+
+    fn table_start(&self) -> u64 {
+        u64::from(self.table & !7)
+    }
+
+    /// Whether an access at `offset` of `bar` falls in the vector table.
+    pub fn owns(&self, bar: usize, offset: u64) -> bool {
+        let start = self.table_start();
+        bar == self.table_bar()
+            && offset >= start
+            && offset < start + self.entries.len() as u64 * MSIX_ENTRY_LEN
+    }
+
+    /// The dword of the table at `offset` (in the table's BAR) and the byte within it.
+    fn slot(&self, offset: u64) -> Option<(usize, usize, u16)> {
+        let rel = offset.checked_sub(self.table_start())?;
+        let entry = usize::try_from(rel / MSIX_ENTRY_LEN).ok()?;
+        let field = ((rel % MSIX_ENTRY_LEN) / 4) as usize;
+        (entry < self.entries.len()).then_some((entry, field, (rel % 4) as u16))
+    }
+
+    pub fn table_read(&self, offset: u64, data: &mut [u8]) {
+        let Some((entry, field, byte)) = self.slot(offset) else {
+            data.fill(0xff);
+            return;
+        };
+        let value = super::pci::extract(self.entries[entry][field], byte, data.len() as u8);
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(4);
+        data[..n].copy_from_slice(&bytes[..n]);
+    }
+
+    pub fn table_write(&mut self, offset: u64, data: &[u8]) {
+        let Some((entry, field, byte)) = self.slot(offset) else {
+            return;
+        };
+        let mut bytes = [0u8; 4];
+        let n = data.len().min(4);
+        bytes[..n].copy_from_slice(&data[..n]);
+        let old = self.entries[entry][field];
+        self.entries[entry][field] =
+            super::pci::merge(old, byte, n as u8, u32::from_le_bytes(bytes));
+    }
+
+    /// Where vector 0 goes, while MSI-X is on and neither the function nor the vector is
+    /// masked.
+    pub fn message(&self) -> Option<MsiMessage> {
+        let [lo, hi, data, control] = *self.entries.first()?;
+        let open = self.enabled() && self.control & MSIX_FUNCTION_MASK == 0 && control & 1 == 0;
+        open.then_some(MsiMessage {
+            address: u64::from(hi) << 32 | u64::from(lo),
+            data,
+        })
     }
 }
 
@@ -199,8 +312,7 @@ pub struct VfioPassthrough {
     msi: Option<VirtualMsi>,
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
-    /// The config byte that points at the MSI-X capability, and the value that skips it.
-    hide_msix: Option<(u16, u8)>,
+    msix: Option<VirtualMsix>,
 }
 
 impl VfioPassthrough {
@@ -252,17 +364,25 @@ impl VfioPassthrough {
             device.region_read(CONFIG_REGION, &mut buf, u64::from(offset));
             u32::from_le_bytes(buf)
         };
-        let mut msi = find_capability(config_dword, CAP_ID_MSI)
+        let msi = find_capability(config_dword, CAP_ID_MSI)
             .map(|at| VirtualMsi::from_header(at, config_dword(at)));
-        // MSI-X is not virtualized for VFIO devices: hide it, so the guest's driver uses MSI
-        // (or INTx) instead of enabling vectors nobody routes.
-        let hide_msix = hide_through_msi(
-            &mut msi,
-            unlink_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX),
-        );
+        let msix = find_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX).map(|at| {
+            VirtualMsix::new(
+                at,
+                config_dword(at),
+                config_dword(at + 4),
+                config_dword(at + 8),
+            )
+        });
         let msi_irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
         let mut mapped = Vec::new();
-        for r in bars.regions().filter(|r| !r.io) {
+        // The BAR holding the MSI-X table stays trapped: the guest's table writes must reach
+        // the virtual table, not the device's.
+        let table_bar = msix.as_ref().map(VirtualMsix::table_bar);
+        for r in bars
+            .regions()
+            .filter(|r| !r.io && Some(r.index) != table_bar)
+        {
             let index = r.index as u32;
             let size = device.get_region_size(index);
             if !maps_whole(
@@ -310,7 +430,7 @@ impl VfioPassthrough {
             msi,
             msi_irq,
             mapped,
-            hide_msix,
+            msix,
         })
     }
 }
@@ -322,6 +442,10 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
         let dword = offset & !3;
+        if let Some(rel) = self.msix.as_ref().and_then(|m| m.inside(dword)) {
+            let value = self.msix.as_ref().map(|m| m.read(rel)).unwrap_or_default();
+            return super::pci::extract(value, offset, size);
+        }
         if let Some(rel) = self.msi.and_then(|m| m.inside(dword)) {
             let cap = self.msi.map(|m| m.cap).unwrap_or_default();
             return super::pci::extract(cap.dword(usize::from(rel / 4)), offset, size);
@@ -338,13 +462,7 @@ impl PassthroughDevice for VfioPassthrough {
                 let mut buf = [0u8; 4];
                 self.device
                     .region_read(CONFIG_REGION, &mut buf, u64::from(dword));
-                let value = u32::from_le_bytes(buf);
-                match self.hide_msix {
-                    Some((pointer, next)) if pointer & !3 == dword => {
-                        super::pci::merge(value, pointer, 1, u32::from(next))
-                    }
-                    _ => value,
-                }
+                u32::from_le_bytes(buf)
             }
         };
         super::pci::extract(value, offset, size)
@@ -352,6 +470,22 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
         let dword = offset & !3;
+        if let Some(msix) = self.msix.as_mut() {
+            if let Some(rel) = msix.inside(dword) {
+                let result = match msix.write(rel | (offset & 3), size, value) {
+                    MsiChange::Enable => self.device.enable_msix(vec![&self.msi_irq]),
+                    MsiChange::Disable => self.device.disable_msix(),
+                    MsiChange::None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(
+                        "VFIO MSI-X of {} cannot be switched: {e}",
+                        self.path.display()
+                    );
+                }
+                return;
+            }
+        }
         if let Some(msi) = self.msi.as_mut() {
             if let Some(rel) = msi.inside(dword) {
                 let before = msi.cap.enabled();
@@ -400,11 +534,17 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        self.device.region_read(bar as u32, data, offset);
+        match &self.msix {
+            Some(m) if m.owns(bar, offset) => m.table_read(offset, data),
+            _ => self.device.region_read(bar as u32, data, offset),
+        }
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        self.device.region_write(bar as u32, data, offset);
+        match &mut self.msix {
+            Some(m) if m.owns(bar, offset) => m.table_write(offset, data),
+            _ => self.device.region_write(bar as u32, data, offset),
+        }
     }
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
@@ -412,11 +552,15 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn msi_eventfd(&self) -> Option<&EventFd> {
-        self.msi.is_some().then_some(&self.msi_irq)
+        (self.msi.is_some() || self.msix.is_some()).then_some(&self.msi_irq)
     }
 
+    /// MSI-X when the guest turned it on (it takes precedence, as on hardware), else MSI.
     fn msi_message(&self) -> Option<MsiMessage> {
-        self.msi.and_then(|m| m.cap.message())
+        match &self.msix {
+            Some(m) if m.enabled() => m.message(),
+            _ => self.msi.and_then(|m| m.cap.message()),
+        }
     }
 
     fn ram_bars(&self) -> Vec<RamBar> {
@@ -519,21 +663,58 @@ mod tests {
     }
 
     #[test]
-    fn msix_after_msi_is_skipped_by_the_virtual_msi_next_pointer() {
-        // MSI at 0x50 points to MSI-X at 0x70, which points to 0x80.
-        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_7005));
-        assert_eq!(hide_through_msi(&mut msi, Some((0x51, 0x80))), None);
-        assert_eq!((msi.unwrap().cap.dword(0) >> 8) & 0xff, 0x80);
-        // Elsewhere in the list the patch is left for config reads.
-        let mut msi = Some(VirtualMsi::from_header(0x50, 0x0080_0005));
+    fn msix_capability_is_virtual_and_routes_vector_zero() {
+        // 8 vectors; table at BAR 2 + 0x2000, PBA at BAR 2 + 0x3000.
+        let mut m = VirtualMsix::new(0x70, 0x0007_8011, 0x2002, 0x3002);
+        assert_eq!(m.read(0) & 0xffff, 0x8011);
+        assert_eq!((m.read(0) >> 16) & 0x7ff, 7);
+        assert_eq!((m.read(4), m.read(8)), (0x2002, 0x3002));
+        assert_eq!(m.table_bar(), 2);
+        assert!(m.owns(2, 0x2000) && m.owns(2, 0x207c));
+        assert!(!m.owns(2, 0x2080) && !m.owns(1, 0x2000) && !m.owns(2, 0x1ffc));
+        // Vectors start masked; nothing routes until enabled and unmasked.
+        let mut ctl = [0u8; 4];
+        m.table_read(0x200c, &mut ctl);
+        assert_eq!(u32::from_le_bytes(ctl), 1);
+        m.table_write(0x2000, &0xfee0_1000u32.to_le_bytes());
+        m.table_write(0x2004, &0u32.to_le_bytes());
+        m.table_write(0x2008, &0x41u32.to_le_bytes());
+        assert_eq!(m.message(), None);
+        // Only the enable and function-mask bits are writable; the table size stays.
+        assert_eq!(m.write(2, 2, 0xffff), MsiChange::Enable);
+        assert_eq!((m.read(0) >> 16) & 0x7ff, 7);
+        assert_eq!(m.message(), None, "function masked");
+        assert_eq!(m.write(2, 2, 0x8000), MsiChange::None);
+        assert_eq!(m.message(), None, "vector 0 masked");
+        m.table_write(0x200c, &0u32.to_le_bytes());
         assert_eq!(
-            hide_through_msi(&mut msi, Some((0x61, 0x00))),
-            Some((0x61, 0x00))
+            m.message(),
+            Some(MsiMessage {
+                address: 0xfee0_1000,
+                data: 0x41
+            })
         );
-        assert_eq!(
-            hide_through_msi(&mut None, Some((0x34, 0x40))),
-            Some((0x34, 0x40))
-        );
+        // The guest reads back what it wrote, byte by byte too.
+        let mut b = [0u8; 1];
+        m.table_read(0x2009, &mut b);
+        assert_eq!(b[0], 0);
+        m.table_read(0x2008, &mut b);
+        assert_eq!(b[0], 0x41);
+        assert_eq!(m.write(2, 2, 0), MsiChange::Disable);
+        assert_eq!(m.message(), None);
+        // Writes to the table/PBA dwords change nothing.
+        assert_eq!(m.write(4, 4, 0xdead_beef), MsiChange::None);
+        assert_eq!(m.read(4), 0x2002);
+        assert_eq!(m.inside(0x70), Some(0));
+        assert_eq!(m.inside(0x7c), None);
+        assert_eq!(m.inside(0x6c), None);
+    }
+
+    #[test]
+    fn msix_table_size_is_bounded_by_the_spec() {
+        let m = VirtualMsix::new(0x40, 0xffff_0011, 0, 0);
+        assert!(m.owns(0, (MSIX_MAX_VECTORS as u64 - 1) * 16));
+        assert!(!m.owns(0, MSIX_MAX_VECTORS as u64 * 16));
     }
 
     #[test]
