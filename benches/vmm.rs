@@ -245,4 +245,103 @@ fn main() {
         "vgpud-vmm launch -> pci-probe's exit(0), emulated T4",
         total,
     );
+
+    match launch_guest_over_dbus() {
+        Ok((first, total)) => {
+            report("D-Bus LaunchGuest -> hello's first serial byte", first);
+            report("D-Bus LaunchGuest -> Guest State exited", total);
+        }
+        Err(e) => println!("D-Bus LaunchGuest not measured: {e}"),
+    }
+}
+
+/// `vgpud --simulate nvidia-t4` as a client sees it: Manager.LaunchGuest with the `hello`
+/// payload on a created vGPU, timed to the first byte in the guest's SerialLog and to the
+/// Guest object's State turning "exited".
+fn launch_guest_over_dbus() -> Result<(Vec<Duration>, Vec<Duration>), String> {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader};
+    use vgpud::dbus::proxies::{GuestProxy, ManagerProxy};
+    use zbus::zvariant::Value;
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_vgpud"))
+        .args(["--simulate", "nvidia-t4", "--no-polkit"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("vgpud: {e}"))?;
+    let stdout = daemon.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        match lines.next() {
+            Some(Ok(l)) => {
+                if let Some(a) = l.strip_prefix("VGPUD_BUS_ADDRESS=") {
+                    break a.to_owned();
+                }
+            }
+            _ => {
+                let _ = daemon.kill();
+                return Err("vgpud --simulate printed no bus address".into());
+            }
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let result = rt.block_on(async {
+        let conn = zbus::connection::Builder::address(address.as_str())
+            .map_err(|e| e.to_string())?
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let m = ManagerProxy::new(&conn).await.map_err(|e| e.to_string())?;
+        let dev = m
+            .create_device("GRID T4-2Q", HashMap::new())
+            .await
+            .map_err(|e| format!("CreateDevice: {e}"))?;
+        let (mut first, mut total) = (Vec::new(), Vec::new());
+        for _ in 0..N {
+            let t = Instant::now();
+            let path = m
+                .launch_guest(
+                    std::slice::from_ref(&dev),
+                    HashMap::from([("payload", Value::from("hello"))]),
+                )
+                .await
+                .map_err(|e| format!("LaunchGuest: {e}"))?;
+            let guest = GuestProxy::builder(&conn)
+                .path(path)
+                .map_err(|e| e.to_string())?
+                .cache_properties(zbus::proxy::CacheProperties::No)
+                .build()
+                .await
+                .map_err(|e| e.to_string())?;
+            let log = PathBuf::from(guest.serial_log().await.map_err(|e| e.to_string())?);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut seen = None;
+            loop {
+                if seen.is_none() && std::fs::metadata(&log).is_ok_and(|m| m.len() > 0) {
+                    seen = Some(t.elapsed());
+                }
+                let state = guest.state().await.map_err(|e| e.to_string())?;
+                if state != "running" {
+                    if state != "exited" {
+                        return Err(format!("the guest ended {state}"));
+                    }
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err("the guest did not end within 30 s".into());
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            total.push(t.elapsed());
+            first.push(seen.unwrap_or_else(|| t.elapsed()));
+        }
+        Ok((first, total))
+    });
+    let _ = Command::new("kill")
+        .args(["-INT", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    result
 }
