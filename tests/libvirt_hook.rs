@@ -68,6 +68,16 @@ fn run(program: &Path, args: &[&str], stdin: Vec<u8>) -> Ran {
 }
 
 /// The hook on `address`, keeping its records in `state`.
+/// The hook's `DOMAIN prepare begin -` with the domain XML on stdin, as libvirt runs it.
+fn prepare(address: &str, state: &Path, domain: &str, xml: Vec<u8>) -> Ran {
+    hook(address, state, &[domain, "prepare", "begin", "-"], xml)
+}
+
+/// The hook's `DOMAIN release end -`.
+fn release(address: &str, state: &Path, domain: &str, xml: Vec<u8>) -> Ran {
+    hook(address, state, &[domain, "release", "end", "-"], xml)
+}
+
 fn hook(address: &str, state: &Path, args: &[&str], xml: Vec<u8>) -> Ran {
     let state = state.to_str().expect("utf-8 path");
     let mut all = vec![
@@ -148,12 +158,7 @@ fn prepare_creates_both_vgpus_and_release_removes_them() {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("two-vgpus.xml");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(1), uuid(2)]);
         let type_of = |u: &str| {
@@ -182,12 +187,7 @@ fn prepare_creates_both_vgpus_and_release_removes_them() {
         }
         assert_eq!(mdev_devices(&d).len(), 2);
 
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(mdev_devices(&d).is_empty());
         assert!(
@@ -215,24 +215,14 @@ fn a_defined_device_is_started_not_created_and_survives_release() {
         );
         assert!(mdev_devices(&d).is_empty());
         let xml = example("defined-and-new.xml");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["render-node-1", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "render-node-1", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(11), uuid(12)]);
         let rec = record(state.path(), "render-node-1");
         assert_eq!(rec["created"], serde_json::json!([uuid(12)]));
         assert_eq!(rec["started"], serde_json::json!([uuid(11)]));
 
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["render-node-1", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "render-node-1", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(
             mdev_devices(&d),
@@ -250,20 +240,10 @@ fn a_device_made_persistent_meanwhile_survives_release() {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("two-vgpus.xml");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         vgpuctl(&d, &["define", &uuid(2)]);
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(2)]);
     });
@@ -275,20 +255,10 @@ fn vfio_ccw_and_vfio_ap_devices_are_handled_like_vfio_pci() {
         let d = Daemon::start(&["mtty"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("s390-ccw-ap.xml");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["zguest", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "zguest", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(21), uuid(22)]);
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["zguest", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "zguest", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(mdev_devices(&d).is_empty());
     });
@@ -301,20 +271,10 @@ fn an_active_device_is_used_as_it_is_and_not_removed() {
         let state = tempfile::tempdir().expect("temp dir");
         vgpuctl(&d, &["create", "nvidia-231", "--uuid", &uuid(31)]);
         let xml = example("no-metadata.xml");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["legacy", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "legacy", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(state_files(state.path()).is_empty(), "nothing was created");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["legacy", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "legacy", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(31)]);
     });
@@ -327,10 +287,10 @@ fn an_unknown_type_aborts_the_start_and_leaves_nothing() {
     with_timeout(|| {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
-        let r = hook(
+        let r = prepare(
             &d.address,
             state.path(),
-            &["impossible", "prepare", "begin", "-"],
+            "impossible",
             example("impossible.xml"),
         );
         assert_eq!(r.code, 4, "{}", r.stderr);
@@ -355,10 +315,10 @@ fn no_capacity_aborts_the_start_and_leaves_nothing() {
     with_timeout(|| {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
-        let r = hook(
+        let r = prepare(
             &d.address,
             state.path(),
-            &["greedy", "prepare", "begin", "-"],
+            "greedy",
             example("three-full-gpus.xml"),
         );
         assert_eq!(r.code, 6, "{}", r.stderr);
@@ -395,12 +355,7 @@ fn a_started_definition_is_stopped_again_when_the_start_fails() {
         let xml = String::from_utf8(example("defined-and-new.xml"))
             .expect("utf-8")
             .replace("GRID T4-2Q", "GRID T4-16Q");
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["render-node-1", "prepare", "begin", "-"],
-            xml.into_bytes(),
-        );
+        let r = prepare(&d.address, state.path(), "render-node-1", xml.into_bytes());
         assert_ne!(r.code, 0, "{}", r.stderr);
         assert!(
             mdev_devices(&d).is_empty(),
@@ -420,10 +375,10 @@ fn a_new_device_without_metadata_is_a_clear_error() {
     with_timeout(|| {
         let d = Daemon::start(&["nvidia-t4"]);
         let state = tempfile::tempdir().expect("temp dir");
-        let r = hook(
+        let r = prepare(
             &d.address,
             state.path(),
-            &["legacy", "prepare", "begin", "-"],
+            "legacy",
             example("no-metadata.xml"),
         );
         assert_eq!(r.code, 4, "{}", r.stderr);
@@ -440,12 +395,7 @@ fn a_new_device_without_metadata_is_a_clear_error() {
 fn prepare_without_vgpud_says_so_and_exits_10() {
     with_timeout(|| {
         let state = tempfile::tempdir().expect("temp dir");
-        let r = hook(
-            NO_BUS,
-            state.path(),
-            &["win11-cad", "prepare", "begin", "-"],
-            example("two-vgpus.xml"),
-        );
+        let r = prepare(NO_BUS, state.path(), "win11-cad", example("two-vgpus.xml"));
         assert_eq!(r.code, 10, "{}", r.stderr);
         assert!(
             r.stderr.contains("vgpud is not running on the bus at"),
@@ -541,12 +491,7 @@ fn a_domain_without_mdev_is_a_no_op() {
 fn malformed_xml_fails_prepare_and_is_only_noted_at_release() {
     with_timeout(|| {
         let state = tempfile::tempdir().expect("temp dir");
-        let r = hook(
-            NO_BUS,
-            state.path(),
-            &["broken", "prepare", "begin", "-"],
-            example("malformed.xml"),
-        );
+        let r = prepare(NO_BUS, state.path(), "broken", example("malformed.xml"));
         assert_eq!(r.code, 3, "{}", r.stderr);
         assert!(
             r.stderr
@@ -554,18 +499,13 @@ fn malformed_xml_fails_prepare_and_is_only_noted_at_release() {
             "{}",
             r.stderr
         );
-        let r = hook(
-            NO_BUS,
-            state.path(),
-            &["broken", "release", "end", "-"],
-            example("malformed.xml"),
-        );
+        let r = release(NO_BUS, state.path(), "broken", example("malformed.xml"));
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(r.stderr.contains("ignoring its XML"), "{}", r.stderr);
-        let r = hook(
+        let r = prepare(
             NO_BUS,
             state.path(),
-            &["broken", "prepare", "begin", "-"],
+            "broken",
             b"\xff\xfe<domain/>".to_vec(),
         );
         assert_eq!(r.code, 3, "{}", r.stderr);
@@ -593,20 +533,10 @@ fn a_10_mb_domain_is_handled() {
         let state = tempfile::tempdir().expect("temp dir");
         let xml = huge_domain();
         assert!(xml.len() > 10 << 20);
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "prepare", "begin", "-"],
-            xml.clone(),
-        );
+        let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(mdev_devices(&d), vec![uuid(1), uuid(2)]);
-        let r = hook(
-            &d.address,
-            state.path(),
-            &["win11-cad", "release", "end", "-"],
-            xml,
-        );
+        let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(mdev_devices(&d).is_empty());
     });
