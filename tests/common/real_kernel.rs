@@ -1,0 +1,154 @@
+//! Test fixture of the real-kernel tier: a shell script run as root on Debian's kernel booted
+//! under QEMU (TCG) by `scripts/real-kernel-run`, with the kernel's mdev core, VFIO, KVM and the
+//! sample drivers mtty, mdpy and mbochs (modules under `$RK/modules`). The host's root is the
+//! guest's (read-only), so the test binaries' `CARGO_BIN_EXE_*` paths run there unchanged.
+//!
+//! Nothing here skips: a download that fails or a QEMU that will not start fails the test with
+//! what the scripts said.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
+pub const VGPUCTL: &str = env!("CARGO_BIN_EXE_vgpuctl");
+pub const VGPUD_VMM: &str = env!("CARGO_BIN_EXE_vgpud-vmm");
+pub const VGPUD_PROVE: &str = env!("CARGO_BIN_EXE_vgpud-prove");
+pub const VGPUD_SIM: &str = env!("CARGO_BIN_EXE_vgpud-sim");
+
+/// How long one boot may take before it is retried once (the scripts bound each attempt).
+pub const BOOT_LIMIT: Duration = Duration::from_secs(240);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// What one run of a script on the real kernel left behind.
+pub struct GuestRun {
+    /// The script's exit status (124: the guest hung twice).
+    pub status: i32,
+    /// Everything the script printed (stdout and stderr).
+    pub output: String,
+    /// What the scripts printed on the host (downloads, hangs).
+    pub host_stderr: String,
+    /// The run's scratch directory (shared read-write with the guest at the same path).
+    pub scratch: PathBuf,
+}
+
+impl GuestRun {
+    /// A file the script wrote into `$SCRATCH`.
+    pub fn file(&self, name: &str) -> String {
+        let path = self.scratch.join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "the guest left no {}: {e}\n--- output ---\n{}\n--- serial ---\n{}",
+                path.display(),
+                self.output,
+                self.serial()
+            )
+        })
+    }
+
+    /// The guest's serial console (the kernel's messages).
+    pub fn serial(&self) -> String {
+        std::fs::read_to_string(self.scratch.join("serial")).unwrap_or_default()
+    }
+
+    /// Lines `KEY=VALUE` that the script printed, by key (the last one wins).
+    pub fn values(&self) -> BTreeMap<String, String> {
+        self.output
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| {
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    /// The value of `KEY=...`, which the script must have printed.
+    pub fn value(&self, key: &str) -> String {
+        self.values().remove(key).unwrap_or_else(|| {
+            panic!(
+                "the script printed no {key}=\n--- output ---\n{}",
+                self.output
+            )
+        })
+    }
+
+    /// Panics with everything the run showed unless the script succeeded.
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(
+            self.status,
+            0,
+            "the script failed on the real kernel\n--- output ---\n{}\n--- host ---\n{}\n--- serial (tail) ---\n{}",
+            self.output,
+            self.host_stderr,
+            tail(&self.serial(), 40)
+        );
+        self
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs `script` (bash-compatible sh) on the real kernel. The script sees `RK`, `REPO`,
+/// `SCRATCH`, and the binaries as `VGPUD`, `VGPUCTL`, `VGPUD_VMM`, `VGPUD_PROVE`, `VGPUD_SIM`.
+pub fn run(script: &str) -> GuestRun {
+    run_with(script, &[])
+}
+
+/// `run` with extra options for `scripts/real-kernel-run` (`--smp 2`, `--memory 2048`).
+pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
+    let base = repo().join("target/real-kernel-tests");
+    std::fs::create_dir_all(&base).expect("create target/real-kernel-tests");
+    let scratch = tempfile::Builder::new()
+        .prefix("run.")
+        .tempdir_in(&base)
+        .expect("scratch directory")
+        .keep();
+    let prelude = format!(
+        "set -u\nVGPUD={VGPUD}\nVGPUCTL={VGPUCTL}\nVGPUD_VMM={VGPUD_VMM}\nVGPUD_PROVE={VGPUD_PROVE}\nVGPUD_SIM={VGPUD_SIM}\n\
+         insmod() {{ \"$RK/busybox\" insmod \"$RK/modules/$1.ko\" \"${{@:2}}\"; }}\n\
+         rmmod() {{ \"$RK/busybox\" rmmod \"$1\"; }}\n"
+    );
+    let script_path = scratch.join("script.sh");
+    std::fs::write(&script_path, format!("#!/bin/bash\n{prelude}{script}"))
+        .expect("write the script");
+    let out = Command::new(repo().join("scripts/real-kernel-run"))
+        .args(options)
+        .arg("--timeout")
+        .arg(BOOT_LIMIT.as_secs().to_string())
+        .arg("--scratch")
+        .arg(&scratch)
+        .arg(bash_wrapper(&scratch, &script_path))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/real-kernel-run");
+    let output = std::fs::read_to_string(scratch.join("output")).unwrap_or_default();
+    let host_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let status = out.status.code().unwrap_or(-1);
+    if status == 124 || (status != 0 && !scratch.join("status").exists()) {
+        panic!("the real kernel did not run the script (status {status}):\n{host_stderr}");
+    }
+    GuestRun {
+        status,
+        output,
+        host_stderr,
+        scratch,
+    }
+}
+
+/// The guest's init runs `sh run.sh`; the test's script wants bash (arrays, `${@:2}`).
+fn bash_wrapper(scratch: &Path, script: &Path) -> PathBuf {
+    let wrapper = scratch.join("wrapper.sh");
+    std::fs::write(&wrapper, format!("exec /bin/bash {}\n", script.display()))
+        .expect("write the wrapper");
+    wrapper
+}
