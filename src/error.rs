@@ -36,6 +36,15 @@ pub enum Error {
     #[error("a device with UUID {0} already exists")]
     AlreadyExists(String),
 
+    #[error("a device with UUID {0} is defined already: start it instead")]
+    AlreadyDefined(String),
+
+    #[error("device {0} is started already")]
+    AlreadyStarted(String),
+
+    #[error("{0} exists already")]
+    FileExists(PathBuf),
+
     #[error(
         "no capacity for type {type_id} on parent {parent} (the driver said {})",
         errno_name(*errno)
@@ -151,6 +160,9 @@ impl Error {
             Error::UnknownType { .. } => ErrorClass::NotFound,
             Error::UnknownDevice(_) => ErrorClass::NotFound,
             Error::AlreadyExists(_) => ErrorClass::AlreadyExists,
+            Error::AlreadyDefined(_) => ErrorClass::AlreadyExists,
+            Error::AlreadyStarted(_) => ErrorClass::AlreadyExists,
+            Error::FileExists(_) => ErrorClass::AlreadyExists,
             Error::NoCapacity { .. } => ErrorClass::NoCapacity,
             // The parent is disappearing: to the caller it is (about to be) not there.
             Error::ParentGoingAway(_) => ErrorClass::NotFound,
@@ -233,6 +245,35 @@ pub const EPROBE_DEFER: i32 = 517;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Seen on the real kernel: a duplicate create said "... exists already exists", because the
+    // manager put its own words into the UUID slot of a sentence that already had them.
+    #[test]
+    fn each_already_exists_message_says_it_once() {
+        const U: &str = "83b8f4f2-509f-482f-9c1e-e6bfe0fa1001";
+        let cases = [
+            (
+                Error::AlreadyExists(U.into()),
+                format!("a device with UUID {U} already exists"),
+            ),
+            (
+                Error::AlreadyDefined(U.into()),
+                format!("a device with UUID {U} is defined already: start it instead"),
+            ),
+            (
+                Error::AlreadyStarted(U.into()),
+                format!("device {U} is started already"),
+            ),
+            (
+                Error::FileExists("/etc/mdevctl.d/mtty/x".into()),
+                "/etc/mdevctl.d/mtty/x exists already".into(),
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+            assert_eq!(e.class(), ErrorClass::AlreadyExists);
+        }
+    }
 
     #[test]
     fn no_capacity_message_names_type_parent_and_errno() {

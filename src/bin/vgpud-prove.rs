@@ -31,6 +31,55 @@ struct Args {
     crash_rounds: Option<u32>,
 }
 
+/// `vgpud-prove abi`: the kernel-ABI scenarios of the sample drivers against one sysfs root,
+/// printed as JSON (scenario -> lines), to compare a real kernel with the simulator.
+#[derive(Parser, Debug)]
+#[command(name = "vgpud-prove abi")]
+struct AbiArgs {
+    /// Root of sysfs (/sys on a real kernel, the mount point of vgpud-sim).
+    #[arg(long)]
+    sysfs: PathBuf,
+    /// Real kernel: the directory holding mtty.ko, mdpy.ko and mbochs.ko (already loaded).
+    #[arg(long, conflicts_with = "sim_run_dir")]
+    modules: Option<PathBuf>,
+    /// Simulator: its run directory (control and uevent sockets).
+    #[arg(long)]
+    sim_run_dir: Option<PathBuf>,
+}
+
+fn abi_main(args: AbiArgs) -> ExitCode {
+    use vgpud::prove::abi::{Host, Probe};
+    let host = match (args.modules, args.sim_run_dir) {
+        (Some(modules), None) => Host::Kernel { modules },
+        (None, Some(run_dir)) => Host::Sim {
+            control: vgpud::sim::control_socket(&run_dir),
+            feed: vgpud::sim::uevent_socket(&run_dir),
+        },
+        _ => {
+            eprintln!(
+                "vgpud-prove abi: give --modules (a real kernel) or --sim-run-dir (the simulator)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match Probe::new(&args.sysfs, host).run() {
+        Ok(record) => match serde_json::to_string_pretty(&record) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vgpud-prove abi: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("vgpud-prove abi: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 struct Plan {
     clients: usize,
     ops: usize,
@@ -312,6 +361,22 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("abi-hold") {
+        let Some(uuid) = std::env::args().nth(2) else {
+            eprintln!("usage: vgpud-prove abi-hold UUID (holds /sys/bus/mdev/devices/UUID through VFIO until killed)");
+            return ExitCode::from(2);
+        };
+        return match vgpud::prove::abi::hold_until_killed(std::path::Path::new("/sys"), &uuid) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vgpud-prove abi-hold: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if std::env::args().nth(1).as_deref() == Some("abi") {
+        return abi_main(AbiArgs::parse_from(std::env::args().skip(1)));
+    }
     let args = Args::parse();
     let seed = args.seed.unwrap_or_else(clock_seed);
     let bins = match Bins::beside_current_exe() {

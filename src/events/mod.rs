@@ -5,5 +5,5 @@
 mod source;
 mod uevent;
 
-pub use source::{is_relevant, EventSpec, EventSpecError, EventStream};
+pub use source::{is_relevant, EventSpec, EventSpecError, EventStream, RawEvents};
 pub use uevent::{Affected, UEvent, UEventError, MAX_UEVENT_LEN};

@@ -154,6 +154,65 @@ impl EventStream {
     }
 }
 
+/// A blocking reader of every well-formed uevent, relevant to vgpud or not, from the kernel's
+/// socket or the simulator's feed: what `vgpud-prove abi` records to compare the two.
+pub struct RawEvents {
+    fd: OwnedFd,
+    kernel: bool,
+    buf: Vec<u8>,
+}
+
+impl RawEvents {
+    /// Opens the kernel's socket or the simulator's feed (the udev monitor is not offered:
+    /// what the kernel itself sends is the question).
+    pub fn open(spec: &EventSpec) -> io::Result<Self> {
+        let (fd, kernel) = match spec {
+            EventSpec::Kernel => (kernel::open()?, true),
+            EventSpec::Sim(path) => (sim::open(path)?, false),
+            EventSpec::Udev => {
+                return Err(io::Error::other(
+                    "raw events come from the kernel or the simulator, not udev",
+                ))
+            }
+        };
+        Ok(Self {
+            fd,
+            kernel,
+            buf: vec![0; MAX_UEVENT_LEN + 1],
+        })
+    }
+
+    /// The next event within `timeout`, or None when none came.
+    pub fn next(&mut self, timeout: std::time::Duration) -> io::Result<Option<UEvent>> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = PollTimeout::try_from(left.as_millis().min(60_000) as u32)
+                .unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, ms) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let read = if self.kernel {
+                kernel::read(&self.fd, &mut self.buf)
+            } else {
+                sim::read(&self.fd, &mut self.buf)
+            };
+            match read {
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// Hands a socket to the runtime's reactor.
 fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd owns the OwnedFd, which keeps the same open descriptor until the

@@ -176,12 +176,12 @@ impl Manager {
     ) {
         if let Some(u) = &req.uuid {
             if self.devices.contains_key(u) {
-                let what = if self.live.contains_key(u) {
-                    "exists"
+                let error = if self.live.contains_key(u) {
+                    Error::AlreadyExists(u.to_string())
                 } else {
-                    "is defined; start it instead"
+                    Error::AlreadyDefined(u.to_string())
                 };
-                let _ = reply.send(Err(Error::AlreadyExists(format!("{u} {what}"))));
+                let _ = reply.send(Err(error));
                 return;
             }
         }
@@ -256,9 +256,7 @@ impl Manager {
         reply: Reply<DeviceView>,
     ) {
         if self.live.contains_key(&uuid) {
-            let _ = reply.send(Err(Error::AlreadyExists(format!(
-                "{uuid} is already started"
-            ))));
+            let _ = reply.send(Err(Error::AlreadyStarted(uuid.to_string())));
             return;
         }
         let defs = self.definitions.get(&uuid).cloned().unwrap_or_default();

@@ -5,8 +5,10 @@
 //! - [`rig`]: the simulator, a private bus and the daemon as child processes;
 //! - [`check`]: the consistency checker (the D-Bus picture against the sysfs tree);
 //! - [`load`], [`faults`], [`crash`], [`dbus_fuzz`], [`compare`]: the sections of the run;
-//! - [`fuzz`]: the parsers' property-based fuzz targets.
+//! - [`fuzz`]: the parsers' property-based fuzz targets;
+//! - [`abi`]: the kernel-ABI scenarios, run alike on a real kernel and on the simulator.
 
+pub mod abi;
 pub mod check;
 pub mod compare;
 pub mod crash;

@@ -105,7 +105,22 @@ impl Control {
                 Ok(json!({ "parents": names }))
             }
             Request::Unplug { parent } => {
-                let functions = self.shared.lock().unit_functions(&parent)?;
+                let functions = {
+                    let k = self.shared.lock();
+                    // Unloading a sample driver's module is refused while a VM holds one of
+                    // its devices (rmmod: EAGAIN), where a PCI removal waits for the holder.
+                    if let Some(module) = k.module_of(&parent) {
+                        if k.devices
+                            .values()
+                            .any(|d| d.parent == parent && k.held.contains(&d.uuid))
+                        {
+                            return Err(format!(
+                                "EAGAIN: module {module} is in use by a held device"
+                            ));
+                        }
+                    }
+                    k.unit_functions(&parent)?
+                };
                 for f in &functions {
                     let bound = self
                         .shared

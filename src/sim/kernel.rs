@@ -76,6 +76,8 @@ pub struct Device {
     pub parent: String,
     pub type_id: String,
     pub iommu_group: u32,
+    /// N of its `vfio-dev/vfioN` (the VFIO core's device index, smallest free).
+    pub vfio_index: u32,
     /// The mdev_type link exists (the kernel adds it after the driver binds).
     pub linked: bool,
     /// `remove` was written; the device is waiting for its holder to let go.
@@ -315,7 +317,20 @@ impl Kernel {
                     tracing::warn!("{name}: {e}");
                 }
             }
+            // A sample driver's device comes and goes with its module, which the kernel
+            // announces after the module's init (and after its exit) returned.
+            if let Some(module) = self.module_of(&name) {
+                self.emit(UEvent::new("add", &format!("/module/{module}"), "module"));
+            }
         }
+    }
+
+    /// The module behind a virtual (sample driver) parent; PCI parents have none of their own.
+    pub fn module_of(&self, name: &str) -> Option<String> {
+        let p = self.parents.get(name)?;
+        p.pci
+            .as_ref()
+            .map_or(p.template.mdev_driver.clone(), |_| None)
     }
 
     fn add_container_path(&mut self, devpath: &str) {
@@ -504,6 +519,15 @@ impl Kernel {
         };
         let e = self.parent_event("remove", &p);
         self.emit(e);
+        if p.pci.is_none() {
+            if let Some(module) = &p.template.mdev_driver {
+                self.emit(UEvent::new(
+                    "remove",
+                    &format!("/module/{module}"),
+                    "module",
+                ));
+            }
+        }
         if let Some(g) = p.iommu_group.take() {
             self.groups.remove(&g);
         }
@@ -612,6 +636,9 @@ impl Kernel {
             return Err(exhausted);
         }
         let group = self.alloc_group();
+        let vfio_index = (0..)
+            .find(|n| !self.devices.values().any(|d| d.vfio_index == *n))
+            .unwrap_or(0);
         self.take_capacity(parent, type_id);
         let attributes = self.parents[parent]
             .template
@@ -626,11 +653,18 @@ impl Kernel {
                 parent: parent.to_owned(),
                 type_id: type_id.to_owned(),
                 iommu_group: group,
+                vfio_index,
                 linked: false,
                 removing: false,
                 attributes,
             },
         );
+        // The vendor driver's probe registers the VFIO device before the driver core's `bind`.
+        self.emit(UEvent::new(
+            "add",
+            &format!("{devpath}/vfio-dev/vfio{vfio_index}"),
+            "vfio-dev",
+        ));
         self.emit(UEvent::new("bind", &devpath, "mdev").with("DRIVER", &driver));
         if let Some(d) = self.devices.get_mut(&uuid) {
             d.linked = true;
@@ -676,6 +710,11 @@ impl Kernel {
             .get(&d.parent)
             .map(|p| format!("/{}/{uuid}", p.devpath))
             .unwrap_or_default();
+        self.emit(UEvent::new(
+            "remove",
+            &format!("{devpath}/vfio-dev/vfio{}", d.vfio_index),
+            "vfio-dev",
+        ));
         self.emit(UEvent::new("unbind", &devpath, "mdev"));
         self.emit(UEvent::new("remove", &devpath, "mdev"));
         self.groups.remove(&d.iommu_group);

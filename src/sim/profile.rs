@@ -2,6 +2,7 @@
 //! Built-in profiles are TOML files under src/sim/profiles/, the same format users write for
 //! custom hosts (`--profile-file`), so the format is documented by working examples.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -90,6 +91,9 @@ pub struct DeviceTemplate {
     /// Writable vendor attributes of every mdev (`nvidia/vgpu_params`), set after create.
     #[serde(default)]
     pub device_attributes: Vec<String>,
+    /// Read-only vendor files of every mdev (`vendor/sample_mdev_dev`), `{uuid}` replaced.
+    #[serde(default)]
+    pub device_files: BTreeMap<String, String>,
     pub pool: PoolSpec,
     #[serde(default)]
     pub types: Vec<TypeSpec>,
@@ -323,7 +327,7 @@ pub fn validate(t: &DeviceTemplate) -> Result<(), ProfileError> {
     {
         return Err(bad("an mdev parent needs an `mdev_driver` name".into()));
     }
-    for a in &t.device_attributes {
+    for a in t.device_attributes.iter().chain(t.device_files.keys()) {
         let parts: Vec<&str> = a.split('/').collect();
         if parts.len() > 2 || !parts.iter().all(|s| is_safe_name(s)) {
             return Err(bad(format!(

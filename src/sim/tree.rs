@@ -229,7 +229,7 @@ fn resolve_in_parent(k: &Kernel, p: &Parent, rest: &[&str]) -> Option<Node> {
     let vendor_files = p.role == Role::VendorVf && p.driver.is_some();
     match rest {
         [] => {
-            let mut items: Vec<String> = vec!["uevent".into(), "subsystem".into()];
+            let mut items: Vec<String> = vec!["uevent".into(), "subsystem".into(), "power".into()];
             if let Some(pci) = pci {
                 items.extend(
                     [
@@ -267,9 +267,12 @@ fn resolve_in_parent(k: &Kernel, p: &Parent, rest: &[&str]) -> Option<Node> {
             );
             Some(dir(items))
         }
+        ["power"] => Some(power_dir()),
+        ["power", file] => power_file(file),
         ["uevent"] => {
             let mut s = String::new();
-            if let Some(d) = &p.driver {
+            // A sample driver's parent is a class device with no driver of its own.
+            if let (Some(d), Some(_)) = (&p.driver, pci) {
                 s.push_str(&format!("DRIVER={d}\n"));
             }
             if let Some(pci) = pci {
@@ -387,6 +390,32 @@ fn resolve_in_parent(k: &Kernel, p: &Parent, rest: &[&str]) -> Option<Node> {
     }
 }
 
+/// Runtime power management of a device the kernel does not power-manage.
+const POWER_FILES: [(&str, u16, &str); 9] = [
+    ("async", 0o644, "disabled"),
+    ("autosuspend_delay_ms", 0o644, "0"),
+    ("control", 0o644, "auto"),
+    ("runtime_active_kids", 0o444, "0"),
+    ("runtime_active_time", 0o444, "0"),
+    ("runtime_enabled", 0o444, "disabled"),
+    ("runtime_status", 0o444, "unsupported"),
+    ("runtime_suspended_time", 0o444, "0"),
+    ("runtime_usage", 0o444, "0"),
+];
+
+fn power_dir() -> Node {
+    dir(POWER_FILES.map(|(name, _, _)| name))
+}
+
+fn power_file(name: &str) -> Option<Node> {
+    let (_, mode, value) = POWER_FILES.iter().find(|(n, _, _)| *n == name)?;
+    Some(Node::File {
+        mode: *mode,
+        content: Some(format!("{value}\n")),
+        target: None,
+    })
+}
+
 fn typed_devices<'a>(
     k: &'a Kernel,
     p: &'a Parent,
@@ -414,14 +443,23 @@ fn vendor_list<'a>(p: &Parent, types: impl Iterator<Item = (&'a str, Option<&'a 
 
 fn resolve_in_device(p: &Parent, d: &Device, rest: &[&str]) -> Option<Node> {
     let here = format!("{}/{}", p.devpath, d.uuid);
+    let vfio_dev = format!("vfio{}", d.vfio_index);
     let attr_dirs: Vec<&str> = d
         .attributes
         .keys()
+        .chain(p.template.device_files.keys())
         .filter_map(|a| a.split_once('/').map(|(x, _)| x))
         .collect();
     match rest {
         [] => {
-            let mut items = vec!["driver", "iommu_group", "subsystem", "uevent"];
+            let mut items = vec![
+                "driver",
+                "iommu_group",
+                "subsystem",
+                "uevent",
+                "power",
+                "vfio-dev",
+            ];
             if d.linked {
                 items.push("mdev_type");
             }
@@ -431,10 +469,33 @@ fn resolve_in_device(p: &Parent, d: &Device, rest: &[&str]) -> Option<Node> {
             items.extend(
                 d.attributes
                     .keys()
+                    .chain(p.template.device_files.keys())
                     .map(|a| a.split('/').next().unwrap_or(a)),
             );
             Some(dir(items))
         }
+        ["power"] => Some(power_dir()),
+        ["power", file] => power_file(file),
+        ["vfio-dev"] => Some(dir([vfio_dev.as_str()])),
+        ["vfio-dev", name] if *name == vfio_dev => {
+            Some(dir(["device", "power", "subsystem", "uevent"]))
+        }
+        ["vfio-dev", name, "device"] if *name == vfio_dev => {
+            Some(Node::Link(format!("../../../{}", d.uuid)))
+        }
+        ["vfio-dev", name, "subsystem"] if *name == vfio_dev => Some(link(
+            &format!("{here}/vfio-dev/{vfio_dev}"),
+            "class/vfio-dev",
+        )),
+        ["vfio-dev", name, "uevent"] if *name == vfio_dev => Some(rw(
+            String::new(),
+            WriteTarget::UEvent {
+                devpath: format!("{here}/vfio-dev/{vfio_dev}"),
+                subsystem: "vfio-dev".into(),
+            },
+        )),
+        ["vfio-dev", name, "power"] if *name == vfio_dev => Some(power_dir()),
+        ["vfio-dev", name, "power", file] if *name == vfio_dev => power_file(file),
         ["mdev_type"] if d.linked => Some(link(
             &here,
             &format!("{}/mdev_supported_types/{}", p.devpath, d.type_id),
@@ -461,9 +522,13 @@ fn resolve_in_device(p: &Parent, d: &Device, rest: &[&str]) -> Option<Node> {
         [sub] if attr_dirs.contains(sub) => Some(dir(d
             .attributes
             .keys()
+            .chain(p.template.device_files.keys())
             .filter_map(|a| a.split_once('/').filter(|(x, _)| x == sub).map(|(_, n)| n)))),
         _ => {
             let name = rest.join("/");
+            if let Some(text) = p.template.device_files.get(&name) {
+                return Some(ro(format!("{}\n", text.replace("{uuid}", &d.uuid))));
+            }
             let value = d.attributes.get(&name)?;
             Some(rw(
                 format!("{value}\n"),

@@ -18,7 +18,7 @@ const TEMP_MARK: &str = ".tmp-";
 pub(crate) enum Commit {
     /// Atomically replace whatever is there.
     Replace,
-    /// Fail with `Error::AlreadyExists` if the target exists (decided atomically by link(2)).
+    /// Fail with `Error::FileExists` if the target exists (decided atomically by link(2)).
     NoReplace,
 }
 
@@ -124,7 +124,7 @@ fn link_new(tmp: &Path, target: &Path) -> Result<()> {
     match fs::hard_link(tmp, target) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(Error::AlreadyExists(target.display().to_string()))
+            Err(Error::FileExists(target.to_path_buf()))
         }
         // A file system without hard links: check, then rename. Only racy against other
         // processes writing the same name, which mdevctl itself does not guard against either.
@@ -135,7 +135,7 @@ fn link_new(tmp: &Path, target: &Path) -> Result<()> {
             ) =>
         {
             match fs::symlink_metadata(target) {
-                Ok(_) => Err(Error::AlreadyExists(target.display().to_string())),
+                Ok(_) => Err(Error::FileExists(target.to_path_buf())),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::rename(tmp, target).map_err(|e| Error::io(target, e))
                 }
