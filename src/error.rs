@@ -45,6 +45,9 @@ pub enum Error {
     #[error("{0} exists already")]
     FileExists(PathBuf),
 
+    #[error("device {uuid} is defined on parent {parent} already")]
+    DefinedOnParent { uuid: String, parent: String },
+
     #[error(
         "no capacity for type {type_id} on parent {parent} (the driver said {})",
         errno_name(*errno)
@@ -163,6 +166,7 @@ impl Error {
             Error::AlreadyDefined(_) => ErrorClass::AlreadyExists,
             Error::AlreadyStarted(_) => ErrorClass::AlreadyExists,
             Error::FileExists(_) => ErrorClass::AlreadyExists,
+            Error::DefinedOnParent { .. } => ErrorClass::AlreadyExists,
             Error::NoCapacity { .. } => ErrorClass::NoCapacity,
             // The parent is disappearing: to the caller it is (about to be) not there.
             Error::ParentGoingAway(_) => ErrorClass::NotFound,

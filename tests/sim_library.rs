@@ -510,7 +510,7 @@ fn host_create_on_a_full_mtty_is_no_capacity_enospc() {
 }
 
 #[test]
-fn host_create_on_a_full_mdpy_is_no_capacity_enomem() {
+fn host_create_on_a_full_mdpy_is_no_capacity_eusers() {
     let sim = Sim::start(&["mdpy"]);
     for _ in 0..4 {
         sim.created("mdpy", "mdpy-vga");
@@ -519,7 +519,7 @@ fn host_create_on_a_full_mdpy_is_no_capacity_enomem() {
         .create(&parent("mdpy"), &type_id("mdpy-vga"), &MdevUuid::new_v4())
         .unwrap_err();
     assert!(
-        matches!(err, Error::NoCapacity { errno, .. } if errno == libc::ENOMEM),
+        matches!(err, Error::NoCapacity { errno, .. } if errno == libc::EUSERS),
         "{err:?}"
     );
 }

@@ -220,8 +220,8 @@ fn a_full_mtty_says_no_space_left_on_device() {
 }
 
 #[test]
-fn a_full_mdpy_says_cannot_allocate_memory() {
-    exhausts_with("mdpy", "mdpy", "mdpy-hd", 4, "Cannot allocate memory");
+fn a_full_mdpy_says_too_many_users() {
+    exhausts_with("mdpy", "mdpy", "mdpy-hd", 4, "Too many users");
 }
 
 #[test]
@@ -337,21 +337,27 @@ fn ctl_monitor_prints_uevents() {
         if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
             got.push(line);
             got.push(rx.recv_timeout(HANG_GUARD).expect("a second line"));
+            got.push(rx.recv_timeout(HANG_GUARD).expect("a third line"));
             break;
         }
     }
     let _ = monitor.kill();
     let _ = monitor.wait();
-    assert_eq!(got.len(), 2, "the monitor printed nothing");
+    assert_eq!(got.len(), 3, "the monitor printed nothing");
     assert!(
         got[0].contains(" add /devices/virtual/mtty/mtty/"),
         "{}",
         got[0]
     );
     assert!(
-        got[1].contains(" bind ") && got[1].ends_with("DRIVER=mtty"),
+        got[1].contains(" add ") && got[1].contains("/vfio-dev/vfio"),
         "{}",
         got[1]
+    );
+    assert!(
+        got[2].contains(" bind ") && got[2].ends_with("DRIVER=mtty"),
+        "{}",
+        got[2]
     );
     sim.stop();
 }

@@ -330,7 +330,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         write_atomic(d.path(), "f", b"old", 0o644, Commit::NoReplace, &no_faults).unwrap();
         let err = write_atomic(d.path(), "f", b"new", 0o644, Commit::NoReplace, &no_faults);
-        assert!(matches!(err, Err(Error::AlreadyExists(_))));
+        assert!(matches!(err, Err(Error::FileExists(_))));
         assert_eq!(fs::read(d.path().join("f")).unwrap(), b"old");
         assert_eq!(names(d.path()), ["f"]);
     }

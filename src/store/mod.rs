@@ -199,7 +199,7 @@ impl Store {
         })
     }
 
-    /// Stores a new definition and its metadata; `Error::AlreadyExists` if `def.parent` already
+    /// Stores a new definition and its metadata; `Error::DefinedOnParent` if `def.parent` already
     /// has a definition with `def.uuid`. When this returns Ok both files are durable.
     pub fn define(&self, def: &Definition, meta: &Meta) -> Result<()> {
         check_storable(def)?;
@@ -221,9 +221,10 @@ impl Store {
             &hook,
         )
         .map_err(|e| match e {
-            Error::AlreadyExists(_) => {
-                Error::AlreadyExists(format!("{} (defined on parent {})", def.uuid, def.parent))
-            }
+            Error::FileExists(_) => Error::DefinedOnParent {
+                uuid: def.uuid.to_string(),
+                parent: def.parent.to_string(),
+            },
             e => e,
         })?;
         if let Err(e) = self.write_meta(&def.parent, &def.uuid, meta) {
