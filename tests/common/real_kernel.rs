@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -98,7 +98,7 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs `script` (bash-compatible sh) on the real kernel. The script sees `RK`, `REPO`,
+/// Runs `script` with bash on the real kernel. The script sees `RK`, `REPO`,
 /// `SCRATCH`, and the binaries as `VGPUD`, `VGPUCTL`, `VGPUD_VMM`, `VGPUD_PROVE`, `VGPUD_SIM`.
 pub fn run(script: &str) -> GuestRun {
     run_with(script, &[])
@@ -127,7 +127,7 @@ pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
         .arg(BOOT_LIMIT.as_secs().to_string())
         .arg("--scratch")
         .arg(&scratch)
-        .arg(bash_wrapper(&scratch, &script_path))
+        .arg(&script_path)
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/real-kernel-run");
@@ -145,10 +145,3 @@ pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
     }
 }
 
-/// The guest's init runs `sh run.sh`; the test's script wants bash (arrays, `${@:2}`).
-fn bash_wrapper(scratch: &Path, script: &Path) -> PathBuf {
-    let wrapper = scratch.join("wrapper.sh");
-    std::fs::write(&wrapper, format!("exec /bin/bash {}\n", script.display()))
-        .expect("write the wrapper");
-    wrapper
-}
