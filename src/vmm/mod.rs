@@ -313,15 +313,19 @@ pub fn launch(
     }
     let mut machine = kvm::Machine::new(config.memory_mib, config.vcpus)?;
     let mut devices: Vec<Box<dyn PassthroughDevice>> = Vec::new();
+    let mut vfio = None;
     for spec in &config.devices {
         devices.push(match spec {
             DeviceSpec::Emulated(path) => {
                 let desc = device::load_description(&path.to_string_lossy())?;
                 Box::new(EmulatedDevice::new(&desc)?)
             }
-            DeviceSpec::Vfio(path) => {
-                Box::new(VfioPassthrough::open(path, &machine.vm, &machine.mem)?)
-            }
+            DeviceSpec::Vfio(path) => Box::new(VfioPassthrough::open(
+                path,
+                &mut vfio,
+                &machine.vm,
+                &machine.mem,
+            )?),
         });
     }
     let mut uart = uart::Uart::new(Box::new(Tee(sinks)));

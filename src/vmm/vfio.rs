@@ -5,7 +5,7 @@
 //! the pure helpers are unit-tested here.
 
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
@@ -64,7 +64,7 @@ impl Drop for MappedBar {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VfioError {
-    #[error("no VFIO device at {0}: the path must be /sys/bus/mdev/devices/<uuid> or /sys/bus/pci/devices/<address>")]
+    #[error("no VFIO device at {0}: the path must be /sys/bus/mdev/devices/<uuid>, /sys/bus/pci/devices/<address> or a directory under /sys/devices")]
     NotADevice(PathBuf),
     #[error(
         "VFIO is not available on this host (no /dev/vfio/vfio); load vfio and vfio_iommu_type1"
@@ -74,22 +74,29 @@ pub enum VfioError {
     Setup(&'static str, #[source] vfio_ioctls::VfioError),
     #[error("KVM-VFIO device cannot be created")]
     KvmDevice(#[source] kvm_ioctls::Error),
+    #[error("guest memory has no host mapping")]
+    GuestMemory,
     #[error("eventfd for INTx cannot be created")]
     EventFd(#[source] std::io::Error),
     #[error("device BARs are not a valid layout")]
     Bars(#[from] super::pci::BarError),
 }
 
-/// Accepts the two sysfs forms a vGPU comes as: an mdev, or a PCI function (an NVIDIA
-/// vendor-sysfs VF bound to vfio-pci).
+/// Accepts the sysfs forms a vGPU comes as: an mdev or a PCI function (an NVIDIA vendor-sysfs
+/// VF bound to vfio-pci) by its bus link, or the device's own directory under /sys/devices
+/// (what the daemon knows a live device by, e.g. /sys/devices/virtual/mtty/mtty/<uuid>).
 pub fn check_sysfs_path(path: &Path) -> Result<(), VfioError> {
     let s = path.to_string_lossy();
-    let ok = ["/sys/bus/mdev/devices/", "/sys/bus/pci/devices/"]
+    let by_bus = ["/sys/bus/mdev/devices/", "/sys/bus/pci/devices/"]
         .iter()
         .any(|prefix| {
             s.starts_with(prefix) && s.len() > prefix.len() && !s[prefix.len()..].contains('/')
         });
-    if ok {
+    let own_dir = s.starts_with("/sys/devices/")
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if by_bus || own_dir {
         Ok(())
     } else {
         Err(VfioError::NotADevice(path.to_owned()))
@@ -316,10 +323,16 @@ pub struct VfioPassthrough {
     msix: Option<VirtualMsix>,
 }
 
-impl VfioPassthrough {
-    /// Opens the device, tells KVM about its group, maps guest RAM for DMA, enables INTx.
-    pub fn open(path: &Path, vm: &VmFd, mem: &GuestMemoryMmap) -> Result<Self, VfioError> {
-        check_sysfs_path(path)?;
+/// What all VFIO devices of one guest share: one container (one IOMMU context, guest RAM
+/// mapped into it once) and KVM's VFIO pseudo device, which KVM allows once per VM (a second
+/// KVM_CREATE_DEVICE of that type fails with EBUSY).
+pub struct VfioContext {
+    container: Arc<VfioContainer>,
+    ram_mapped: bool,
+}
+
+impl VfioContext {
+    pub fn new(vm: &VmFd) -> Result<Self, VfioError> {
         if !Path::new("/dev/vfio/vfio").exists() {
             return Err(VfioError::NoVfio);
         }
@@ -335,17 +348,53 @@ impl VfioPassthrough {
         let container = Arc::new(
             VfioContainer::new(Some(handle)).map_err(|e| VfioError::Setup("container", e))?,
         );
-        let device = VfioDevice::new(path, container.clone() as Arc<dyn VfioOps>, false)
-            .map_err(|e| VfioError::Setup("device", e))?;
+        Ok(Self {
+            container,
+            ram_mapped: false,
+        })
+    }
+
+    /// Maps guest RAM for the devices' DMA, once: the container has its IOMMU type only after
+    /// the first group joined it.
+    fn map_ram(&mut self, mem: &GuestMemoryMmap) -> Result<(), VfioError> {
+        if self.ram_mapped {
+            return Ok(());
+        }
         for region in mem.iter() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| VfioError::NotADevice(path.to_owned()))?;
+                .map_err(|_| VfioError::GuestMemory)?;
             // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
             // the guest memory, which outlives the container (both live until the VMM exits).
-            unsafe { container.vfio_dma_map(region.start_addr().0, region.len() as usize, host) }
-                .map_err(|e| VfioError::Setup("dma map", e))?;
+            unsafe {
+                self.container
+                    .vfio_dma_map(region.start_addr().0, region.len() as usize, host)
+            }
+            .map_err(|e| VfioError::Setup("dma map", e))?;
         }
+        self.ram_mapped = true;
+        Ok(())
+    }
+}
+
+impl VfioPassthrough {
+    /// Opens the device (creating the guest's VFIO context with the first one), tells KVM
+    /// about its group, maps guest RAM for DMA, enables INTx where the device has it.
+    pub fn open(
+        path: &Path,
+        context: &mut Option<VfioContext>,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Self, VfioError> {
+        check_sysfs_path(path)?;
+        let context = match context {
+            Some(c) => c,
+            None => context.insert(VfioContext::new(vm)?),
+        };
+        let container = context.container.clone();
+        let device = VfioDevice::new(path, container.clone() as Arc<dyn VfioOps>, false)
+            .map_err(|e| VfioError::Setup("device", e))?;
+        context.map_ram(mem)?;
         let mut regs = [0u32; 6];
         for (i, reg) in regs.iter_mut().enumerate() {
             let mut buf = [0u8; 4];
@@ -602,6 +651,15 @@ mod tests {
         assert!(check_sysfs_path(Path::new("/sys/bus/mdev/devices/")).is_err());
         assert!(check_sysfs_path(Path::new("/dev/vfio/12")).is_err());
         assert!(check_sysfs_path(Path::new("/sys/bus/pci/devices/0000:41:00.4/../x")).is_err());
+        assert!(check_sysfs_path(Path::new(
+            "/sys/devices/virtual/mtty/mtty/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001"
+        ))
+        .is_ok());
+        assert!(check_sysfs_path(Path::new("/sys/devices/../../etc")).is_err());
+        assert!(
+            check_sysfs_path(Path::new("/sys/devices/./x")).is_ok(),
+            "`.` is dropped"
+        );
     }
 
     #[test]
