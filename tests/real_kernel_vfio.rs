@@ -70,6 +70,7 @@ fn mtty_uart_passes_scratch_and_intx_through_vfio() {
     // mtty signals its INTx eventfd when IER's THR-empty bit is set; KVM injects it (irqfd).
     assert_line(&log, "irq line=0a");
     assert_line(&log, "irq count=1");
+    assert_line(&log, "irq again count=1");
     // mtty's config space has no capability list: MSI and MSI-X cannot be programmed.
     assert_line(&log, "msi: not applicable (no MSI capability)");
     assert_line(&log, "msix: not applicable (no MSI-X capability)");
@@ -142,6 +143,7 @@ echo "VMM_STATUS=$?"
     // The first device (mtty) is the one exercised.
     assert_line(&log, "uart scratch bar0+7 wrote 5a read 5a ok");
     assert_line(&log, "irq count=1");
+    assert_line(&log, "irq again count=1");
     assert_line(&log, "pci-probe: done");
 }
 
@@ -185,6 +187,7 @@ echo "REMOVE_STATUS=$?"
     assert_line(&log, "bar0 moved to 0000d000");
     assert_line(&log, "uart scratch bar0+7 wrote 5a read 5a ok");
     assert_line(&log, "irq count=1");
+    assert_line(&log, "irq again count=1");
     assert_line(&log, "msi: not applicable (no MSI capability)");
     assert_line(&log, "msix: not applicable (no MSI-X capability)");
     assert_line(&log, "ram bar: not applicable (no prefetchable memory BAR)");

@@ -77,6 +77,7 @@ fn pci_probe_finds_emulated_t4_and_gets_its_interrupt() {
     assert_line(&serial, "bar0 moved to e0000000");
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
+    assert_line(&serial, "irq again count=1");
     // MSI: programmed by the guest, routed by KVM_SET_GSI_ROUTING, delivered through an irqfd
     // with both 8259s masked and a vector no 8259 uses.
     assert_line(&serial, "msi cap at 50");
@@ -117,6 +118,7 @@ fn pci_probe_handles_mtty_io_bars() {
     assert_line(&serial, "bar0 moved to 0000d000");
     assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
     assert_line(&serial, "irq count=1");
+    assert_line(&serial, "irq again count=1");
     assert_line(&serial, "msi count=1");
     // An IO BAR0 has no room for an MSI-X table.
     assert_line(&serial, "msix: not applicable (no MSI-X capability)");
@@ -164,6 +166,7 @@ fn pci_probe_lists_two_devices_in_their_own_slots() {
     // The first one is exercised, with its interrupt line and MSI.
     assert_line(&serial, "target 00:01");
     assert_line(&serial, "irq count=1");
+    assert_line(&serial, "irq again count=1");
     assert_line(&serial, "msi count=1");
     assert_line(&serial, "ram traps=0");
     assert_eq!(out.status.code(), Some(0), "serial:\n{serial}");

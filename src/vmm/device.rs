@@ -52,6 +52,12 @@ pub trait PassthroughDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// The eventfd the device signals for INTx; the VMM binds it to a GSI with KVM_IRQFD.
     fn irq_eventfd(&self) -> Option<&EventFd>;
+    /// For a level-triggered INTx the device masks after each interrupt (VFIO's automasked
+    /// INTx): the eventfd KVM signals when the guest acknowledges it, which unmasks the line.
+    /// The VMM then binds `irq_eventfd` with KVM_IRQFD_FLAG_RESAMPLE.
+    fn irq_resample_eventfd(&self) -> Option<&EventFd> {
+        None
+    }
     /// The eventfd the device signals for MSI; the VMM binds it to the device's MSI GSI and
     /// routes that GSI to `msi_message` with KVM_SET_GSI_ROUTING.
     fn msi_eventfd(&self) -> Option<&EventFd> {

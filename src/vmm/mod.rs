@@ -332,11 +332,16 @@ pub fn launch(
     firmware_setup(&mut devices)?;
     let mut msi = false;
     for (i, dev) in devices.iter().enumerate() {
-        if let Some(fd) = dev.irq_eventfd() {
-            machine
+        match (dev.irq_eventfd(), dev.irq_resample_eventfd()) {
+            (Some(fd), Some(resample)) => machine
+                .vm
+                .register_irqfd_with_resample(fd, resample, bus::INTX_GSIS[i])
+                .map_err(VmmError::Irqfd)?,
+            (Some(fd), None) => machine
                 .vm
                 .register_irqfd(fd, bus::INTX_GSIS[i])
-                .map_err(VmmError::Irqfd)?;
+                .map_err(VmmError::Irqfd)?,
+            (None, _) => {}
         }
         if let Some(fd) = dev.msi_eventfd() {
             // Routed to the guest's MSI message once the guest programs and enables it.

@@ -23,6 +23,8 @@ use crate::sim::profile::GuestBar;
 /// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
 pub const CONFIG_REGION: u32 = 7;
 pub const INTX_IRQ: u32 = 0;
+/// VFIO_IRQ_INFO_AUTOMASKED (linux/vfio.h): the device masks INTx after each interrupt.
+const IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
 const REGION_FLAG_IO_HINT: u32 = 1 << 31; // not a kernel flag: marks IO BARs in `bar_layout`
 /// VFIO_REGION_INFO_FLAG_MMAP (linux/vfio.h): the region can be mmapped from the device fd.
 pub const REGION_FLAG_MMAP: u32 = 1 << 2;
@@ -317,6 +319,7 @@ pub struct VfioPassthrough {
     command: u16,
     interrupt_line: u8,
     irq: Option<EventFd>,
+    irq_resample: Option<EventFd>,
     msi: Option<VirtualMsi>,
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
@@ -407,15 +410,26 @@ impl VfioPassthrough {
         let bars = Bars::new(&bar_layout(&regions, &regs))?;
         // INTx only where the device has it: the display samples (mdpy, mbochs) report no
         // interrupts and refuse VFIO_DEVICE_SET_IRQS.
-        let irq = match device.get_irq_info(INTX_IRQ) {
+        let (irq, irq_resample) = match device.get_irq_info(INTX_IRQ) {
             Some(info) if info.count > 0 => {
                 let irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
                 device
                     .enable_irq(INTX_IRQ, vec![&irq])
                     .map_err(|e| VfioError::Setup("INTx", e))?;
-                Some(irq)
+                // An automasked INTx stays masked after each interrupt until unmasked: the
+                // guest's acknowledgement does it, through KVM's resample eventfd.
+                let resample = if info.flags & IRQ_INFO_AUTOMASKED != 0 {
+                    let fd = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
+                    device
+                        .set_irq_resample_fd(INTX_IRQ, vec![&fd])
+                        .map_err(|e| VfioError::Setup("INTx unmask", e))?;
+                    Some(fd)
+                } else {
+                    None
+                };
+                (Some(irq), resample)
             }
-            _ => None,
+            _ => (None, None),
         };
         let config_dword = |offset: u16| {
             let mut buf = [0u8; 4];
@@ -485,6 +499,7 @@ impl VfioPassthrough {
             command: 0,
             interrupt_line: 0,
             irq,
+            irq_resample,
             msi,
             msi_irq,
             mapped,
@@ -607,6 +622,10 @@ impl PassthroughDevice for VfioPassthrough {
 
     fn irq_eventfd(&self) -> Option<&EventFd> {
         self.irq.as_ref()
+    }
+
+    fn irq_resample_eventfd(&self) -> Option<&EventFd> {
+        self.irq_resample.as_ref()
     }
 
     fn msi_eventfd(&self) -> Option<&EventFd> {
