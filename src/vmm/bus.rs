@@ -9,6 +9,13 @@ use super::uart::{Uart, COM1_BASE};
 
 /// `outb` of a code here ends the guest; the VMM exits with that code.
 pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+/// Diagnostic ports for the built-in payloads (no hardware has them). A dword written to
+/// `HOST_PEEK_PORT` selects `(device << 28) | (bar << 24) | offset`; a dword read there is what
+/// the VMM reads at that offset of the memory behind that memory-slot BAR (all ones when it is
+/// not one); a dword read at `HOST_TRAPS_PORT` is how many guest accesses to the selected
+/// device's memory-slot BARs trapped to the VMM instead (0 while KVM maps them).
+pub const HOST_PEEK_PORT: u16 = 0xe0;
+pub const HOST_TRAPS_PORT: u16 = 0xe4;
 /// The PCI slot (bus 0) of the first passthrough device; device `i` sits in slot `1 + i`.
 pub const DEVICE_SLOT: u8 = 1;
 /// How many passthrough devices a guest can have (one INTx line each, see `INTX_GSIS`).
@@ -34,6 +41,8 @@ pub struct IoBus {
     config_address: u32,
     router: Option<IrqRouter>,
     slots: Option<BarSlots>,
+    peek_select: u32,
+    ram_traps: Vec<u32>,
 }
 
 impl IoBus {
@@ -41,7 +50,9 @@ impl IoBus {
         Self {
             uart,
             bridge: host_bridge(),
+            ram_traps: vec![0; devices.len()],
             devices,
+            peek_select: 0,
             config_address: 0,
             router: None,
             slots: None,
@@ -149,9 +160,34 @@ impl IoBus {
         })
     }
 
+    /// Counts a trapped access to BAR `bar` of device `index` if that BAR is a memory slot.
+    fn count_trap(&mut self, index: usize, bar: usize) {
+        let ram = self.devices.get(index).map(|d| d.ram_bars());
+        if ram.is_some_and(|r| r.iter().any(|r| r.index == bar)) {
+            if let Some(n) = self.ram_traps.get_mut(index) {
+                *n = n.wrapping_add(1);
+            }
+        }
+    }
+
+    /// What `HOST_PEEK_PORT` / `HOST_TRAPS_PORT` read for the current selector.
+    fn host_read(&self, port: u16) -> u32 {
+        let sel = self.peek_select;
+        let index = (sel >> 28) as usize;
+        match port {
+            HOST_TRAPS_PORT => self.ram_traps.get(index).copied().unwrap_or(!0),
+            _ => self
+                .devices
+                .get(index)
+                .and_then(|d| d.host_peek(((sel >> 24) & 0xf) as usize, u64::from(sel & 0xff_ffff)))
+                .unwrap_or(!0),
+        }
+    }
+
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
         let size = data.len() as u8;
         let value = match port {
+            HOST_PEEK_PORT | HOST_TRAPS_PORT if size == 4 => self.host_read(port),
             COM1_BASE..=0x3ff => u32::from(self.uart.read(port - COM1_BASE)),
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address,
             CONFIG_DATA_PORT..=0xcff => self.config_read(port - CONFIG_DATA_PORT, size),
@@ -176,6 +212,7 @@ impl IoBus {
             COM1_BASE..=0x3ff => self.uart.write(port - COM1_BASE, value as u8),
             CONFIG_ADDRESS_PORT if size == 4 => self.config_address = value,
             CONFIG_DATA_PORT..=0xcff => self.config_write(port - CONFIG_DATA_PORT, size, value),
+            HOST_PEEK_PORT if size == 4 => self.peek_select = value,
             _ => {
                 if let Some((i, d, bar, offset)) = self.find_bar(u64::from(port), true) {
                     d.bar_write(bar, offset, data);
@@ -187,15 +224,23 @@ impl IoBus {
     }
 
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
-        match self.find_bar(addr, false) {
-            Some((_, d, bar, offset)) => d.bar_read(bar, offset, data),
+        let hit = self.find_bar(addr, false).map(|(i, d, bar, offset)| {
+            d.bar_read(bar, offset, data);
+            (i, bar)
+        });
+        match hit {
+            Some((i, bar)) => self.count_trap(i, bar),
             None => data.fill(0xff),
         }
     }
 
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
-        if let Some((i, d, bar, offset)) = self.find_bar(addr, false) {
+        let hit = self.find_bar(addr, false).map(|(i, d, bar, offset)| {
             d.bar_write(bar, offset, data);
+            (i, bar)
+        });
+        if let Some((i, bar)) = hit {
+            self.count_trap(i, bar);
             // A BAR write can program an MSI-X table entry.
             self.sync_device(i);
         }
@@ -311,6 +356,35 @@ mod tests {
         assert_eq!(u32::from_le_bytes(d), 0x100 + 0xd010);
         b.pio_read(0xd000, &mut d);
         assert_eq!(u32::from_le_bytes(d), 0x100 + 0xd000);
+    }
+
+    #[test]
+    fn host_ports_peek_memory_bars_and_count_their_traps() {
+        let desc = parse_description(
+            "ram",
+            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":4096},
+               {"index":1,"size":8192,"prefetchable":true}]}"#,
+        )
+        .unwrap();
+        let dev = EmulatedDevice::new(&desc).unwrap();
+        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)]);
+        cfg_write(&mut b, DEVICE_SLOT, 0x14, 0xe000_0000);
+        cfg_write(&mut b, DEVICE_SLOT, 0x04, 2);
+        // No slots on this bus: the access traps, is counted, and lands in the memory.
+        b.mmio_write(0xe000_0010, &0xfeed_f00du32.to_le_bytes());
+        let mut d = [0u8; 4];
+        b.pio_write(HOST_PEEK_PORT, &((1u32 << 24) | 0x10).to_le_bytes());
+        b.pio_read(HOST_PEEK_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 0xfeed_f00d);
+        b.pio_read(HOST_TRAPS_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), 1);
+        // BAR0 is registers, device 1 does not exist: all ones.
+        b.pio_write(HOST_PEEK_PORT, &0u32.to_le_bytes());
+        b.pio_read(HOST_PEEK_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), !0);
+        b.pio_write(HOST_PEEK_PORT, &(1u32 << 28).to_le_bytes());
+        b.pio_read(HOST_TRAPS_PORT, &mut d);
+        assert_eq!(u32::from_le_bytes(d), !0);
     }
 
     #[test]

@@ -22,6 +22,14 @@ pub const REG_RAM_PEEK: u64 = 12;
 /// the BAR is a KVM memory slot).
 pub const REG_RAM_TRAPS: u64 = 16;
 pub const RAM_PEEK_OFFSET: u64 = 0x100;
+/// Where the emulated device's vendor-specific capability sits: it heads the capability list
+/// and carries `EMULATED_SIGNATURE`, so a guest tells this register block from a real device
+/// of the same class (an emulated mtty profile has the 16550's class but not its registers).
+pub const VENDOR_CAP_OFFSET: u16 = 0x70;
+/// "vgpd", the dword after the vendor capability's header.
+pub const EMULATED_SIGNATURE: u32 = u32::from_le_bytes(*b"vgpd");
+const CAP_ID_VENDOR: u32 = 0x09;
+const CAP_POINTER: u16 = 0x34;
 
 /// A BAR backed by host memory, which the VMM maps into the guest as a KVM memory slot
 /// wherever the guest puts the BAR (no exits on access).
@@ -44,6 +52,12 @@ pub trait PassthroughDevice: Send {
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]);
     /// The eventfd the device signals for INTx; the VMM binds it to a GSI with KVM_IRQFD.
     fn irq_eventfd(&self) -> Option<&EventFd>;
+    /// For a level-triggered INTx the device masks after each interrupt (VFIO's automasked
+    /// INTx): the eventfd KVM signals when the guest acknowledges it, which unmasks the line.
+    /// The VMM then binds `irq_eventfd` with KVM_IRQFD_FLAG_RESAMPLE.
+    fn irq_resample_eventfd(&self) -> Option<&EventFd> {
+        None
+    }
     /// The eventfd the device signals for MSI; the VMM binds it to the device's MSI GSI and
     /// routes that GSI to `msi_message` with KVM_SET_GSI_ROUTING.
     fn msi_eventfd(&self) -> Option<&EventFd> {
@@ -56,6 +70,18 @@ pub trait PassthroughDevice: Send {
     /// BARs the VMM maps as memory slots instead of trapping their accesses.
     fn ram_bars(&self) -> Vec<RamBar> {
         Vec::new()
+    }
+    /// The dword at `offset` of a memory-slot BAR, read by the VMM from the host memory behind
+    /// it (not through the guest), or `None` when that BAR is not a memory slot.
+    fn host_peek(&self, bar: usize, offset: u64) -> Option<u32> {
+        let ram = self.ram_bars().into_iter().find(|r| r.index == bar)?;
+        if offset.checked_add(4)? > ram.size {
+            return None;
+        }
+        // SAFETY: `host_addr` is a live mapping of `size` bytes owned by the device (see
+        // `RamBar`) and the dword lies inside it; a volatile read, as the guest writes it
+        // concurrently through KVM.
+        Some(unsafe { std::ptr::read_volatile((ram.host_addr + offset) as *const u32) })
     }
     /// The BAR layout, for firmware-style initial placement.
     fn bars(&self) -> &Bars;
@@ -245,7 +271,15 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
-        self.config.read(offset, size)
+        let dword = match offset & !3 {
+            CAP_POINTER => u32::from(VENDOR_CAP_OFFSET),
+            VENDOR_CAP_OFFSET => {
+                CAP_ID_VENDOR | (self.config.read(CAP_POINTER, 1) << 8) | (8 << 16)
+            }
+            o if o == VENDOR_CAP_OFFSET + 4 => EMULATED_SIGNATURE,
+            _ => return self.config.read(offset, size),
+        };
+        super::pci::extract(dword, offset, size)
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
@@ -435,6 +469,26 @@ mod tests {
         assert_eq!(u32::from_le_bytes(buf), 0x1234_abcd);
         dev.bar_read(0, REG_RAM_TRAPS, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 1);
+        assert_eq!(dev.host_peek(1, RAM_PEEK_OFFSET), Some(0x1234_abcd));
+        assert_eq!(dev.host_peek(1, (256 << 20) - 2), None);
+        assert_eq!(dev.host_peek(0, 0), None, "BAR0 is registers");
+    }
+
+    #[test]
+    fn vendor_capability_heads_the_list_and_signs_the_device() {
+        use crate::vmm::pci::{find_capability, CAP_ID_MSI, MSI_CAP_OFFSET};
+        let desc = parse_description("t4.json", T4).unwrap();
+        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut read = |o: u16| dev.config_read(o, 4);
+        assert_eq!(read(CAP_POINTER) & 0xff, u32::from(VENDOR_CAP_OFFSET));
+        let header = read(VENDOR_CAP_OFFSET);
+        assert_eq!(header & 0xff, CAP_ID_VENDOR);
+        assert_eq!((header >> 8) & 0xff, u32::from(MSI_CAP_OFFSET));
+        assert_eq!(read(VENDOR_CAP_OFFSET + 4), EMULATED_SIGNATURE);
+        assert_eq!(dev.config_read(VENDOR_CAP_OFFSET + 4, 1), u32::from(b'v'));
+        let cell = std::cell::RefCell::new(dev);
+        let found = find_capability(|o| cell.borrow_mut().config_read(o, 4), CAP_ID_MSI);
+        assert_eq!(found, Some(MSI_CAP_OFFSET));
     }
 
     #[test]

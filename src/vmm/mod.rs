@@ -313,26 +313,35 @@ pub fn launch(
     }
     let mut machine = kvm::Machine::new(config.memory_mib, config.vcpus)?;
     let mut devices: Vec<Box<dyn PassthroughDevice>> = Vec::new();
+    let mut vfio = None;
     for spec in &config.devices {
         devices.push(match spec {
             DeviceSpec::Emulated(path) => {
                 let desc = device::load_description(&path.to_string_lossy())?;
                 Box::new(EmulatedDevice::new(&desc)?)
             }
-            DeviceSpec::Vfio(path) => {
-                Box::new(VfioPassthrough::open(path, &machine.vm, &machine.mem)?)
-            }
+            DeviceSpec::Vfio(path) => Box::new(VfioPassthrough::open(
+                path,
+                &mut vfio,
+                &machine.vm,
+                &machine.mem,
+            )?),
         });
     }
     let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
     firmware_setup(&mut devices)?;
     let mut msi = false;
     for (i, dev) in devices.iter().enumerate() {
-        if let Some(fd) = dev.irq_eventfd() {
-            machine
+        match (dev.irq_eventfd(), dev.irq_resample_eventfd()) {
+            (Some(fd), Some(resample)) => machine
+                .vm
+                .register_irqfd_with_resample(fd, resample, bus::INTX_GSIS[i])
+                .map_err(VmmError::Irqfd)?,
+            (Some(fd), None) => machine
                 .vm
                 .register_irqfd(fd, bus::INTX_GSIS[i])
-                .map_err(VmmError::Irqfd)?;
+                .map_err(VmmError::Irqfd)?,
+            (None, _) => {}
         }
         if let Some(fd) = dev.msi_eventfd() {
             // Routed to the guest's MSI message once the guest programs and enables it.

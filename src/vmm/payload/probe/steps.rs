@@ -2,25 +2,13 @@
 //! MSI-X programmed and counted, and the host-memory BAR written, moved and read back.
 
 use super::*;
-use crate::vmm::device::{RAM_PEEK_OFFSET, REG_RAM_PEEK, REG_RAM_TRAPS};
+use crate::vmm::bus::{HOST_PEEK_PORT, HOST_TRAPS_PORT};
+use crate::vmm::device::RAM_PEEK_OFFSET;
 
-/// Asks the device in EBX for one interrupt through BAR0 (MMIO or port I/O, at VAR_BASE) and
-/// waits, bounded, for the handler to count it; returns with interrupts off.
+/// Asks the device in EBX for one interrupt (`kind::raise`) and waits, bounded, for the
+/// handler to count it; returns with interrupts off.
 pub(super) fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), IcedError> {
-    let mut raise_pio = a.create_label();
-    let mut raised = a.create_label();
-    a.mov(ecx, 0x10)?;
-    a.call(s.cfg_read)?;
-    a.mov(edx, dword_ptr(VAR_BASE))?;
-    a.test(eax, 1)?;
-    a.mov(eax, 1)?;
-    a.jnz(raise_pio)?;
-    a.mov(dword_ptr(edx + REG_RAISE_IRQ as i32), eax)?;
-    a.jmp(raised)?;
-    a.set_label(&mut raise_pio)?;
-    a.add(edx, REG_RAISE_IRQ as i32)?;
-    a.out(dx, eax)?;
-    a.set_label(&mut raised)?;
+    kind::raise(a, s)?;
     // Only the handler increments VAR_COUNT.
     let mut wait = a.create_label();
     let mut counted = a.create_label();
@@ -31,15 +19,17 @@ pub(super) fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), Iced
     a.pause()?;
     a.loop_(wait)?;
     a.set_label(&mut counted)?;
-    a.cli()
+    a.cli()?;
+    kind::quiet(a)
 }
 
 /// The last prefetchable memory BAR of the device in EBX (host memory behind a KVM memory
-/// slot on the emulated device): writes a pattern through it, has the device report what the
-/// host sees, moves the BAR with decoding off (sizing it on the way), reads the pattern back
-/// at the new address, and prints how many accesses trapped to the VMM.
+/// slot: the emulated device's, or a VFIO region mmapped from the device fd): writes a pattern
+/// through it, has the VMM report what it reads in that memory (`HOST_PEEK_PORT`), moves the
+/// BAR with decoding off (sizing it on the way), reads the pattern back at the new address,
+/// and expects no access to have trapped to the VMM (`HOST_TRAPS_PORT`).
 pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("ram bar: none\n");
+    let s_none = d.str("ram bar: not applicable (no prefetchable memory BAR)\n");
     let s_bar = d.str("ram bar");
     let s_at = d.str(" at ");
     let s_wrote = d.str(" wrote ");
@@ -50,6 +40,7 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     let s_ok = d.str(" ok\n");
     let s_bad = d.str(" MISMATCH\n");
     let s_traps = d.str("ram traps=");
+    let s_trapped = d.str(" TRAPPED (not a memory slot)\n");
     let s_nl = d.str("\n");
     let mut top = a.create_label();
     let mut next = a.create_label();
@@ -103,10 +94,19 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     a.mov(eax, RAM_PATTERN)?;
     hex(a, s, 8)?;
     print(a, s, s_host)?;
-    a.mov(edx, dword_ptr(VAR_BASE))?;
-    a.mov(eax, dword_ptr(edx + REG_RAM_PEEK as i32))?;
-    hex(a, s, 8)?;
-    print(a, s, s_nl)?;
+    // Selector: device index (slot - 1) << 28 | BAR << 24 | offset.
+    a.mov(eax, ebx)?;
+    a.shr(eax, 11)?;
+    a.dec(eax)?;
+    a.shl(eax, 28)?;
+    a.mov(ecx, dword_ptr(VAR_RAM_INDEX))?;
+    a.shl(ecx, 24)?;
+    a.or(eax, ecx)?;
+    a.or(eax, RAM_PEEK_OFFSET as i32)?;
+    a.mov(edx, u32::from(HOST_PEEK_PORT))?;
+    a.out(dx, eax)?;
+    a.in_(eax, dx)?;
+    expect_eax(a, s, (RAM_PATTERN, 8), (s_ok, s_bad), 6)?;
     // Memory decoding off while the BAR is sized and moved, as firmware does.
     a.mov(ecx, 4)?;
     a.call(s.cfg_read)?;
@@ -137,7 +137,7 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     print(a, s, s_read)?;
     a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
     a.mov(eax, dword_ptr(edx + RAM_PEEK_OFFSET as i32))?;
-    expect_eax(a, s, RAM_PATTERN, (s_ok, s_bad), 6)?;
+    expect_eax(a, s, (RAM_PATTERN, 8), (s_ok, s_bad), 6)?;
     a.jmp(traps)?;
     a.set_label(&mut too_big)?;
     a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
@@ -149,17 +149,16 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     print(a, s, s_big)?;
     a.set_label(&mut traps)?;
     print(a, s, s_traps)?;
-    a.mov(edx, dword_ptr(VAR_BASE))?;
-    a.mov(eax, dword_ptr(edx + REG_RAM_TRAPS as i32))?;
-    hex(a, s, 1)?;
-    print(a, s, s_nl)?;
+    a.mov(edx, u32::from(HOST_TRAPS_PORT))?;
+    a.in_(eax, dx)?;
+    expect_eax(a, s, (0, 1), (s_nl, s_trapped), 8)?;
     a.set_label(&mut end)?;
     a.nop()
 }
 
 /// Walks the capability list of the device in EBX (bounded, so a looping list ends) and
 /// leaves the offset of the capability with `id` in VAR_CAP, or 0.
-fn find_cap(a: &mut CodeAssembler, s: &Subs, id: u32) -> Result<(), IcedError> {
+pub(super) fn find_cap(a: &mut CodeAssembler, s: &Subs, id: u32) -> Result<(), IcedError> {
     let mut walk = a.create_label();
     let mut found = a.create_label();
     let mut done = a.create_label();
@@ -193,9 +192,10 @@ fn find_cap(a: &mut CodeAssembler, s: &Subs, id: u32) -> Result<(), IcedError> {
 
 /// Programs MSI-X vector 0 of the device in EBX through its table (local APIC address,
 /// data = MSIX_VECTOR, unmasked), enables MSI-X, and counts one interrupt, which can only
-/// come as that vector. Skipped when the device has no MSI-X.
+/// come as that vector. Not applicable without MSI-X or a known way to raise an interrupt.
 pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("msix: none\n");
+    let s_none = d.str("msix: not applicable (no MSI-X capability)\n");
+    let s_no_way = d.str("msix: not applicable (no known way to make this device interrupt)\n");
     let s_cap = d.str("msix cap at ");
     let s_table = d.str(" table bar");
     let s_plus = d.str("+");
@@ -210,6 +210,12 @@ pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), 
     print(a, s, s_none)?;
     a.jmp(end)?;
     a.set_label(&mut found)?;
+    let mut can = a.create_label();
+    a.cmp(dword_ptr(VAR_KIND), kind::KIND_OTHER)?;
+    a.jne(can)?;
+    print(a, s, s_no_way)?;
+    a.jmp(end)?;
+    a.set_label(&mut can)?;
     print(a, s, s_cap)?;
     a.mov(eax, dword_ptr(VAR_CAP))?;
     hex(a, s, 2)?;
@@ -264,23 +270,29 @@ pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), 
 
 /// Finds the MSI capability of the device in EBX, programs it (local APIC address, data =
 /// MSI_VECTOR), enables it with both 8259s masked, and counts one interrupt, which can only
-/// arrive through MSI: the vector is not an 8259 one. Skipped when the device has no MSI.
+/// arrive through MSI: the vector is not an 8259 one. Not applicable without MSI or a known way
+/// to raise an interrupt.
 pub(super) fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("msi: none\n");
+    let s_none = d.str("msi: not applicable (no MSI capability)\n");
+    let s_no_way = d.str("msi: not applicable (no known way to make this device interrupt)\n");
     let s_cap = d.str("msi cap at ");
     let s_vector = d.str("msi enabled vector=");
     let s_count = d.str("msi count=");
     let s_nl = d.str("\n");
-    let mut none = a.create_label();
     let mut found = a.create_label();
     let mut end = a.create_label();
     find_cap(a, s, 0x05)?;
     a.cmp(dword_ptr(VAR_CAP), 0)?;
     a.jne(found)?;
-    a.set_label(&mut none)?;
     print(a, s, s_none)?;
     a.jmp(end)?;
     a.set_label(&mut found)?;
+    let mut can = a.create_label();
+    a.cmp(dword_ptr(VAR_KIND), kind::KIND_OTHER)?;
+    a.jne(can)?;
+    print(a, s, s_no_way)?;
+    a.jmp(end)?;
+    a.set_label(&mut can)?;
     print(a, s, s_cap)?;
     a.mov(eax, dword_ptr(VAR_CAP))?;
     hex(a, s, 2)?;
