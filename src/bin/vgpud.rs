@@ -44,9 +44,14 @@ struct Args {
     /// vgpud's own state (device owners, definition metadata).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
-    /// With --simulate: do not start a polkit authority on the private bus.
-    #[arg(long, requires = "simulate")]
+    /// With --simulate or --private-bus: do not start a polkit authority on the private bus.
+    #[arg(long)]
     no_polkit: bool,
+    /// Serve on a private dbus-daemon with the real polkitd on it, as --simulate does, but on
+    /// the host's (or --sysfs) devices: try vgpud without touching the system bus. Prints the
+    /// bus address.
+    #[arg(long, conflicts_with_all = ["system", "session", "address", "simulate"])]
+    private_bus: bool,
     #[command(subcommand)]
     command: Option<Sub>,
     /// Run on a built-in simulated host: mounts vgpud-sim in a temporary directory, starts a
@@ -107,6 +112,36 @@ async fn shutdown_signal() {
     }
 }
 
+/// A private system-style dbus-daemon with vgpud's bus policy, and (unless `no_polkit`) the
+/// real polkitd on it, so authorization works as on a host.
+fn private_bus(no_polkit: bool) -> Result<(PrivateBus, Option<vgpud::polkitd::Polkitd>), String> {
+    let bus = PrivateBus::start_with_policy(
+        BusKind::System,
+        &[
+            ("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf")),
+            (
+                "org.freedesktop.PolicyKit1.conf",
+                vgpud::polkitd::BUS_POLICY,
+            ),
+        ],
+    )
+    .map_err(|e| format!("cannot start a private dbus-daemon: {e}"))?;
+    if no_polkit {
+        return Ok((bus, None));
+    }
+    let actions = [("org.vgpud.policy", vgpud::polkitd::ACTIONS)];
+    let polkit = match vgpud::polkitd::Polkitd::start(bus.address(), &actions, &[]) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(
+                "no polkit authority on the private bus ({e}); only root may change anything"
+            );
+            None
+        }
+    };
+    Ok((bus, polkit))
+}
+
 fn bus_choice(args: &Args) -> Option<BusChoice> {
     if let Some(a) = &args.address {
         Some(BusChoice::Address(a.clone()))
@@ -155,9 +190,25 @@ async fn run(args: Args) -> Result<(), String> {
         sim_control: None,
     };
     let Some(profiles) = args.simulate.clone() else {
-        return daemon::run(opts, |_| {}, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string());
+        if !args.private_bus {
+            return daemon::run(opts, |_| {}, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string());
+        }
+        let (bus, polkit) = private_bus(args.no_polkit)?;
+        let address = bus.address().to_owned();
+        opts.bus = BusChoice::Address(address.clone());
+        let polkit_state = if polkit.is_some() { "polkitd" } else { "none" };
+        let ready = move |_: &zbus::Connection| {
+            println!("VGPUD_BUS_ADDRESS={address}");
+            println!("VGPUD_POLKIT={polkit_state}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        };
+        let result = daemon::run(opts, ready, shutdown_signal()).await;
+        drop(polkit);
+        drop(bus);
+        return result.map_err(|e| daemon::chain(&e));
     };
 
     // --simulate: everything lives in one temporary directory and goes away with it.
@@ -182,36 +233,15 @@ async fn run(args: Args) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    let bus = match bus_choice(&args) {
-        Some(b) => (b, None),
+    let (bus, polkit) = match bus_choice(&args) {
+        Some(b) => ((b, None), None),
         None => {
-            let bus = PrivateBus::start_with_policy(
-                BusKind::System,
-                &[
-                    ("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf")),
-                    (
-                        "org.freedesktop.PolicyKit1.conf",
-                        vgpud::polkitd::BUS_POLICY,
-                    ),
-                ],
+            let (bus, polkit) = private_bus(args.no_polkit)?;
+            (
+                (BusChoice::Address(bus.address().to_owned()), Some(bus)),
+                polkit,
             )
-            .map_err(|e| format!("cannot start a private dbus-daemon: {e}"))?;
-            (BusChoice::Address(bus.address().to_owned()), Some(bus))
         }
-    };
-    // A real polkit authority on the private bus, so authorization works as on a host.
-    let polkit = match (&bus.1, args.no_polkit) {
-        (Some(b), false) => {
-            let actions = [("org.vgpud.policy", vgpud::polkitd::ACTIONS)];
-            match vgpud::polkitd::Polkitd::start(b.address(), &actions, &[]) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    tracing::warn!("no polkit authority on the private bus ({e}); only root may change anything");
-                    None
-                }
-            }
-        }
-        _ => None,
     };
     opts.definitions_dir = args
         .definitions_dir

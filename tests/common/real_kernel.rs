@@ -144,4 +144,3 @@ pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
         scratch,
     }
 }
-
