@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     pub vmm_binary: Option<PathBuf>,
     /// A simulated host's control socket: guests get an emulated device described by it.
     pub sim_control: Option<PathBuf>,
+    /// Where Prometheus metrics are served; None = not served.
+    pub metrics_listen: Option<crate::metrics::MetricsListen>,
 }
 
 impl Default for DaemonOptions {
@@ -45,6 +47,7 @@ impl Default for DaemonOptions {
             state_dir: PathBuf::from("/var/lib/vgpud"),
             vmm_binary: None,
             sim_control: None,
+            metrics_listen: None,
         }
     }
 }
@@ -111,9 +114,31 @@ pub async fn run(
             }
         ))
     })?;
-    let publisher = dbus::serve(&conn, handle.clone(), changes)
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let (published, publisher) = dbus::serve(&conn, handle.clone(), changes, metrics.clone())
         .await
         .map_err(|e| Error::Failed(format!("cannot serve on the bus: {e}")))?;
+    metrics.set_startup(process_age());
+    let metrics_server = match &opts.metrics_listen {
+        Some(listen) => {
+            let shown = format!("{listen:?}");
+            // Bound before `ready`, so a scraper started after it finds the socket.
+            let bound = crate::metrics::bind(listen)
+                .await
+                .map_err(|e| Error::Failed(format!("cannot serve metrics on {shown}: {e}")))?;
+            let view = move || {
+                let published = published.clone();
+                async move { published.metrics_view().await }
+            };
+            let server = crate::metrics::serve(bound, metrics.clone(), view);
+            Some(tokio::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!("serving metrics on {shown} failed: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     ready(&conn);
     let feeder = {
         let handle = handle.clone();
@@ -121,6 +146,7 @@ pub async fn run(
             loop {
                 match events.recv().await {
                     Ok(e) => {
+                        metrics.uevent();
                         if handle.event(e).is_err() {
                             return Err(Error::Failed("the manager stopped".into()));
                         }
@@ -151,8 +177,29 @@ pub async fn run(
         _ = shutdown => Ok(()),
     };
     publisher.abort();
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
     drop(conn);
     result
+}
+
+/// How long this process has run (from its start time in /proc/self/stat; the time since the
+/// first call here where that cannot be read).
+fn process_age() -> std::time::Duration {
+    use std::time::Duration;
+    let since_boot = || -> Option<Duration> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Field 22 (starttime, in clock ticks since boot) counts from after the ")" of comm.
+        let rest = stat.rsplit_once(')')?.1;
+        let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+        let up: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+        (hz > 0).then(|| Duration::from_secs_f64((up - ticks as f64 / hz as f64).max(0.0)))
+    };
+    since_boot().unwrap_or_default()
 }
 
 /// An error with its sources, for messages that end up in front of a person.

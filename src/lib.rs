@@ -12,6 +12,7 @@ pub mod events;
 pub mod guests;
 pub mod holders;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod polkitd;

@@ -52,6 +52,10 @@ struct Args {
     /// bus address.
     #[arg(long, conflicts_with_all = ["system", "session", "address", "simulate"])]
     private_bus: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback IP:PORT) or on a unix
+    /// socket (an absolute path).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<vgpud::metrics::MetricsListen>,
     #[command(subcommand)]
     command: Option<Sub>,
     /// Run on a built-in simulated host: mounts vgpud-sim in a temporary directory, starts a
@@ -188,6 +192,7 @@ async fn run(args: Args) -> Result<(), String> {
         state_dir: args.state_dir.clone().unwrap_or(defaults.state_dir),
         vmm_binary: None,
         sim_control: None,
+        metrics_listen: args.metrics_listen.clone(),
     };
     let Some(profiles) = args.simulate.clone() else {
         if !args.private_bus {

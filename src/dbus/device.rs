@@ -54,10 +54,13 @@ impl DeviceObj {
         #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
-        let req = remove_request(&options)?;
-        let who = self.authorized(&hdr, conn, Action::RemoveDevice).await?;
-        self.ctx.manager.remove(who, self.id(), req).await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.Remove", async {
+            let req = remove_request(&options)?;
+            let who = self.authorized(&hdr, conn, Action::RemoveDevice).await?;
+            self.ctx.manager.remove(who, self.id(), req).await?;
+            self.done().await
+        })
+        .await
     }
 
     /// Creates the device from its definition.
@@ -66,11 +69,14 @@ impl DeviceObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), VgpudError> {
-        let who = self
-            .authorized(&hdr, conn, Action::ManageDefinitions)
-            .await?;
-        self.ctx.manager.start(who, self.id()).await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.Start", async {
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            self.ctx.manager.start(who, self.id()).await?;
+            self.done().await
+        })
+        .await
     }
 
     /// Removes the live device of a persistent definition (the definition stays); options as Remove.
@@ -80,15 +86,18 @@ impl DeviceObj {
         #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
-        let req = remove_request(&options)?;
-        if !locked(&self.view).defined {
-            return Err(bad("this device has no definition: use Remove".into()));
-        }
-        let who = self
-            .authorized(&hdr, conn, Action::ManageDefinitions)
-            .await?;
-        self.ctx.manager.remove(who, self.id(), req).await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.Stop", async {
+            let req = remove_request(&options)?;
+            if !locked(&self.view).defined {
+                return Err(bad("this device has no definition: use Remove".into()));
+            }
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            self.ctx.manager.remove(who, self.id(), req).await?;
+            self.done().await
+        })
+        .await
     }
 
     /// Makes a live device persistent (in mdevctl's layout); options: autostart (b).
@@ -98,25 +107,28 @@ impl DeviceObj {
         #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
-        let autostart = autostart_option(&options)?;
-        let (uuid, parent, type_id) = {
-            let v = locked(&self.view);
-            (v.uuid, v.parent.clone(), v.type_id.clone())
-        };
-        let type_id =
-            type_id.ok_or_else(|| bad("the device's type is not known yet; retry".into()))?;
-        let who = self
-            .authorized(&hdr, conn, Action::ManageDefinitions)
-            .await?;
-        let req = DefineRequest {
-            type_spec: type_id.to_string(),
-            parent,
-            uuid: Some(uuid),
-            attrs: Vec::new(),
-            autostart,
-        };
-        self.ctx.manager.define(who, req).await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.Define", async {
+            let autostart = autostart_option(&options)?;
+            let (uuid, parent, type_id) = {
+                let v = locked(&self.view);
+                (v.uuid, v.parent.clone(), v.type_id.clone())
+            };
+            let type_id =
+                type_id.ok_or_else(|| bad("the device's type is not known yet; retry".into()))?;
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            let req = DefineRequest {
+                type_spec: type_id.to_string(),
+                parent,
+                uuid: Some(uuid),
+                attrs: Vec::new(),
+                autostart,
+            };
+            self.ctx.manager.define(who, req).await?;
+            self.done().await
+        })
+        .await
     }
 
     /// Deletes the persistent definition (a live device stays).
@@ -125,11 +137,14 @@ impl DeviceObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), VgpudError> {
-        let who = self
-            .authorized(&hdr, conn, Action::ManageDefinitions)
-            .await?;
-        self.ctx.manager.undefine(who, self.id()).await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.Undefine", async {
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            self.ctx.manager.undefine(who, self.id()).await?;
+            self.done().await
+        })
+        .await
     }
 
     /// Starts the device when its parent registers (true) or only on request (false).
@@ -139,14 +154,17 @@ impl DeviceObj {
         #[zbus(connection)] conn: &Connection,
         autostart: bool,
     ) -> Result<(), VgpudError> {
-        let who = self
-            .authorized(&hdr, conn, Action::ManageDefinitions)
-            .await?;
-        self.ctx
-            .manager
-            .set_autostart(who, self.id(), autostart)
-            .await?;
-        self.done().await
+        super::objects::timed(&self.ctx, "Device.SetAutostart", async {
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            self.ctx
+                .manager
+                .set_autostart(who, self.id(), autostart)
+                .await?;
+            self.done().await
+        })
+        .await
     }
 
     #[zbus(property)]

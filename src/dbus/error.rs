@@ -18,6 +18,24 @@ pub enum VgpudError {
     Failed(String),
 }
 
+impl VgpudError {
+    /// The error's class as in its D-Bus name (`Busy` of `org.vgpud1.Error.Busy`).
+    pub fn class_name(&self) -> &'static str {
+        match self {
+            VgpudError::ZBus(_) => "ZBus",
+            VgpudError::InvalidArgument(_) => "InvalidArgument",
+            VgpudError::NotFound(_) => "NotFound",
+            VgpudError::AlreadyExists(_) => "AlreadyExists",
+            VgpudError::NoCapacity(_) => "NoCapacity",
+            VgpudError::Busy(_) => "Busy",
+            VgpudError::AccessDenied(_) => "AccessDenied",
+            VgpudError::PolicyDenied(_) => "PolicyDenied",
+            VgpudError::Unsupported(_) => "Unsupported",
+            VgpudError::Failed(_) => "Failed",
+        }
+    }
+}
+
 /// The message with its whole source chain, since the D-Bus caller sees only this text.
 fn message(e: &Error) -> String {
     let mut text = e.to_string();

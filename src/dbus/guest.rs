@@ -27,13 +27,16 @@ impl GuestObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
-        let id = locked(&self.view).id;
-        let view = self.ctx.manager.stop_guest(who, id).await?;
-        self.ctx.manager.published().await?;
-        self.ctx.publisher.guest_changed(&view).await;
-        Ok(())
+        super::objects::timed(&self.ctx, "Guest.Stop", async {
+            let who = caller(&hdr, conn).await;
+            self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+            let id = locked(&self.view).id;
+            let view = self.ctx.manager.stop_guest(who, id).await?;
+            self.ctx.manager.published().await?;
+            self.ctx.publisher.guest_changed(&view).await;
+            Ok(())
+        })
+        .await
     }
 
     /// "running", "exited" or "crashed" (the VMM was killed by a signal).

@@ -42,18 +42,21 @@ pub async fn connect(bus: &BusChoice) -> zbus::Result<Connection> {
 }
 
 /// Publishes the manager's model on `conn` and keeps it current; returns once the name is
-/// owned. The returned task applies later changes until the manager stops.
+/// owned, with the publisher (what is on the bus) and the task that applies later changes
+/// until the manager stops. Every answered call is counted in `metrics`.
 pub async fn serve(
     conn: &Connection,
     manager: ManagerHandle,
     mut changes: mpsc::UnboundedReceiver<Update>,
-) -> zbus::Result<tokio::task::JoinHandle<()>> {
+    metrics: Arc<crate::metrics::Metrics>,
+) -> zbus::Result<(Publisher, tokio::task::JoinHandle<()>)> {
     let publisher = Publisher::new(conn.clone());
     let authority = crate::authz::Authority::new(conn.clone());
     let ctx = Arc::new(Ctx {
         manager,
         publisher: publisher.clone(),
         authority,
+        metrics,
     });
     publisher.set_ctx(&ctx);
     conn.object_server()
@@ -74,10 +77,14 @@ pub async fn serve(
     }
     conn.request_name(names::BUS_NAME).await?;
     tracing::info!("serving {} on the bus", names::BUS_NAME);
-    Ok(tokio::spawn(async move {
-        let _ctx = ctx;
-        while let Some(update) = changes.recv().await {
-            publisher.update(update).await;
-        }
-    }))
+    let applier = publisher.clone();
+    Ok((
+        publisher,
+        tokio::spawn(async move {
+            let _ctx = ctx;
+            while let Some(update) = changes.recv().await {
+                applier.update(update).await;
+            }
+        }),
+    ))
 }

@@ -25,6 +25,23 @@ pub struct Ctx {
     pub manager: ManagerHandle,
     pub publisher: Publisher,
     pub authority: Authority,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Runs one method's work and counts it in the metrics by method and result.
+pub async fn timed<T>(
+    ctx: &Ctx,
+    method: &'static str,
+    work: impl std::future::Future<Output = Result<T, VgpudError>>,
+) -> Result<T, VgpudError> {
+    let started = std::time::Instant::now();
+    let result = work.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.class_name(),
+    };
+    ctx.metrics.observe(method, outcome, started.elapsed());
+    result
 }
 
 async fn create(
@@ -61,8 +78,11 @@ impl ManagerObj {
         type_spec: String,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
-        let req = create_request(type_spec, &options, None)?;
-        create(&self.ctx, caller(&hdr, conn).await, req).await
+        timed(&self.ctx, "CreateDevice", async {
+            let req = create_request(type_spec, &options, None)?;
+            create(&self.ctx, caller(&hdr, conn).await, req).await
+        })
+        .await
     }
 
     /// Stores a persistent definition without creating the device; options: parent (s,
@@ -74,16 +94,19 @@ impl ManagerObj {
         type_spec: String,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
-        let req = define_request(type_spec, &options)?;
-        let who = caller(&hdr, conn).await;
-        self.ctx
-            .authority
-            .check(&who, Action::ManageDefinitions)
-            .await?;
-        let view = self.ctx.manager.define(who, req).await?;
-        self.ctx.manager.published().await?;
-        self.ctx.publisher.device_changed(&view).await;
-        Ok(names::device_path(&view.uuid))
+        timed(&self.ctx, "DefineDevice", async {
+            let req = define_request(type_spec, &options)?;
+            let who = caller(&hdr, conn).await;
+            self.ctx
+                .authority
+                .check(&who, Action::ManageDefinitions)
+                .await?;
+            let view = self.ctx.manager.define(who, req).await?;
+            self.ctx.manager.published().await?;
+            self.ctx.publisher.device_changed(&view).await;
+            Ok(names::device_path(&view.uuid))
+        })
+        .await
     }
 
     /// Starts a guest (a `vgpud-vmm` process) with these devices; options: payload (s, default
@@ -127,11 +150,14 @@ impl ManagerObj {
         #[zbus(header)] hdr: Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx.authority.check(&who, Action::ReloadPolicy).await?;
-        let summary = self.ctx.manager.reload(who).await?;
-        self.ctx.manager.published().await?;
-        Ok(summary)
+        timed(&self.ctx, "ReloadPolicy", async {
+            let who = caller(&hdr, conn).await;
+            self.ctx.authority.check(&who, Action::ReloadPolicy).await?;
+            let summary = self.ctx.manager.reload(who).await?;
+            self.ctx.manager.published().await?;
+            Ok(summary)
+        })
+        .await
     }
 
     #[zbus(property)]
@@ -287,8 +313,11 @@ impl TypeObj {
             let d = locked(&self.data);
             (d.ty.id.to_string(), d.ty.parent.clone())
         };
-        let req = create_request(id, &options, Some(parent))?;
-        create(&self.ctx, caller(&hdr, conn).await, req).await
+        timed(&self.ctx, "MdevType.Create", async {
+            let req = create_request(id, &options, Some(parent))?;
+            create(&self.ctx, caller(&hdr, conn).await, req).await
+        })
+        .await
     }
 
     #[zbus(property)]

@@ -20,6 +20,7 @@ use crate::model::{MdevUuid, Parent, ParentName, TypeId};
 struct Published {
     parents: BTreeMap<ParentName, Parent>,
     devices: BTreeMap<MdevUuid, DeviceView>,
+    guests: BTreeMap<u64, crate::guests::GuestState>,
 }
 
 /// Cloneable; one lock serializes every change so the tree is never seen half-applied.
@@ -67,6 +68,16 @@ impl Publisher {
     /// Adds or updates a device now (used before replying with its path).
     pub async fn device_changed(&self, view: &DeviceView) {
         self.apply(Change::DeviceUpdated(view.clone())).await;
+    }
+
+    /// What is on the bus now, for a metrics scrape.
+    pub async fn metrics_view(&self) -> crate::metrics::View {
+        let state = self.state.lock().await;
+        crate::metrics::View {
+            parents: state.parents.values().cloned().collect(),
+            devices: state.devices.values().cloned().collect(),
+            guests: state.guests.values().copied().collect(),
+        }
     }
 
     /// Adds or updates a guest now (used before replying with its path).
@@ -184,6 +195,7 @@ impl Publisher {
                 }
             }
             Change::Guest(g) => {
+                state.guests.insert(g.id, g.state);
                 let path = names::guest_path(g.id);
                 match server.interface::<_, GuestObj>(&path).await {
                     Ok(iref) => iref.get().await.update(g, iref.signal_emitter()).await?,
