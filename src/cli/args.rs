@@ -95,6 +95,19 @@ pub enum Command {
         #[arg(long, value_name = "PARENT")]
         parent: Option<String>,
     },
+    /// How many more devices of each type you could create now, and where (your policy
+    /// limits, reservations, shared pools and one-type GPUs counted).
+    Capacity {
+        /// Only this type (an id such as nvidia-231, or a name such as "GRID T4-2Q").
+        #[arg(long = "type", value_name = "TYPE")]
+        type_spec: Option<String>,
+        /// Only this parent.
+        #[arg(long, value_name = "PARENT")]
+        parent: Option<String>,
+        /// Only parents on this NUMA node.
+        #[arg(long, value_name = "NODE")]
+        numa_node: Option<i32>,
+    },
     /// List live devices; with --defined, the persistent definitions (as mdevctl does).
     List {
         /// List persistent definitions, live or not.

@@ -20,6 +20,20 @@ pub async fn run(command: &Command, client: &Client, json: bool) -> Result<(), C
         Command::Parents => parents(client, json).await,
         Command::Types { parent } => types(client, parent.as_deref(), json).await,
         Command::List { defined } => list(client, *defined, json).await,
+        Command::Capacity {
+            type_spec,
+            parent,
+            numa_node,
+        } => {
+            capacity(
+                client,
+                type_spec.as_deref(),
+                parent.as_deref(),
+                *numa_node,
+                json,
+            )
+            .await
+        }
         Command::Create {
             type_spec,
             spec,
@@ -109,6 +123,51 @@ async fn parents(client: &Client, json: bool) -> Result<(), CliError> {
         output::line("no parent devices")
     } else {
         output::line(&output::parents_table(&snap.parents))
+    }
+}
+
+async fn capacity(
+    client: &Client,
+    type_spec: Option<&str>,
+    parent: Option<&str>,
+    numa_node: Option<i32>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut filter: std::collections::HashMap<&str, Value<'_>> = Default::default();
+    if let Some(t) = type_spec {
+        filter.insert("type", Value::from(t));
+    }
+    if let Some(p) = parent {
+        filter.insert("parent", Value::from(p));
+    }
+    if let Some(n) = numa_node {
+        filter.insert("numa_node", Value::from(n));
+    }
+    let manager = client.manager().await?;
+    let caps = client.bounded(manager.get_capacity(filter)).await?;
+    if json {
+        let types: Vec<_> = caps
+            .iter()
+            .map(|(name, total, parents)| {
+                let parents: Vec<_> = parents
+                    .iter()
+                    .map(|(parent, type_id, numa, free)| {
+                        json!({
+                            "parent": parent,
+                            "type_id": type_id,
+                            "numa_node": (*numa >= 0).then_some(*numa),
+                            "free": free,
+                        })
+                    })
+                    .collect();
+                json!({ "type": name, "total": total, "parents": parents })
+            })
+            .collect();
+        output::json(&json!({ "capacity": types }))
+    } else if caps.is_empty() {
+        output::line("nothing you may create is free")
+    } else {
+        output::line(&output::capacity_table(&caps))
     }
 }
 

@@ -122,6 +122,37 @@ pub fn types_table(types: &[TypeInfo]) -> String {
     )
 }
 
+/// One row per type and parent: TYPE, TOTAL (the type's host-wide figure, on its first row),
+/// PARENT, TYPE ID, NUMA, FREE.
+#[allow(clippy::type_complexity)]
+pub fn capacity_table(caps: &[(String, u32, Vec<(String, String, i32, u32)>)]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (name, total, parents) in caps {
+        for (i, (parent, type_id, numa, free)) in parents.iter().enumerate() {
+            rows.push(vec![
+                if i == 0 { name.clone() } else { String::new() },
+                if i == 0 {
+                    total.to_string()
+                } else {
+                    String::new()
+                },
+                parent.clone(),
+                type_id.clone(),
+                if *numa >= 0 {
+                    numa.to_string()
+                } else {
+                    "-".into()
+                },
+                free.to_string(),
+            ]);
+        }
+    }
+    table(
+        &["TYPE", "TOTAL", "PARENT", "TYPE ID", "NUMA", "FREE"],
+        &rows,
+    )
+}
+
 /// The owner's user name when the system knows the uid.
 fn owner_name(uid: Option<i64>) -> String {
     let Some(uid) = uid else {

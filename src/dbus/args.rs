@@ -178,6 +178,22 @@ pub fn create_request(
     })
 }
 
+/// GetCapacity filter: type (s, an id or name), parent (s), numa_node (i).
+pub fn capacity_filter(options: &Options) -> Result<crate::policy::CapacityFilter, VgpudError> {
+    check_keys(options, &["type", "parent", "numa_node"])?;
+    let type_spec = opt_str(options, "type")?;
+    if let Some(t) = &type_spec {
+        check_type_spec(t)?;
+    }
+    Ok(crate::policy::CapacityFilter {
+        type_spec,
+        parent: opt_str(options, "parent")?
+            .map(ParentName::new)
+            .transpose()?,
+        numa_node: opt_i32(options, "numa_node")?,
+    })
+}
+
 /// DefineDevice options: parent (s, required), uuid (s), attrs (a(ss)), autostart (b).
 pub fn define_request(type_spec: String, options: &Options) -> Result<DefineRequest, VgpudError> {
     check_keys(options, &["parent", "uuid", "attrs", "autostart"])?;

@@ -9,7 +9,8 @@ use zbus::zvariant::OwnedObjectPath;
 use zbus::{interface, Connection};
 
 use super::args::{
-    caller, create_request, define_request, device_of_path, launch_options, Options,
+    caller, capacity_filter, create_request, define_request, device_of_path, launch_options,
+    Options,
 };
 use super::error::VgpudError;
 use super::names;
@@ -129,6 +130,43 @@ impl ManagerObj {
         self.ctx.manager.published().await?;
         self.ctx.publisher.guest_changed(&view).await;
         Ok(names::guest_path(view.id))
+    }
+
+    /// Per type name, how many more devices the caller could create now, honouring shared
+    /// pools, one-type GPUs, reservations and the caller's own policy limits; filter: type (s,
+    /// an id or name), parent (s), numa_node (i). Each entry: (type name, total, [(parent,
+    /// type id, NUMA node or -1, free there)]). Computed from vgpud's model: no sysfs read.
+    #[allow(clippy::type_complexity)]
+    async fn get_capacity(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        filter: Options,
+    ) -> Result<Vec<(String, u32, Vec<(String, String, i32, u32)>)>, VgpudError> {
+        timed(&self.ctx, "GetCapacity", async {
+            let filter = capacity_filter(&filter)?;
+            let who = caller(&hdr, conn).await;
+            let caps = self.ctx.manager.capacity(who, filter).await?;
+            Ok(caps
+                .into_iter()
+                .map(|c| {
+                    let parents = c
+                        .parents
+                        .into_iter()
+                        .map(|p| {
+                            (
+                                p.parent.to_string(),
+                                p.type_id.to_string(),
+                                p.numa_node.unwrap_or(-1),
+                                p.free,
+                            )
+                        })
+                        .collect();
+                    (c.type_name, c.total, parents)
+                })
+                .collect())
+        })
+        .await
     }
 
     /// The object path of the device with this UUID.

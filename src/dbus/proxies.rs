@@ -28,6 +28,11 @@ pub trait Manager {
         options: HashMap<&str, Value<'_>>,
     ) -> zbus::Result<OwnedObjectPath>;
     fn reload_policy(&self) -> zbus::Result<String>;
+    #[allow(clippy::type_complexity)]
+    fn get_capacity(
+        &self,
+        filter: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<Vec<(String, u32, Vec<(String, String, i32, u32)>)>>;
     #[zbus(property)]
     fn version(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -191,6 +191,11 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
+    Capacity(
+        Caller,
+        crate::policy::CapacityFilter,
+        oneshot::Sender<Vec<crate::policy::TypeCapacity>>,
+    ),
     Create(Caller, CreateRequest, Reply<DeviceView>),
     Remove(Caller, MdevUuid, RemoveRequest, Reply<()>),
     Define(Caller, DefineRequest, Reply<DeviceView>),
@@ -240,6 +245,15 @@ impl ManagerHandle {
 
     pub async fn snapshot(&self) -> Result<Snapshot> {
         self.ask(Command::Snapshot).await
+    }
+
+    /// Per type, how many more devices `caller` could create now (from the model, no sysfs read).
+    pub async fn capacity(
+        &self,
+        caller: Caller,
+        filter: crate::policy::CapacityFilter,
+    ) -> Result<Vec<crate::policy::TypeCapacity>> {
+        self.ask(|tx| Command::Capacity(caller, filter, tx)).await
     }
 
     pub async fn create(&self, caller: Caller, req: CreateRequest) -> Result<DeviceView> {

@@ -132,7 +132,7 @@ fn run_create(
 }
 
 impl Manager {
-    fn owned(&self) -> Vec<Owned> {
+    pub(super) fn owned(&self) -> Vec<Owned> {
         let mut v: Vec<Owned> = self
             .live
             .values()

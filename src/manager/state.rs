@@ -189,6 +189,15 @@ impl Manager {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::Capacity(caller, filter, reply) => {
+                let parents: Vec<_> = self.parents.values().cloned().collect();
+                let _ = reply.send(self.policy.capacity(
+                    &caller.subject(),
+                    &parents,
+                    &self.owned(),
+                    &filter,
+                ));
+            }
             Command::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {
                     parents: self.parents.values().cloned().collect(),

@@ -11,13 +11,13 @@ use super::{Action, Candidate, CreatePlan, Decision, Denial, DenialKind, Owned, 
 use crate::model::{MdevType, Parent, ParentName, TypeId};
 
 /// The parents and devices a decision looks at, indexed once.
-struct Snapshot<'a> {
+pub(super) struct Snapshot<'a> {
     parents: HashMap<&'a ParentName, &'a Parent>,
     devices: &'a [Owned],
 }
 
 impl<'a> Snapshot<'a> {
-    fn new(parents: &'a [Parent], devices: &'a [Owned]) -> Self {
+    pub(super) fn new(parents: &'a [Parent], devices: &'a [Owned]) -> Self {
         Snapshot {
             parents: parents.iter().map(|p| (&p.name, p)).collect(),
             devices,
@@ -223,6 +223,51 @@ impl Policy {
             tier: 0,
             weight: free,
         })
+    }
+
+    /// What `subject` may still create of `ty` on `parent`, for `capacity`: the rule that allows
+    /// it ("root" for root), the free instances there (after reservations and the rule's
+    /// per-parent limit), and the rule's remaining per-user and per-group quota. None when no
+    /// rule allows it or a limit is already reached.
+    pub(super) fn share(
+        &self,
+        subject: &Subject,
+        parent: &Parent,
+        ty: &MdevType,
+        snapshot: &Snapshot<'_>,
+    ) -> Option<(String, u32, u32)> {
+        if subject.is_root() {
+            return Some(("root".into(), ty.available_instances, u32::MAX));
+        }
+        let rule = self
+            .allow
+            .iter()
+            .find(|r| r.who.matches(subject) && r.types.matches(ty) && r.parents.matches(parent))?;
+        check_limits(rule, subject, parent, snapshot).ok()?;
+        let left = |max: Option<u32>, count: usize| {
+            max.map_or(u32::MAX, |m| m.saturating_sub(count as u32))
+        };
+        let on_parent = snapshot
+            .in_scope(rule)
+            .filter(|d| d.parent == parent.name)
+            .count();
+        let free = ty
+            .available_instances
+            .saturating_sub(self.hidden(subject, parent).0)
+            .min(left(rule.max_per_parent, on_parent));
+        let mine = snapshot
+            .in_scope(rule)
+            .filter(|d| d.owner_uid == Some(subject.uid))
+            .count();
+        let mut quota = left(rule.max_per_user, mine);
+        for group in rule.who.shared_groups(&subject.groups) {
+            let theirs = snapshot
+                .in_scope(rule)
+                .filter(|d| d.owner_groups.contains(group))
+                .count();
+            quota = quota.min(left(rule.max_per_group, theirs));
+        }
+        Some((rule.name.clone(), free, quota))
     }
 
     /// Instances of `parent` that reservations keep from `subject`, and the first such

@@ -4,6 +4,7 @@
 //! out. Only `load_dir` and `check_files` touch the file system. The file format is documented
 //! in policies/default.toml and the examples beside it.
 
+mod capacity;
 mod decide;
 mod ensure;
 mod glob;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 
 use crate::model::{MdevUuid, ParentName, TypeId};
 
+pub use capacity::{CapacityFilter, ParentCapacity, TypeCapacity};
 pub use ensure::{EnsureAction, EnsureCount, EnsureStep};
 pub use glob::Glob;
 pub use load::{check_files, load_dir, merge};
