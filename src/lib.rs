@@ -4,6 +4,7 @@
 
 pub mod authz;
 pub mod backend;
+pub mod callouts;
 pub mod cli;
 pub mod daemon;
 pub mod dbus;
