@@ -195,6 +195,9 @@ impl Watch {
                 }
                 Effect::NewDirectory => {
                     // Only the root's subdirectories hold definitions (scripts.d's are not read).
+                    // A file created in it before this watch exists is not known to be open: the
+                    // rescan may find it half written and report it, until its close, which
+                    // this watch does see, rescans it.
                     if let (Some(d), Some(p)) = (&dir, path) {
                         if *d == self.root {
                             if let Err(e) = self.add(&p) {
