@@ -66,6 +66,25 @@ fn a_t4_config_space_has_its_ids_class_and_capabilities() {
 }
 
 #[test]
+fn a_conventional_pci_function_has_256_bytes_and_no_express_capability() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("t4-pci.toml");
+    let t4 = include_str!("../src/sim/profiles/nvidia-t4.toml").replace(
+        "profile = \"nvidia-t4\"",
+        "profile = \"t4-pci\"\npcie = false",
+    );
+    std::fs::write(&file, t4).expect("write the profile");
+    let sim = Sim::start_with(&[], &[file]);
+    let c = config(&sim, T4);
+    assert_eq!(c.len(), 256);
+    assert_eq!(
+        capabilities(&c),
+        vec![0x01, 0x05, 0x11],
+        "PM, MSI, MSI-X; no PCIe"
+    );
+}
+
+#[test]
 fn config_bars_are_where_resource_says() {
     let sim = Sim::start(&["nvidia-t4"]);
     let c = config(&sim, T4);
