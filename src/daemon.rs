@@ -66,10 +66,20 @@ pub async fn run(
         ))
     })?;
     let host = Host::new(SysfsRoot::new(&opts.sysfs)?);
+    let store = Store::open(&opts.definitions_dir, &opts.state_dir)?;
+    // Watch before the first scan too: definitions written by mdevctl, libvirt or an editor
+    // from then on are picked up without a reload.
+    let watch = match crate::store::Watch::new(&opts.definitions_dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("definitions written by others need `vgpuctl reload`: {e}");
+            None
+        }
+    };
     let mut config = ManagerConfig::new(host);
     config.dev_root = opts.dev.clone();
     config.proc_root = opts.proc_root.clone();
-    config.store = Some(Store::open(&opts.definitions_dir, &opts.state_dir)?);
+    config.store = Some(store);
     config.state_dir = Some(opts.state_dir.clone());
     let policy_dir = opts.config_dir.join("policy.d");
     config.policy = match crate::policy::load_dir(&policy_dir) {
@@ -156,6 +166,23 @@ pub async fn run(
             }
         }
     };
+    let watcher = {
+        let handle = handle.clone();
+        async move {
+            let Some(mut watch) = watch else {
+                return std::future::pending::<()>().await;
+            };
+            loop {
+                if let Err(e) = watch.changed().await {
+                    tracing::warn!("the definitions watch failed: {e}");
+                    return std::future::pending::<()>().await;
+                }
+                if handle.definitions_changed().is_err() {
+                    return;
+                }
+            }
+        }
+    };
     let reloader = {
         let handle = handle.clone();
         async move {
@@ -174,6 +201,7 @@ pub async fn run(
     let result = tokio::select! {
         r = feeder => r,
         _ = reloader => Ok(()),
+        _ = watcher => Err(Error::Failed("the manager stopped".into())),
         _ = shutdown => Ok(()),
     };
     publisher.abort();

@@ -198,7 +198,7 @@ fn prepare_creates_both_vgpus_and_release_removes_them() {
 }
 
 #[test]
-fn a_defined_device_is_started_not_created_and_survives_release() {
+fn a_defined_device_is_started_not_created_and_stopped_at_release() {
     with_timeout(|| {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
@@ -224,13 +224,53 @@ fn a_defined_device_is_started_not_created_and_survives_release() {
 
         let r = release(&d.address, state.path(), "render-node-1", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(
+            mdev_devices(&d).is_empty(),
+            "the started definition is stopped and the created device removed"
+        );
+        let defined = vgpuctl(&d, &["--json", "list", "--defined"]);
+        assert!(
+            defined.contains(&uuid(11)),
+            "the definition stays: {defined}"
+        );
+        assert!(
+            state_files(state.path()).is_empty(),
+            "nothing left to undo, so no record"
+        );
+    });
+}
+
+#[test]
+fn a_definition_already_running_before_prepare_keeps_running_after_release() {
+    with_timeout(|| {
+        let d = Daemon::start(&["nvidia-t4:2"]);
+        let state = tempfile::tempdir().expect("temp dir");
+        vgpuctl(
+            &d,
+            &[
+                "define",
+                "nvidia-231",
+                "--parent",
+                "0000:21:00.0",
+                "--uuid",
+                &uuid(11),
+            ],
+        );
+        vgpuctl(&d, &["start", &uuid(11)]);
+        let xml = example("defined-and-new.xml");
+        let r = prepare(&d.address, state.path(), "render-node-1", xml.clone());
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert_eq!(
+            record(state.path(), "render-node-1")["started"],
+            serde_json::json!([])
+        );
+        let r = release(&d.address, state.path(), "render-node-1", xml);
+        assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(
             mdev_devices(&d),
             vec![uuid(11)],
-            "the definition's device stays"
+            "the hook stops only what it started"
         );
-        let defined = vgpuctl(&d, &["--json", "list", "--defined"]);
-        assert!(defined.contains(&uuid(11)), "{defined}");
     });
 }
 

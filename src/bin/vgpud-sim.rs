@@ -26,6 +26,11 @@ struct MountArgs {
     /// Directory where held devices get an open vfio/<group> node (default RUN_DIR/dev).
     #[arg(long)]
     dev_dir: Option<PathBuf>,
+    /// Also broadcast uevents on NETLINK_KOBJECT_UEVENT in this network namespace (group 1 in
+    /// the kernel's format, group 2 in libudev's, as udevd), so udev-based tools see devices
+    /// come and go. Needs CAP_NET_ADMIN; use a private network namespace (`unshare -n`).
+    #[arg(long)]
+    netlink_uevents: bool,
 }
 
 const AFTER_HELP: &str =
@@ -126,6 +131,7 @@ fn run(args: MountArgs) -> Result<(), String> {
         profile_files: args.profile_files,
         run_dir: args.run_dir,
         dev_dir: args.dev_dir,
+        netlink_uevents: args.netlink_uevents,
     };
     let signals = block_termination_signals()?;
     let sim = Simulator::start(&opts).map_err(|e| e.to_string())?;

@@ -15,7 +15,7 @@ use crate::store::{Definition, Meta, Start};
 impl Manager {
     /// Re-reads every definition (ours, mdevctl's, libvirt's) and republishes what changed.
     pub(super) fn load_definitions(&mut self) {
-        let Some(store) = &self.config.store else {
+        let Some(store) = self.config.store.clone() else {
             return;
         };
         let listed = match store.list() {
@@ -37,6 +37,15 @@ impl Manager {
         self.definitions = by_uuid;
         for u in touched {
             self.recompose(&u);
+        }
+        let skipped: Vec<String> = store
+            .problems()
+            .iter()
+            .map(|p| format!("definition {} skipped: {}", p.path.display(), p.reason))
+            .collect();
+        if skipped != self.definition_problems {
+            self.definition_problems = skipped;
+            self.publish(Change::Problems(self.all_problems()));
         }
     }
 
@@ -287,8 +296,8 @@ impl Manager {
             tracing::warn!("{p}");
         }
         if problems != self.problems {
-            self.problems = problems.clone();
-            self.publish(Change::Problems(problems));
+            self.problems = problems;
+            self.publish(Change::Problems(self.all_problems()));
         }
     }
 }

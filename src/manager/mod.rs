@@ -205,6 +205,8 @@ pub(crate) enum Command {
     ReloadPolicy(Caller, Reply<String>),
     Device(MdevUuid, oneshot::Sender<Option<DeviceView>>),
     Event(UEvent),
+    /// Something wrote to the definitions tree: read it again.
+    DefinitionsChanged,
     /// Re-read one device (the add-before-mdev_type race), `n` retries left.
     RefreshDevice(MdevUuid, u32),
     /// Check these devices for holders now.
@@ -310,6 +312,13 @@ impl ManagerHandle {
     /// Returns once every change the manager made so far is published.
     pub async fn published(&self) -> Result<()> {
         self.ask(Command::Barrier).await
+    }
+
+    /// Tells the manager the definitions tree changed (the inotify watch, debounced).
+    pub fn definitions_changed(&self) -> Result<()> {
+        self.tx
+            .send(Command::DefinitionsChanged)
+            .map_err(|_| gone())
     }
 
     /// Feeds one uevent to the manager.

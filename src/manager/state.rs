@@ -53,7 +53,10 @@ pub(crate) struct Manager {
     pub(super) removing: BTreeSet<MdevUuid>,
     /// Parents that appeared since the last convergence (autostart, ensure rules).
     pub(super) appeared: Vec<ParentName>,
+    /// What ensure rules cannot meet.
     pub(super) problems: Vec<String>,
+    /// Definition files skipped as invalid, as "<path>: <reason>".
+    pub(super) definition_problems: Vec<String>,
     pub(super) guests: BTreeMap<u64, super::guests::Guest>,
     pub(super) next_guest: u64,
     /// Live devices whose VFIO group some process held open at the last check.
@@ -98,11 +101,19 @@ impl Manager {
             removing: BTreeSet::new(),
             appeared: Vec::new(),
             problems: Vec::new(),
+            definition_problems: Vec::new(),
             guests: BTreeMap::new(),
             next_guest: 1,
             held: BTreeSet::new(),
             polling_holders: None,
         })
+    }
+
+    /// Everything published as the Manager's Problems.
+    pub(super) fn all_problems(&self) -> Vec<String> {
+        let mut all = self.problems.clone();
+        all.extend(self.definition_problems.iter().cloned());
+        all
     }
 
     pub(super) fn publish(&self, change: Change) {
@@ -202,7 +213,7 @@ impl Manager {
                 let _ = reply.send(Snapshot {
                     parents: self.parents.values().cloned().collect(),
                     devices: self.devices.values().cloned().collect(),
-                    problems: self.problems.clone(),
+                    problems: self.all_problems(),
                 });
             }
             Command::Device(uuid, reply) => {
@@ -233,6 +244,7 @@ impl Manager {
                 let _ = reply.send(r);
             }
             Command::Event(e) => self.on_events(std::slice::from_ref(&e)),
+            Command::DefinitionsChanged => self.load_definitions(),
             Command::RefreshDevice(uuid, left) => {
                 if self.refresh_device(&uuid) && left > 0 {
                     self.retry_link(uuid, left - 1);

@@ -22,6 +22,8 @@ pub struct Feed {
     listener: std::sync::OnceLock<OwnedFd>,
     /// Events every subscriber has been sent (or dropped, as netlink does when a reader lags).
     sent: std::sync::atomic::AtomicU64,
+    /// Also broadcast every event on NETLINK_KOBJECT_UEVENT (`--netlink-uevents`).
+    pub netlink: std::sync::OnceLock<super::netlink::Broadcast>,
 }
 
 impl Feed {
@@ -49,6 +51,9 @@ impl Feed {
             }
         });
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(netlink) = self.netlink.get() {
+            netlink.send(event);
+        }
     }
 
     pub fn subscriber_count(&self) -> usize {

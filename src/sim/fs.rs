@@ -129,6 +129,7 @@ impl SysFs {
             Node::Dir(children) => (FileType::Directory, 0o755, 0, 2 + children.len() as u32),
             Node::File { mode, .. } => (FileType::RegularFile, *mode, ATTR_SIZE, 1),
             Node::Link(target) => (FileType::Symlink, 0o777, target.len() as u64, 1),
+            Node::Blob(bytes) => (FileType::RegularFile, 0o644, bytes.len() as u64, 1),
         };
         FileAttr {
             ino: INodeNo(ino),
@@ -341,6 +342,13 @@ impl Filesystem for SysFs {
                 }
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
             }
+            Ok((_, Node::Blob(_))) => {
+                let wants_write = access == libc::O_WRONLY || access == libc::O_RDWR;
+                if wants_write && req.uid() != 0 {
+                    return reply.error(Errno::EACCES);
+                }
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+            }
             Ok(_) => reply.error(Errno::EISDIR),
             Err(e) => reply.error(e),
         }
@@ -365,6 +373,11 @@ impl Filesystem for SysFs {
                 },
             )) => {
                 let bytes = c.as_bytes();
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                reply.data(&bytes[start..end]);
+            }
+            Ok((_, Node::Blob(bytes))) => {
                 let start = (offset as usize).min(bytes.len());
                 let end = (start + size as usize).min(bytes.len());
                 reply.data(&bytes[start..end]);
@@ -395,6 +408,9 @@ impl Filesystem for SysFs {
             Some(Node::File {
                 target: Some(t), ..
             }) => t,
+            // Config space writes (a tool setting the command register) are taken and not
+            // emulated: the simulated function has no registers behind them.
+            Some(Node::Blob(_)) => return reply.written(data.len() as u32),
             Some(_) => return reply.error(Errno::EACCES),
             // The attribute went away while open (the device was removed): sysfs says ENODEV.
             None => return reply.error(Errno::ENODEV),
@@ -532,7 +548,7 @@ impl Filesystem for SysFs {
             let kind = match tree::resolve(&k, &child) {
                 Some(Node::Dir(_)) => FileType::Directory,
                 Some(Node::Link(_)) => FileType::Symlink,
-                Some(Node::File { .. }) => FileType::RegularFile,
+                Some(Node::File { .. } | Node::Blob(_)) => FileType::RegularFile,
                 None => continue,
             };
             entries.push((path_ino(&child), kind, name));

@@ -8,6 +8,8 @@ pub mod feed;
 pub mod fs;
 pub mod kernel;
 pub mod mount;
+pub mod netlink;
+pub mod pci_config;
 pub mod profile;
 pub mod tree;
 
@@ -33,6 +35,9 @@ pub struct SimOptions {
     pub run_dir: Option<PathBuf>,
     /// Where held devices get an open `vfio/<group>` node; default `<run dir>/dev`.
     pub dev_dir: Option<PathBuf>,
+    /// Also broadcast uevents on NETLINK_KOBJECT_UEVENT in this network namespace (group 1
+    /// as the kernel, group 2 as udevd), for udev-based tools.
+    pub netlink_uevents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,12 @@ impl Simulator {
             .map_err(|e| setup(&format!("cannot create {}", dev_dir.display()), &e))?;
 
         let feed = Arc::new(Feed::default());
+        if opts.netlink_uevents {
+            let broadcast = netlink::Broadcast::open()
+                .map_err(|e| setup("cannot open a NETLINK_KOBJECT_UEVENT socket", &e))?;
+            // Just made: the cell is empty.
+            let _ = feed.netlink.set(broadcast);
+        }
         let mut kernel = Kernel::new(feed.clone());
         for t in templates {
             for _ in 0..t.count {

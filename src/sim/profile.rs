@@ -81,6 +81,10 @@ pub struct DeviceTemplate {
     pub model: ParentModel,
     #[serde(default)]
     pub vfs: u32,
+    /// PCI devices: a PCI Express function (4096-byte config space with extended capabilities)
+    /// rather than conventional PCI (256 bytes).
+    #[serde(default = "yes")]
+    pub pcie: bool,
     #[serde(default)]
     pub vf_device: Option<u16>,
     /// NUMA node; absent = spread PCI devices over nodes 0 and 1, virtual ones have none (-1).
@@ -102,6 +106,10 @@ pub struct DeviceTemplate {
 
 fn one() -> u32 {
     1
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The capacity shared by all types of a device (and all VFs of a physical GPU).

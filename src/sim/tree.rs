@@ -15,6 +15,8 @@ pub enum Node {
         target: Option<WriteTarget>,
     },
     Link(String),
+    /// A read-only binary attribute whose size is its length (`config`).
+    Blob(Vec<u8>),
 }
 
 /// What a write to a file means to the kernel.
@@ -240,6 +242,9 @@ fn resolve_in_parent(k: &Kernel, p: &Parent, rest: &[&str]) -> Option<Node> {
                         "subsystem_device",
                         "numa_node",
                         "iommu_group",
+                        "config",
+                        "resource",
+                        "irq",
                     ]
                     .map(String::from),
                 );
@@ -303,6 +308,19 @@ fn resolve_in_parent(k: &Kernel, p: &Parent, rest: &[&str]) -> Option<Node> {
         ["subsystem_vendor"] => Some(ro(hex(u32::from(pci?.subsystem_vendor), 4))),
         ["subsystem_device"] => Some(ro(hex(u32::from(pci?.subsystem_device), 4))),
         ["numa_node"] => pci.map(|_| ro(format!("{}\n", p.numa_node))),
+        ["config"] => {
+            let pf = pci?.physfn.as_ref().and_then(|n| k.parents.get(n));
+            Some(Node::Blob(super::pci_config::config(pf, p, pci?)))
+        }
+        ["resource"] => {
+            let pf = pci?.physfn.as_ref().and_then(|n| k.parents.get(n));
+            Some(ro(super::pci_config::resource(pf, p)))
+        }
+        // A VF has no INTx; a PF's line is the one in its config space.
+        ["irq"] => Some(ro(format!(
+            "{}\n",
+            if pci?.physfn.is_some() { 0 } else { 11 }
+        ))),
         ["iommu_group"] => Some(link(
             here,
             &format!("kernel/iommu_groups/{}", p.iommu_group?),

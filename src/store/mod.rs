@@ -7,6 +7,7 @@ mod format;
 mod scan;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::collections::HashSet;
 use std::fs;
@@ -21,6 +22,7 @@ use atomic::{Commit, Step};
 use scan::Filter;
 
 pub use format::{parse_mdevctl_json, to_mdevctl_json};
+pub use watch::{Watch, DEBOUNCE};
 
 /// Mode of a definition file, as mdevctl leaves it under the usual umask.
 const DEFINITION_MODE: u32 = 0o644;

@@ -1,6 +1,7 @@
 //! libvirt's QEMU hook (`vgpuctl libvirt-hook`, installed as /etc/libvirt/hooks/qemu.d/vgpud).
 //! At `prepare begin` it makes every mdev the domain uses exist, all or nothing; at
-//! `release end` it removes what it created. Every other operation returns at once. It never
+//! `release end` it removes what it created and stops the definitions it started (they stay
+//! defined, and the GPU's capacity comes back). Every other operation returns at once. It never
 //! calls libvirt back, and every D-Bus call shares one deadline.
 
 pub mod domain;
@@ -80,11 +81,10 @@ pub fn run(
                 eprintln!("vgpuctl: domain {name}: ignoring its XML at release: {e}");
             }
             let state = StateFile::new(&args.state_dir, name);
-            let Some(mut record) = state.load().map_err(CliError::other)? else {
+            let Some(record) = state.load().map_err(CliError::other)? else {
                 return Ok(());
             };
-            record.started.clear();
-            if record.created.is_empty() {
+            if record.created.is_empty() && record.started.is_empty() {
                 return state.save(&record).map_err(CliError::other);
             }
             runtime()?.block_on(release(bus, timeout, name, &state, record))
@@ -276,6 +276,16 @@ async fn release(
             }
         }
     }
+    for uuid in record.started.clone() {
+        match stop_started(&client, uuid).await {
+            Ok(()) => record.started.retain(|u| *u != uuid),
+            Err(e) => {
+                let e = e.context(format!("domain {name}: cannot stop vGPU {uuid}"));
+                eprintln!("vgpuctl: {e}");
+                first_failure.get_or_insert(e);
+            }
+        }
+    }
     state.save(&record).map_err(CliError::other)?;
     match first_failure {
         Some(e) => Err(e),
@@ -296,6 +306,25 @@ async fn remove_created(client: &Client, uuid: MdevUuid) -> Result<(), CliError>
     }
     let proxy = client.device_proxy(&path).await?;
     match client.bounded(proxy.remove(removal_options())).await {
+        Err(e) if e.class != Class::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Stops a definition the hook started; its definition stays. A device that is gone, or no
+/// longer defined (someone undefined it meanwhile), is left alone.
+async fn stop_started(client: &Client, uuid: MdevUuid) -> Result<(), CliError> {
+    let path = match client.device_path(&uuid.to_string()).await {
+        Ok(p) => p,
+        Err(e) if e.class == Class::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match client.device(&path).await? {
+        Some(d) if d.active && d.persistent => {}
+        _ => return Ok(()),
+    }
+    let proxy = client.device_proxy(&path).await?;
+    match client.bounded(proxy.stop(removal_options())).await {
         Err(e) if e.class != Class::NotFound => Err(e),
         _ => Ok(()),
     }

@@ -15,7 +15,7 @@ pub struct Record {
     pub domain: String,
     /// Devices the hook created for the domain: `release end` removes them.
     pub created: Vec<MdevUuid>,
-    /// Definitions the hook started for the domain (they stay live after release).
+    /// Definitions the hook started for the domain: `release end` stops them (they stay defined).
     #[serde(default)]
     pub started: Vec<MdevUuid>,
 }
