@@ -50,8 +50,8 @@ pub struct CalloutDevice {
 }
 
 impl CalloutDevice {
-    /// The device's configuration as mdevctl writes it to a script's stdin: compact JSON with
-    /// the keys in mdevctl's (sorted) order.
+    /// The device's configuration as mdevctl 1.2 writes it to a script's stdin: compact JSON,
+    /// keys in mdevctl's order (mdev_type, start, attrs; seen side by side in tests/callouts.rs).
     pub fn config_json(&self) -> String {
         let attrs: Vec<String> = self
             .attrs
@@ -59,10 +59,10 @@ impl CalloutDevice {
             .map(|(k, v)| format!("{{{}:{}}}", json_str(k), json_str(v)))
             .collect();
         format!(
-            "{{\"attrs\":[{}],\"mdev_type\":{},\"start\":{}}}",
-            attrs.join(","),
+            "{{\"mdev_type\":{},\"start\":{},\"attrs\":[{}]}}",
             json_str(&self.type_id),
-            json_str(if self.autostart { "auto" } else { "manual" })
+            json_str(if self.autostart { "auto" } else { "manual" }),
+            attrs.join(",")
         )
     }
 }
@@ -263,7 +263,7 @@ mod tests {
     fn the_config_is_mdevctls_compact_sorted_json() {
         assert_eq!(
             device().config_json(),
-            r#"{"attrs":[{"a":"1"}],"mdev_type":"mtty-1","start":"manual"}"#
+            r#"{"mdev_type":"mtty-1","start":"manual","attrs":[{"a":"1"}]}"#
         );
     }
 
@@ -317,7 +317,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            lines[1].ends_with(r#"{"attrs":[{"a":"1"}],"mdev_type":"mtty-1","start":"manual"}"#)
+            lines[1].ends_with(r#"{"mdev_type":"mtty-1","start":"manual","attrs":[{"a":"1"}]}"#)
         );
     }
 

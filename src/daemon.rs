@@ -32,6 +32,8 @@ pub struct DaemonOptions {
     pub sim_control: Option<PathBuf>,
     /// Where Prometheus metrics are served; None = not served.
     pub metrics_listen: Option<crate::metrics::MetricsListen>,
+    /// mdevctl's library directory: call-out scripts in `<dir>/scripts.d/callouts`.
+    pub mdevctl_lib_dir: PathBuf,
 }
 
 impl Default for DaemonOptions {
@@ -48,6 +50,7 @@ impl Default for DaemonOptions {
             vmm_binary: None,
             sim_control: None,
             metrics_listen: None,
+            mdevctl_lib_dir: PathBuf::from("/usr/lib/mdevctl"),
         }
     }
 }
@@ -80,6 +83,10 @@ pub async fn run(
     config.dev_root = opts.dev.clone();
     config.proc_root = opts.proc_root.clone();
     config.store = Some(store);
+    config.callouts = Some(crate::callouts::Callouts::new(
+        &opts.definitions_dir,
+        &opts.mdevctl_lib_dir,
+    ));
     config.state_dir = Some(opts.state_dir.clone());
     let policy_dir = opts.config_dir.join("policy.d");
     config.policy = match crate::policy::load_dir(&policy_dir) {

@@ -52,6 +52,10 @@ struct Args {
     /// bus address.
     #[arg(long, conflicts_with_all = ["system", "session", "address", "simulate"])]
     private_bus: bool,
+    /// mdevctl's library directory; call-out and notifier scripts are run from
+    /// DIR/scripts.d/{callouts,notifiers} and from the same under --definitions-dir.
+    #[arg(long, value_name = "DIR", default_value = "/usr/lib/mdevctl")]
+    mdevctl_lib_dir: PathBuf,
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback IP:PORT) or on a unix
     /// socket (an absolute path).
     #[arg(long, value_name = "ADDR")]
@@ -193,6 +197,7 @@ async fn run(args: Args) -> Result<(), String> {
         vmm_binary: None,
         sim_control: None,
         metrics_listen: args.metrics_listen.clone(),
+        mdevctl_lib_dir: args.mdevctl_lib_dir.clone(),
     };
     let Some(profiles) = args.simulate.clone() else {
         if !args.private_bus {

@@ -97,7 +97,16 @@ impl Manager {
         } else {
             caller.uid
         };
-        store.define(&def, &Meta::now(owner, caller.origin.clone()))?;
+        let device = crate::callouts::CalloutDevice {
+            uuid: uuid.to_string(),
+            parent: def.parent.to_string(),
+            type_id: def.mdev_type.to_string(),
+            autostart: def.start == Start::Auto,
+            attrs: def.attrs.clone(),
+        };
+        self.with_callouts(&device, crate::callouts::Action::Define, || {
+            store.define(&def, &Meta::now(owner, caller.origin.clone()))
+        })?;
         tracing::info!(caller = %caller.origin, %uuid, parent = %def.parent, "device defined");
         self.load_definitions();
         if def.start == Start::Auto && self.parents.contains_key(&def.parent) {
@@ -136,7 +145,10 @@ impl Manager {
             owner,
         ))?;
         let several = self.definitions.get(uuid).is_some_and(|d| d.len() > 1);
-        store.undefine(several.then_some(&def.parent), uuid)?;
+        let device = self.callout_device(uuid, &def.parent, Some(&def.mdev_type));
+        self.with_callouts(&device, crate::callouts::Action::Undefine, || {
+            store.undefine(several.then_some(&def.parent), uuid)
+        })?;
         tracing::info!(caller = %caller.origin, %uuid, "device undefined");
         self.load_definitions();
         Ok(())
@@ -159,7 +171,11 @@ impl Manager {
             owner,
         ))?;
         def.start = if on { Start::Auto } else { Start::Manual };
-        store.update(&def)?;
+        let mut device = self.callout_device(uuid, &def.parent, Some(&def.mdev_type));
+        device.autostart = on;
+        self.with_callouts(&device, crate::callouts::Action::Modify, || {
+            store.update(&def)
+        })?;
         self.load_definitions();
         Ok(())
     }

@@ -43,6 +43,9 @@ pub struct ManagerConfig {
     pub policy: Policy,
     /// How guests are run; None = LaunchGuest is not supported.
     pub guests: Option<crate::guests::GuestConfig>,
+    /// mdevctl's call-out and notifier scripts around every start, stop, define, undefine and
+    /// modify; None = no scripts are run.
+    pub callouts: Option<crate::callouts::Callouts>,
 }
 
 impl ManagerConfig {
@@ -58,6 +61,7 @@ impl ManagerConfig {
             policy_dir: None,
             policy: Policy::default(),
             guests: None,
+            callouts: None,
         }
     }
 }

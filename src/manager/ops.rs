@@ -27,6 +27,10 @@ struct CreateJob {
     attrs: Vec<(String, String)>,
     /// Store a definition too (with this start mode and metadata).
     define: Option<(Start, Meta)>,
+    /// Scripts to run around each attempt (action `start`).
+    callouts: Option<crate::callouts::Callouts>,
+    /// The definition's start mode, as the scripts are told.
+    autostart: bool,
 }
 
 pub(crate) struct CreateDone {
@@ -93,42 +97,68 @@ fn run_create(
             (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
             (None, BackendKind::Mdev) => generated,
         };
-        let device = match host.create(parent, type_id, &uuid) {
-            Ok(d) => d,
-            Err(e) if try_next(&e) => {
-                last = e;
-                continue;
+        let attempt = || create_one(host, store, &job, parent, type_id, uuid);
+        let result = match &job.callouts {
+            Some(callouts) => {
+                let device = crate::callouts::CalloutDevice {
+                    uuid: uuid.to_string(),
+                    parent: parent.to_string(),
+                    type_id: type_id.to_string(),
+                    autostart: job.autostart,
+                    attrs: job.attrs.clone(),
+                };
+                callouts.around(&device, crate::callouts::Action::Start, attempt)
             }
+            None => attempt(),
+        };
+        match result {
+            Ok(device) => return Ok((parent.clone(), device)),
+            Err(e) if try_next(&e) => last = e,
             Err(e) => return Err(e),
-        };
-        let undo = |why: String| {
-            if let Err(e) = host.remove(&uuid) {
-                tracing::error!("cannot remove {uuid} after a failed setup: {e}");
-            }
-            Err(Error::Failed(why))
-        };
-        for (name, value) in &job.attrs {
-            if let Err(e) = host.set_device_attr(&uuid, name, value) {
-                return undo(format!("writing attribute {name} of {uuid} failed, so the device was removed again: {e}"));
-            }
         }
-        if let (Some(store), Some((start, meta))) = (store, &job.define) {
-            let def = Definition {
-                parent: parent.clone(),
-                uuid,
-                mdev_type: type_id.clone(),
-                start: *start,
-                attrs: job.attrs.clone(),
-            };
-            if let Err(e) = store.define(&def, meta) {
-                return undo(format!(
-                    "storing the definition of {uuid} failed, so the device was removed again: {e}"
-                ));
-            }
-        }
-        return Ok((parent.clone(), device));
     }
     Err(last)
+}
+
+/// One attempt on one parent: the create, its attributes in order, and the definition if asked
+/// for; a failed later step removes the device again.
+fn create_one(
+    host: &Host,
+    store: Option<&Store>,
+    job: &CreateJob,
+    parent: &ParentName,
+    type_id: &TypeId,
+    uuid: MdevUuid,
+) -> Result<Device> {
+    let device = host.create(parent, type_id, &uuid)?;
+    let undo = |why: String| {
+        if let Err(e) = host.remove(&uuid) {
+            tracing::error!("cannot remove {uuid} after a failed setup: {e}");
+        }
+        Err(Error::Failed(why))
+    };
+    for (name, value) in &job.attrs {
+        if let Err(e) = host.set_device_attr(&uuid, name, value) {
+            return undo(format!(
+                "writing attribute {name} of {uuid} failed, so the device was removed again: {e}"
+            ));
+        }
+    }
+    if let (Some(store), Some((start, meta))) = (store, &job.define) {
+        let def = Definition {
+            parent: parent.clone(),
+            uuid,
+            mdev_type: type_id.clone(),
+            start: *start,
+            attrs: job.attrs.clone(),
+        };
+        if let Err(e) = store.define(&def, meta) {
+            return undo(format!(
+                "storing the definition of {uuid} failed, so the device was removed again: {e}"
+            ));
+        }
+    }
+    Ok(device)
 }
 
 impl Manager {
@@ -160,6 +190,44 @@ impl Manager {
             });
         }
         v
+    }
+
+    /// A device as the call-out scripts are told about it: its definition's start mode and
+    /// attributes when it has one on this parent.
+    pub(super) fn callout_device(
+        &self,
+        uuid: &MdevUuid,
+        parent: &ParentName,
+        type_id: Option<&TypeId>,
+    ) -> crate::callouts::CalloutDevice {
+        let def = self
+            .definitions
+            .get(uuid)
+            .and_then(|defs| defs.iter().find(|(d, _)| d.parent == *parent))
+            .map(|(d, _)| d);
+        crate::callouts::CalloutDevice {
+            uuid: uuid.to_string(),
+            parent: parent.to_string(),
+            type_id: type_id
+                .or(def.map(|d| &d.mdev_type))
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            autostart: def.is_some_and(|d| d.start == Start::Auto),
+            attrs: def.map(|d| d.attrs.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Runs `operation` inside the call-outs of `action` for `device` (directly without scripts).
+    pub(super) fn with_callouts<T>(
+        &self,
+        device: &crate::callouts::CalloutDevice,
+        action: crate::callouts::Action,
+        operation: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        match &self.config.callouts {
+            Some(c) => c.around(device, action, operation),
+            None => operation(),
+        }
     }
 
     fn backend_of(&self, parent: &ParentName) -> BackendKind {
@@ -243,6 +311,8 @@ impl Manager {
             attrs: req.attrs,
             define: (req.persistent || req.autostart)
                 .then(|| (start, Meta::now(owner.uid, owner.origin.clone()))),
+            callouts: self.config.callouts.clone(),
+            autostart: req.autostart,
         };
         tracing::info!(caller = %caller.origin, uid = ?caller.uid, type_spec = %req.type_spec, first = %first.parent, rule = %first.rule, "creating a device");
         self.launch_create(first.parent.clone(), job, owner, reply);
@@ -305,6 +375,8 @@ impl Manager {
             uuid: Some(uuid),
             attrs: def.attrs.clone(),
             define: None,
+            callouts: self.config.callouts.clone(),
+            autostart: def.start == Start::Auto,
         };
         tracing::info!(caller = %caller.origin, %uuid, parent = %def.parent, "starting a defined device");
         self.launch_create(def.parent, job, owner, reply);
@@ -467,6 +539,8 @@ impl Manager {
             .filter(|n| n.exists());
         let proc_root = self.config.proc_root.clone();
         let force = req.force;
+        let callouts = self.config.callouts.clone();
+        let callout_device = self.callout_device(&uuid, &dev.parent, dev.type_id.as_ref());
         let held = Arc::new(AtomicBool::new(false));
         let seen_held = held.clone();
         tokio::spawn(async move {
@@ -483,7 +557,12 @@ impl Manager {
                         who.join(", ")
                     )));
                 }
-                host.remove(&uuid)
+                match &callouts {
+                    Some(c) => c.around(&callout_device, crate::callouts::Action::Stop, || {
+                        host.remove(&uuid)
+                    }),
+                    None => host.remove(&uuid),
+                }
             });
             let joined = |r: std::result::Result<Result<()>, tokio::task::JoinError>| {
                 r.unwrap_or_else(|join| {
