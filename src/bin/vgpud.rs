@@ -105,18 +105,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled: the daemon polls it only after announcing readiness, and a SIGTERM in
+/// between would otherwise kill it with the default action (leaving the simulator mounted).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::error!("cannot listen for SIGINT/SIGTERM");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            tracing::error!("cannot listen for SIGINT/SIGTERM");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        }
     }
 }
 

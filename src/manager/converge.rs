@@ -232,7 +232,7 @@ impl Manager {
             for uuid in autostart {
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 self.start_defined(Caller::internal("autostart"), uuid, tx);
-                report_later(rx, format!("autostart of {uuid} on {parent}"));
+                self.report_later(rx, parent, format!("autostart of {uuid}"));
             }
         }
         self.meet_ensure_rules(&appeared);
@@ -291,10 +291,17 @@ impl Manager {
                             req,
                             tx,
                         );
-                        report_later(rx, format!("ensure rule {} on {}", step.rule, step.parent));
+                        self.report_later(rx, &step.parent, format!("ensure rule {}", step.rule));
                     }
                 }
                 EnsureAction::TypeAbsent { type_spec } => {
+                    // A parent with no types yet is a vendor side still starting: retry it.
+                    let _ = self.me.send(super::Command::RetryFailed {
+                        parent: step.parent.clone(),
+                        what: format!("ensure rule {}", step.rule),
+                        error: format!("the parent offers no type {type_spec:?} (yet)"),
+                        may_pass: true,
+                    });
                     problems.push(format!(
                         "ensure rule {}: parent {} offers no type {type_spec:?}",
                         step.rule, step.parent
@@ -318,13 +325,35 @@ impl Manager {
     }
 }
 
-/// Logs the outcome of work the daemon started on its own.
-fn report_later(rx: tokio::sync::oneshot::Receiver<Result<DeviceView>>, what: String) {
-    tokio::spawn(async move {
-        match rx.await {
-            Ok(Ok(v)) => tracing::info!("{what}: device {} created", v.uuid),
-            Ok(Err(e)) => tracing::warn!("{what} failed: {e}"),
-            Err(_) => {}
-        }
-    });
+impl Manager {
+    /// Logs the outcome of work the daemon started on its own on `parent`, and tells the
+    /// manager, which retries what failed because the vendor side was not ready.
+    fn report_later(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Result<DeviceView>>,
+        parent: &ParentName,
+        what: String,
+    ) {
+        let me = self.me.clone();
+        let parent = parent.clone();
+        tokio::spawn(async move {
+            let outcome = match rx.await {
+                Ok(Ok(v)) => {
+                    tracing::info!("{what} on {parent}: device {} created", v.uuid);
+                    super::Command::RetrySucceeded(parent)
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("{what} on {parent} failed: {e}");
+                    super::Command::RetryFailed {
+                        parent,
+                        what,
+                        may_pass: super::retry::retryable(&e),
+                        error: e.to_string(),
+                    }
+                }
+                Err(_) => return,
+            };
+            let _ = me.send(outcome);
+        });
+    }
 }

@@ -6,6 +6,7 @@ mod converge;
 mod guests;
 mod ops;
 mod owners;
+mod retry;
 mod state;
 
 use std::path::PathBuf;
@@ -221,6 +222,17 @@ pub(crate) enum Command {
     HoldersPolled(Vec<(MdevUuid, bool)>),
     CreateDone(ops::CreateDone),
     RemoveDone(ops::RemoveDone),
+    /// Autostart or an ensure rule failed on a parent (`may_pass`: the vendor side not ready).
+    RetryFailed {
+        parent: ParentName,
+        what: String,
+        error: String,
+        may_pass: bool,
+    },
+    /// Autostart or an ensure rule succeeded on a parent.
+    RetrySucceeded(ParentName),
+    /// A scheduled retry of a parent is due (with its generation).
+    RetryDue(ParentName, u64),
     Barrier(oneshot::Sender<()>),
     LaunchGuest(
         Caller,

@@ -63,6 +63,9 @@ pub(crate) struct Manager {
     held: BTreeSet<MdevUuid>,
     /// A /proc walk is running off the loop; `Some(true)` once a newer check made its answer stale.
     polling_holders: Option<bool>,
+    /// Parents whose autostart or ensure rules are retried (the vendor side was not ready).
+    pub(super) retries: super::retry::Retries,
+    pub(super) next_retry: u64,
 }
 
 /// Which of `targets` are held open, in one pass over /proc.
@@ -106,6 +109,8 @@ impl Manager {
             next_guest: 1,
             held: BTreeSet::new(),
             polling_holders: None,
+            retries: BTreeMap::new(),
+            next_retry: 0,
         })
     }
 
@@ -113,6 +118,7 @@ impl Manager {
     pub(super) fn all_problems(&self) -> Vec<String> {
         let mut all = self.problems.clone();
         all.extend(self.definition_problems.iter().cloned());
+        all.extend(self.retry_problems());
         all
     }
 
@@ -258,6 +264,14 @@ impl Manager {
                     self.apply_holders(checked);
                 }
             }
+            Command::RetryFailed {
+                parent,
+                what,
+                error,
+                may_pass,
+            } => self.retry_failed(parent, what, error, may_pass),
+            Command::RetrySucceeded(parent) => self.retry_succeeded(&parent),
+            Command::RetryDue(parent, generation) => self.retry_due(parent, generation),
             Command::CreateDone(done) => self.finish_create(done),
             Command::RemoveDone(done) => self.finish_remove(done),
             Command::Barrier(reply) => {
@@ -285,6 +299,7 @@ impl Manager {
             }
             (Some(_), None) => {
                 self.parents.remove(&name);
+                self.retries_forget(&name);
                 self.publish(Change::ParentRemoved(name));
             }
             (Some(o), Some(p)) => {
