@@ -19,8 +19,11 @@ fn probe_script(parent: &str, mdev_type: &str) -> String {
 insmod {parent}
 echo {UUID} > /sys/class/mdev_bus/{parent}/mdev_supported_types/{mdev_type}/create
 echo "GROUP=$(test -c /dev/vfio/$(basename $(readlink /sys/bus/mdev/devices/{UUID}/iommu_group)) && echo yes)"
+# In the jail vgpud puts it in: /dev/kvm and the log by descriptor, nobody, seccomp.
+exec 5</dev/kvm 6>"$SCRATCH/probe.log"
 timeout 120 "$VGPUD_VMM" --device vfio:/sys/bus/mdev/devices/{UUID} --payload pci-probe \
-    --serial-log "$SCRATCH/probe.log"
+    --serial-log fd:6 --kvm fd:5 --jail-uid 65534 --jail-gid 65534 --seccomp
+exec 5<&- 6>&-
 echo "VMM_STATUS=$?"
 timeout 20 sh -c 'echo 1 > /sys/bus/mdev/devices/{UUID}/remove' && echo "REMOVED=yes"
 "#

@@ -69,6 +69,11 @@ impl GuestObj {
     fn emulated(&self) -> bool {
         locked(&self.view).emulated
     }
+    /// The VM's UUID (on the VMM's command line as `-uuid`, where NVIDIA's host driver reads it).
+    #[zbus(property)]
+    fn uuid(&self) -> String {
+        locked(&self.view).uuid.to_string()
+    }
 }
 
 impl GuestObj {
@@ -91,6 +96,9 @@ impl GuestObj {
         }
         if old.emulated != new.emulated {
             self.emulated_changed(emitter).await?;
+        }
+        if old.uuid != new.uuid {
+            self.uuid_changed(emitter).await?;
         }
         Ok(())
     }

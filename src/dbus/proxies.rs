@@ -126,4 +126,6 @@ pub trait Guest {
     fn exit_status(&self) -> zbus::Result<i32>;
     #[zbus(property)]
     fn emulated(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn uuid(&self) -> zbus::Result<String>;
 }

@@ -66,8 +66,17 @@ impl Manager {
             holds.push((*uuid, hold));
         }
         let id = self.next_guest;
+        let user = (!caller.is_internal()).then_some(caller.uid).flatten();
+        let launch = guests::Launch {
+            id,
+            uuid: uuid::Uuid::new_v4(),
+            opts: &opts,
+            specs: &specs,
+            jail: guests::jail_for(user)?,
+            log_owner: user.filter(|u| *u != 0),
+        };
+        let (mut child, serial_log) = guests::spawn(&cfg, &launch)?;
         self.next_guest += 1;
-        let (mut child, serial_log) = guests::spawn(&cfg, id, &opts, &specs)?;
         let pid = child.id().unwrap_or(0);
         let emulated = specs.iter().any(|s| s.emulated);
         tracing::info!(caller = %caller.origin, uid = ?caller.uid, ?devices, id, pid, emulated, "guest started");
@@ -128,11 +137,8 @@ impl Manager {
             serial_log,
             exit_status: -1,
             emulated,
-            owner_uid: if caller.is_internal() {
-                None
-            } else {
-                caller.uid
-            },
+            owner_uid: user,
+            uuid: launch.uuid,
         };
         self.guests.insert(
             id,
