@@ -8,6 +8,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub mod record;
+
 use crate::error::{Error, Result};
 use crate::holders::group_node;
 use crate::manager::DeviceView;
@@ -111,10 +113,15 @@ pub struct GuestConfig {
     /// A system call left out of the VMM's seccomp allow-list, from the daemon's environment
     /// (`VGPUD_VMM_SECCOMP_WITHOUT`): how a test proves that the filter kills.
     pub seccomp_without: Option<String>,
+    /// How long an ended guest stays on the bus (`VGPUD_GUEST_RETENTION_SECS`, default 10 min).
+    pub retention: std::time::Duration,
 }
 
 /// The environment variable behind `GuestConfig::seccomp_without`.
 pub const SECCOMP_WITHOUT_ENV: &str = "VGPUD_VMM_SECCOMP_WITHOUT";
+/// The environment variable behind `GuestConfig::retention`.
+pub const RETENTION_ENV: &str = "VGPUD_GUEST_RETENTION_SECS";
+const RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl GuestConfig {
     pub fn new(vmm_binary: PathBuf, source: Arc<dyn DeviceSource>, dir: PathBuf) -> Self {
@@ -124,6 +131,11 @@ impl GuestConfig {
             dir,
             kvm: "/dev/kvm".into(),
             seccomp_without: std::env::var(SECCOMP_WITHOUT_ENV).ok(),
+            retention: std::env::var(RETENTION_ENV)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(RETENTION),
         }
     }
 

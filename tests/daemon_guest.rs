@@ -394,3 +394,144 @@ async fn files_are_descriptors_and_paths_are_refused() {
     .await
     .unwrap();
 }
+
+/// Whether the guest object is still on the bus.
+async fn on_bus(guest: &GuestProxy<'_>) -> bool {
+    match guest.state().await {
+        Ok(_) => true,
+        Err(zbus::Error::FDO(e)) if matches!(*e, zbus::fdo::Error::UnknownObject(_)) => false,
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ended_guest_leaves_the_bus_after_its_retention() {
+    tokio::time::timeout(LIMIT, async {
+        let d = Daemon::start_with_env(&["nvidia-t4"], &[], &[(vgpud::guests::RETENTION_ENV, "2")]);
+        let conn = d.conn().await;
+        let manager = ManagerProxy::new(&conn).await.unwrap();
+        let dev_path = manager
+            .create_device("GRID T4-2Q", HashMap::new())
+            .await
+            .unwrap();
+        let guest_path = manager
+            .launch_guest(
+                std::slice::from_ref(&dev_path),
+                HashMap::from([("payload", Value::from("halt"))]),
+            )
+            .await
+            .unwrap();
+        let guest = guest_proxy(&conn, &guest_path).await;
+        let log = std::path::PathBuf::from(guest.serial_log().await.unwrap());
+        assert!(eventually(20, async || guest.state().await.unwrap() == "exited").await);
+        assert!(log.exists());
+        // Kept for the retention, then gone with its log.
+        assert!(on_bus(&guest).await);
+        assert!(eventually(20, async || !on_bus(&guest).await).await);
+        assert!(!log.exists(), "{}", log.display());
+        d.stop();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forget_removes_an_ended_guest_and_refuses_a_running_one() {
+    tokio::time::timeout(LIMIT, async {
+        let d = Daemon::start(&["nvidia-t4"]);
+        let conn = d.conn().await;
+        let manager = ManagerProxy::new(&conn).await.unwrap();
+        let dev_path = manager
+            .create_device("GRID T4-2Q", HashMap::new())
+            .await
+            .unwrap();
+        let guest_path = manager
+            .launch_guest(
+                std::slice::from_ref(&dev_path),
+                HashMap::from([("payload", Value::from("loop"))]),
+            )
+            .await
+            .unwrap();
+        let guest = guest_proxy(&conn, &guest_path).await;
+        let err = guest.forget().await.unwrap_err();
+        assert!(
+            error_name(&err).starts_with("org.vgpud1.Error.Busy"),
+            "{}",
+            error_name(&err)
+        );
+        guest.stop().await.unwrap();
+        guest.forget().await.unwrap();
+        assert!(!on_bus(&guest).await);
+        d.stop();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_daemon_adopts_a_running_vmm() {
+    tokio::time::timeout(LIMIT, async {
+        let state = tempfile::tempdir().unwrap();
+        let state_arg = format!("--state-dir={}", state.path().display());
+        let d = Daemon::start_with(&["nvidia-t4"], &[&state_arg]);
+        let conn = d.conn().await;
+        let manager = ManagerProxy::new(&conn).await.unwrap();
+        let dev_path = manager
+            .create_device("GRID T4-2Q", HashMap::new())
+            .await
+            .unwrap();
+        let guest_path = manager
+            .launch_guest(
+                std::slice::from_ref(&dev_path),
+                HashMap::from([("payload", Value::from("loop"))]),
+            )
+            .await
+            .unwrap();
+        let guest = guest_proxy(&conn, &guest_path).await;
+        let (pid, uuid) = (guest.pid().await.unwrap(), guest.uuid().await.unwrap());
+        // vgpud dies without a chance to stop its guests; the VMM goes on.
+        let daemon = nix::unistd::Pid::from_raw(d.pid() as i32);
+        nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGKILL).unwrap();
+        drop(d);
+        drop(conn);
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+        let d = Daemon::start_with(&["nvidia-t4"], &[&state_arg]);
+        let conn = d.conn().await;
+        let guest = guest_proxy(&conn, &guest_path).await;
+        assert_eq!(guest.state().await.unwrap(), "running");
+        assert_eq!(guest.pid().await.unwrap(), pid);
+        assert_eq!(guest.uuid().await.unwrap(), uuid);
+        // A new guest gets a new id, not the adopted one's.
+        let manager = ManagerProxy::new(&conn).await.unwrap();
+        let dev2 = manager
+            .create_device("GRID T4-2Q", HashMap::new())
+            .await
+            .unwrap();
+        let second = manager
+            .launch_guest(
+                std::slice::from_ref(&dev2),
+                HashMap::from([("payload", Value::from("halt"))]),
+            )
+            .await
+            .unwrap();
+        assert_ne!(second, guest_path);
+        // Stopped through its pidfd: ended, its status unknown to a daemon that is not its parent.
+        guest.stop().await.unwrap();
+        assert_eq!(guest.state().await.unwrap(), "exited");
+        assert_eq!(guest.exit_status().await.unwrap(), -1);
+        assert!(
+            eventually(10, async || !std::path::Path::new(&format!(
+                "/proc/{pid}/cmdline"
+            ))
+            .exists()
+                || std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .is_empty())
+            .await
+        );
+        d.stop();
+    })
+    .await
+    .unwrap();
+}

@@ -1,4 +1,5 @@
-//! org.vgpud1.Guest: one object per guest vgpud started (kept after it ends, with its status).
+//! org.vgpud1.Guest: one object per guest vgpud started or adopted (kept for a while after it
+//! ends, with its status).
 
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +37,21 @@ impl GuestObj {
         Ok(())
     }
 
+    /// Removes the ended guest from the bus, with its serial log (Busy while it runs). Ended
+    /// guests also leave by themselves after the daemon's retention (10 minutes by default).
+    async fn forget(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), VgpudError> {
+        let who = caller(&hdr, conn).await;
+        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+        let id = locked(&self.view).id;
+        self.ctx.manager.forget_guest(who, id).await?;
+        self.ctx.manager.published().await?;
+        Ok(())
+    }
+
     /// "running", "exited" or "crashed" (the VMM was killed by a signal).
     #[zbus(property)]
     fn state(&self) -> String {
@@ -59,7 +75,8 @@ impl GuestObj {
     fn serial_log(&self) -> String {
         locked(&self.view).serial_log.display().to_string()
     }
-    /// The VMM's exit code (128 + signal when killed); -1 while running.
+    /// The VMM's exit code (128 + signal when killed); -1 while running, or once ended if the
+    /// VMM was adopted after a daemon restart (its status went to its new parent).
     #[zbus(property)]
     fn exit_status(&self) -> i32 {
         locked(&self.view).exit_status

@@ -114,6 +114,7 @@ pub trait Device {
 #[proxy(interface = "org.vgpud1.Guest", default_service = "org.vgpud")]
 pub trait Guest {
     fn stop(&self) -> zbus::Result<()>;
+    fn forget(&self) -> zbus::Result<()>;
     #[zbus(property)]
     fn state(&self) -> zbus::Result<String>;
     #[zbus(property)]
