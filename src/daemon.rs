@@ -90,7 +90,9 @@ pub async fn run(
             dev_root: opts.dev.clone(),
             dir: guests_dir.join("devices"),
         }),
-        None => std::sync::Arc::new(crate::guests::VfioSource),
+        None => std::sync::Arc::new(crate::guests::VfioSource {
+            dev_root: opts.dev.clone(),
+        }),
     };
     config.guests = Some(crate::guests::GuestConfig::new(
         opts.vmm_binary

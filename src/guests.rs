@@ -5,7 +5,7 @@
 //! descriptors; kernel, initrd and payload image come as descriptors the caller opened.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub mod record;
@@ -25,15 +25,32 @@ pub struct AttachSpec {
     pub hold: Option<PathBuf>,
     /// The guest sees an emulated PCI function, not the real device.
     pub emulated: bool,
+    /// /dev/iommu, for a device attached by its VFIO cdev.
+    pub iommufd: Option<PathBuf>,
+}
+
+impl AttachSpec {
+    /// How the device reaches the guest: "cdev" (VFIO cdev + iommufd), "group" (VFIO group
+    /// API) or "emulated".
+    pub fn api(&self) -> &'static str {
+        match self.device {
+            DeviceSpec::VfioCdev(_) => "cdev",
+            DeviceSpec::Vfio(_) => "group",
+            DeviceSpec::Emulated(_) => "emulated",
+        }
+    }
 }
 
 pub trait DeviceSource: Send + Sync {
     fn attach_arg(&self, device: &DeviceView) -> Result<AttachSpec>;
 }
 
-/// A real host: the VMM opens the device through VFIO by its sysfs path (the mdev, or the VF
-/// of an nvidia-vendor device); the VFIO group it opens makes it a holder.
-pub struct VfioSource;
+/// A real host: the device goes to the VMM through its VFIO cdev and iommufd where the kernel
+/// offers them (`<device>/vfio-dev/vfioN`, /dev/iommu; vgpud opens both), otherwise by its sysfs
+/// path through the group API (the VMM opens the container and group before its jail).
+pub struct VfioSource {
+    pub dev_root: PathBuf,
+}
 
 impl DeviceSource for VfioSource {
     fn attach_arg(&self, device: &DeviceView) -> Result<AttachSpec> {
@@ -42,13 +59,38 @@ impl DeviceSource for VfioSource {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument(format!("{} is not started", device.uuid)))?;
         // The mdev's directory, or for an nvidia-vendor vGPU the VF itself (its sysfs path).
-        let path = live.sysfs_path.clone();
-        Ok(AttachSpec {
-            device: DeviceSpec::Vfio(path),
+        Ok(vfio_attach(&live.sysfs_path, &self.dev_root))
+    }
+}
+
+/// How a VFIO device at `sysfs_dir` is attached: by cdev when it has one and /dev/iommu exists.
+pub fn vfio_attach(sysfs_dir: &Path, dev_root: &Path) -> AttachSpec {
+    let iommu = dev_root.join("iommu");
+    match vfio_cdev(sysfs_dir, dev_root) {
+        Some(node) if iommu.exists() => AttachSpec {
+            device: DeviceSpec::VfioCdev(FileArg::Path(node)),
             hold: None,
             emulated: false,
-        })
+            iommufd: Some(iommu),
+        },
+        _ => AttachSpec {
+            device: DeviceSpec::Vfio(sysfs_dir.to_path_buf()),
+            hold: None,
+            emulated: false,
+            iommufd: None,
+        },
     }
+}
+
+/// The device's VFIO cdev: `<sysfs dir>/vfio-dev/vfioN` names `<dev>/vfio/devices/vfioN`.
+pub fn vfio_cdev(sysfs_dir: &Path, dev_root: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sysfs_dir.join("vfio-dev")).ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        name.strip_prefix("vfio")?.parse::<u32>().ok()?;
+        let node = dev_root.join("vfio/devices").join(&name);
+        node.exists().then_some(node)
+    })
 }
 
 /// The simulated host: the simulator describes the PCI function a guest would see; the VMM
@@ -97,6 +139,7 @@ impl DeviceSource for SimSource {
             device: DeviceSpec::Emulated(file.into()),
             hold,
             emulated: true,
+            iommufd: None,
         })
     }
 }
@@ -237,6 +280,8 @@ pub struct GuestView {
     pub owner_uid: Option<u32>,
     /// The VM's UUID, on the VMM's command line as `-uuid`.
     pub uuid: uuid::Uuid,
+    /// How its devices reach it: "cdev", "group" or "emulated" (`AttachSpec::api`).
+    pub vfio_api: String,
 }
 
 /// The VMM's configuration for one guest with `specs` in slot order; files by descriptor.
@@ -261,6 +306,7 @@ pub fn vmm_config(opts: &LaunchOptions, specs: &[AttachSpec]) -> VmmConfig {
         serial_log: None,
         console: false,
         kvm: None,
+        iommufd: None,
         uuid: None,
         jail: None,
         seccomp: Some(None),
@@ -319,6 +365,13 @@ fn check_kernel_head(kernel: &CallerFile) -> Result<()> {
     Ok(())
 }
 
+fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
 /// What one guest is launched with.
 pub struct Launch<'a> {
     pub id: u64,
@@ -355,10 +408,7 @@ pub fn spawn(config: &GuestConfig, l: &Launch<'_>) -> Result<(tokio::process::Ch
         .map_err(|e| io("cannot create the guests directory", e))?;
     // Descriptors vgpud opened for the VMM; dropped (closed here) once it is started.
     let mut opened: Vec<OwnedFd> = Vec::new();
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&config.kvm)
+    let kvm = open_rw(&config.kvm)
         .map_err(|e| io(&format!("cannot open {}", config.kvm.display()), e))?;
     vmm.kvm = Some(FileArg::Fd(kvm.as_raw_fd()));
     opened.push(kvm.into());
@@ -377,12 +427,25 @@ pub fn spawn(config: &GuestConfig, l: &Launch<'_>) -> Result<(tokio::process::Ch
     vmm.serial_log = Some(FileArg::Fd(log.as_raw_fd()));
     opened.push(log.into());
     for dev in &mut vmm.devices {
-        if let DeviceSpec::Emulated(FileArg::Path(p)) = dev {
-            let f = std::fs::File::open(&*p)
-                .map_err(|e| io("cannot open the device description", e))?;
-            *dev = DeviceSpec::Emulated(FileArg::Fd(f.as_raw_fd()));
-            opened.push(f.into());
+        match dev {
+            DeviceSpec::Emulated(FileArg::Path(p)) => {
+                let f = std::fs::File::open(&*p)
+                    .map_err(|e| io("cannot open the device description", e))?;
+                *dev = DeviceSpec::Emulated(FileArg::Fd(f.as_raw_fd()));
+                opened.push(f.into());
+            }
+            DeviceSpec::VfioCdev(FileArg::Path(p)) => {
+                let f = open_rw(p).map_err(|e| io("cannot open the VFIO device cdev", e))?;
+                *dev = DeviceSpec::VfioCdev(FileArg::Fd(f.as_raw_fd()));
+                opened.push(f.into());
+            }
+            _ => {}
         }
+    }
+    if let Some(iommu) = l.specs.iter().find_map(|s| s.iommufd.as_ref()) {
+        let f = open_rw(iommu).map_err(|e| io(&format!("cannot open {}", iommu.display()), e))?;
+        vmm.iommufd = Some(FileArg::Fd(f.as_raw_fd()));
+        opened.push(f.into());
     }
     vmm.uuid = Some(l.uuid.to_string());
     vmm.jail = Some(l.jail);
@@ -474,7 +537,6 @@ pub fn status_of(status: &std::process::ExitStatus) -> (GuestState, i32) {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
-    use std::path::Path;
 
     #[test]
     fn statuses() {
@@ -493,6 +555,7 @@ mod tests {
             device: DeviceSpec::Emulated("/tmp/d.json".into()),
             hold: None,
             emulated: true,
+            iommufd: None,
         }
     }
 
@@ -602,6 +665,7 @@ mod tests {
             device: DeviceSpec::Vfio(p.into()),
             hold: None,
             emulated: false,
+            iommufd: None,
         };
         let specs = [
             spec("/sys/bus/mdev/devices/b"),
@@ -615,5 +679,42 @@ mod tests {
                 DeviceSpec::Vfio("/sys/bus/mdev/devices/a".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_device_with_a_vfio_cdev_goes_by_cdev_and_iommufd() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sys, dev) = (dir.path().join("sys/u"), dir.path().join("dev"));
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::create_dir_all(dev.join("vfio/devices")).unwrap();
+        // No vfio-dev directory (Debian's 6.1, no IOMMUFD): the group API by sysfs path.
+        let spec = vfio_attach(&sys, &dev);
+        assert_eq!(spec.device, DeviceSpec::Vfio(sys.clone()));
+        assert_eq!((spec.api(), spec.iommufd), ("group", None));
+        // A cdev in sysfs and /dev, but no /dev/iommu: still the group API.
+        std::fs::create_dir_all(sys.join("vfio-dev/vfio3")).unwrap();
+        std::fs::write(dev.join("vfio/devices/vfio3"), b"").unwrap();
+        assert_eq!(vfio_attach(&sys, &dev).api(), "group");
+        std::fs::write(dev.join("iommu"), b"").unwrap();
+        let spec = vfio_attach(&sys, &dev);
+        assert_eq!(
+            spec.device,
+            DeviceSpec::VfioCdev(FileArg::Path(dev.join("vfio/devices/vfio3")))
+        );
+        assert_eq!(spec.iommufd, Some(dev.join("iommu")));
+        assert_eq!(spec.api(), "cdev");
+    }
+
+    #[test]
+    fn a_cdev_name_that_is_not_vfio_n_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sys, dev) = (dir.path().join("sys/u"), dir.path().join("dev"));
+        std::fs::create_dir_all(sys.join("vfio-dev/vfiox")).unwrap();
+        std::fs::create_dir_all(dev.join("vfio/devices/vfiox")).unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), None);
+        std::fs::create_dir_all(sys.join("vfio-dev/vfio0")).unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), None, "no node in /dev");
+        std::fs::write(dev.join("vfio/devices/vfio0"), b"").unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), Some(dev.join("vfio/devices/vfio0")));
     }
 }

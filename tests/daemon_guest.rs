@@ -61,6 +61,7 @@ async fn a_guest_probes_its_device_and_holds_it_while_running() {
             .await
             .unwrap();
         assert!(guest.emulated().await.unwrap());
+        assert_eq!(guest.vfio_api().await.unwrap(), "emulated");
         assert!(guest.pid().await.unwrap() > 0);
         let deadline = Instant::now() + Duration::from_secs(60);
         while guest.state().await.unwrap() == "running" {

@@ -233,6 +233,7 @@ echo "STATE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Sta
 echo "PID_AFTER=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Pid)"
 echo "UUID_AFTER=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Uuid)"
 echo "INUSE=$($B get-property org.vgpud {dev} org.vgpud1.Device InUse)"
+echo "API=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest VfioApi)"
 $C remove {UUID} >"$SCRATCH/busy.log" 2>&1
 echo "BUSY_STATUS=$?"
 $B call org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Stop
@@ -256,6 +257,8 @@ echo "REMOVE_STATUS=$?"
         run.output
     );
     assert_eq!(run.value("INUSE"), "b true", "{}\n{daemon}", run.output);
+    // Debian's 6.1 has no iommufd: the group API.
+    assert_eq!(run.value("API"), "s \"group\"");
     assert_eq!(run.value("BUSY_STATUS"), "7", "{}", run.file("busy.log"));
     assert_eq!(run.value("STOP_STATUS"), "0", "{}\n{daemon}", run.output);
     assert_eq!(run.value("STATE_STOPPED"), "s \"exited\"");

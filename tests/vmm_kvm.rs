@@ -558,3 +558,32 @@ fn vfio_device_without_vfio_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("VFIO is not available"));
 }
+
+#[test]
+fn a_vfio_cdev_that_is_no_vfio_device_fails_at_the_iommufd() {
+    // No kernel here has iommufd (Debian's 6.1 and 6.12 lack IOMMUFD): the cdev path runs as
+    // far as its first iommufd ioctl, on descriptors that are not an iommufd.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serial.log")).unwrap();
+    let (cdev, iommu, kvm) = (
+        std::fs::File::open("/dev/null").unwrap(),
+        std::fs::File::open("/dev/null").unwrap(),
+        open_kvm(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args(["--payload", "pci-probe"])
+        .arg("--device")
+        .arg(format!("vfio-cdev:{}", inheritable(&cdev)))
+        .arg("--iommufd")
+        .arg(inheritable(&iommu))
+        .arg("--serial-log")
+        .arg(inheritable(&log));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("VFIO device: VFIO setup failed at iommufd"),
+        "{stderr}"
+    );
+}

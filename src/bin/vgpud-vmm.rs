@@ -21,8 +21,8 @@ struct Args {
     /// Number of vCPUs (vCPU 0 runs the payload; the others wait for a SIPI).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// emulated:FILE.json or emulated:fd:N (a guest PCI description) or
-    /// vfio:/sys/bus/mdev/devices/UUID;
+    /// emulated:FILE.json or emulated:fd:N (a guest PCI description),
+    /// vfio:/sys/bus/mdev/devices/UUID (group API) or vfio-cdev:fd:N (a device cdev, iommufd);
     /// repeat for more devices (slots 00:01.0, 00:02.0, ...; at most 4).
     #[arg(long)]
     device: Vec<DeviceSpec>,
@@ -52,6 +52,9 @@ struct Args {
     /// /dev/kvm already opened (fd:N); without it the VMM opens /dev/kvm.
     #[arg(long)]
     kvm: Option<FileArg>,
+    /// /dev/iommu already opened (fd:N), for vfio-cdev devices; without it the VMM opens it.
+    #[arg(long)]
+    iommufd: Option<FileArg>,
     /// The VM's UUID (given as `-uuid UUID`, as on QEMU's command line).
     #[arg(long)]
     uuid: Option<uuid::Uuid>,
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         serial_log: args.serial_log,
         console: args.console,
         kvm: args.kvm,
+        iommufd: args.iommufd,
         uuid: args.uuid.map(|u| u.to_string()),
         jail: args
             .jail_uid

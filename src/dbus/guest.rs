@@ -86,6 +86,12 @@ impl GuestObj {
     fn emulated(&self) -> bool {
         locked(&self.view).emulated
     }
+    /// How the devices reach the guest: "cdev" (VFIO device cdev + iommufd), "group" (the VFIO
+    /// group API) or "emulated".
+    #[zbus(property)]
+    fn vfio_api(&self) -> String {
+        locked(&self.view).vfio_api.clone()
+    }
     /// The VM's UUID (on the VMM's command line as `-uuid`, where NVIDIA's host driver reads it).
     #[zbus(property)]
     fn uuid(&self) -> String {
@@ -116,6 +122,9 @@ impl GuestObj {
         }
         if old.uuid != new.uuid {
             self.uuid_changed(emitter).await?;
+        }
+        if old.vfio_api != new.vfio_api {
+            self.vfio_api_changed(emitter).await?;
         }
         Ok(())
     }

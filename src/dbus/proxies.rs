@@ -129,4 +129,6 @@ pub trait Guest {
     fn emulated(&self) -> zbus::Result<bool>;
     #[zbus(property)]
     fn uuid(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn vfio_api(&self) -> zbus::Result<String>;
 }

@@ -22,6 +22,8 @@ pub struct GuestRecord {
     pub serial_log: PathBuf,
     pub emulated: bool,
     pub owner_uid: Option<u32>,
+    #[serde(default)]
+    pub vfio_api: String,
 }
 
 impl GuestRecord {
@@ -35,6 +37,7 @@ impl GuestRecord {
             serial_log: view.serial_log.clone(),
             emulated: view.emulated,
             owner_uid: view.owner_uid,
+            vfio_api: view.vfio_api.clone(),
         }
     }
 
@@ -55,6 +58,7 @@ impl GuestRecord {
             emulated: self.emulated,
             owner_uid: self.owner_uid,
             uuid: uuid::Uuid::parse_str(&self.uuid).ok()?,
+            vfio_api: self.vfio_api.clone(),
         })
     }
 }
@@ -169,6 +173,7 @@ mod tests {
             serial_log: "/var/lib/vgpud/guests/3.log".into(),
             emulated: true,
             owner_uid: Some(1000),
+            vfio_api: "emulated".into(),
         }
     }
 

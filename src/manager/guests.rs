@@ -141,6 +141,7 @@ impl Manager {
             emulated,
             owner_uid: user,
             uuid: launch.uuid,
+            vfio_api: specs.first().map(|s| s.api()).unwrap_or("emulated").into(),
         };
         match record::start_time(&self.config.proc_root, pid) {
             Some(t) => {

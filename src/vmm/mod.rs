@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 pub use device::{EmulatedDevice, PassthroughDevice};
 pub use jail::{FileArg, Jail};
 pub use kvm::{GuestExit, StopPoint};
-pub use vfio::VfioPassthrough;
+pub use vfio::{VfioError, VfioPassthrough};
 
 const IO_WINDOW: u64 = 0xc000;
 const MEM_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
@@ -86,8 +86,10 @@ pub enum VmmError {
 pub enum DeviceSpec {
     /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
     Emulated(FileArg),
-    /// A VFIO device by sysfs path.
+    /// A VFIO device by sysfs path (the group API; the VMM opens its group before the jail).
     Vfio(PathBuf),
+    /// A VFIO device cdev (/dev/vfio/devices/vfioN) as vgpud opened it, bound to `--iommufd`.
+    VfioCdev(FileArg),
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -96,7 +98,7 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             VmmError::InvalidArgument(format!(
-                "device {s:?} must be emulated:FILE.json or vfio:/sys/bus/mdev/devices/UUID"
+                "device {s:?} must be emulated:FILE.json, vfio:/sys/bus/mdev/devices/UUID or vfio-cdev:fd:N"
             ))
         };
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
@@ -106,6 +108,7 @@ impl std::str::FromStr for DeviceSpec {
         match kind {
             "emulated" => Ok(Self::Emulated(rest.parse().map_err(|_| bad())?)),
             "vfio" => Ok(Self::Vfio(rest.into())),
+            "vfio-cdev" => Ok(Self::VfioCdev(rest.parse().map_err(|_| bad())?)),
             _ => Err(bad()),
         }
     }
@@ -117,6 +120,7 @@ impl DeviceSpec {
         match self {
             Self::Emulated(f) => format!("emulated:{f}"),
             Self::Vfio(p) => format!("vfio:{}", p.display()),
+            Self::VfioCdev(f) => format!("vfio-cdev:{f}"),
         }
     }
 }
@@ -145,6 +149,8 @@ pub struct VmmConfig {
     pub console: bool,
     /// /dev/kvm as vgpud opened it (the VMM opens it itself without).
     pub kvm: Option<FileArg>,
+    /// /dev/iommu as vgpud opened it, for `DeviceSpec::VfioCdev` devices.
+    pub iommufd: Option<FileArg>,
     /// The VM's UUID (`-uuid`, as QEMU's command line carries it).
     pub uuid: Option<String>,
     /// Who the VMM becomes once its devices are open; `None` runs it as started.
@@ -205,8 +211,9 @@ impl VmmConfig {
         }
         files.extend(self.serial_log.clone());
         files.extend(self.kvm.clone());
+        files.extend(self.iommufd.clone());
         for d in &self.devices {
-            if let DeviceSpec::Emulated(f) = d {
+            if let DeviceSpec::Emulated(f) | DeviceSpec::VfioCdev(f) = d {
                 files.push(f.clone());
             }
         }
@@ -253,6 +260,9 @@ impl VmmConfig {
         }
         if let Some(kvm) = &self.kvm {
             cmd.arg("--kvm").arg(kvm.to_string());
+        }
+        if let Some(iommufd) = &self.iommufd {
+            cmd.arg("--iommufd").arg(iommufd.to_string());
         }
         if let Some(uuid) = &self.uuid {
             cmd.arg("-uuid").arg(uuid);
@@ -411,6 +421,24 @@ pub fn launch(
                 &machine.vm,
                 &machine.mem,
             )?),
+            DeviceSpec::VfioCdev(file) => {
+                let cdev = file.open().map_err(VfioError::Iommufd)?;
+                let iommufd = || match &config.iommufd {
+                    Some(f) => f.open(),
+                    None => std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/iommu"),
+                };
+                Box::new(VfioPassthrough::open_cdev(
+                    cdev,
+                    format!("cdev {file}"),
+                    iommufd,
+                    &mut vfio,
+                    &machine.vm,
+                    &machine.mem,
+                )?)
+            }
         });
     }
     // Every file and device is open: nothing further needs root or the host's file system.
@@ -504,7 +532,19 @@ mod tests {
                 .unwrap(),
             DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())
         );
-        for bad in ["", "emulated", "emulated:", "qemu:/x", "/tmp/t4.json"] {
+        assert_eq!(
+            "vfio-cdev:fd:9".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::VfioCdev(FileArg::Fd(9))
+        );
+        assert_eq!(DeviceSpec::VfioCdev(FileArg::Fd(9)).arg(), "vfio-cdev:fd:9");
+        for bad in [
+            "",
+            "emulated",
+            "emulated:",
+            "qemu:/x",
+            "/tmp/t4.json",
+            "vfio-cdev:fd:x",
+        ] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }
     }
@@ -518,6 +558,7 @@ mod tests {
             serial_log: Some("/tmp/s.log".into()),
             console: true,
             kvm: None,
+            iommufd: None,
             uuid: None,
             jail: None,
             seccomp: None,
