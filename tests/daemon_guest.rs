@@ -493,7 +493,10 @@ async fn a_restarted_daemon_adopts_a_running_vmm() {
         // vgpud dies without a chance to stop its guests; the VMM goes on.
         let daemon = nix::unistd::Pid::from_raw(d.pid() as i32);
         nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGKILL).unwrap();
+        // The simulator died with it: detach its mount, which nobody serves any more.
+        let sim_root = d.sim_root.clone();
         drop(d);
+        nix::mount::umount2(&sim_root, nix::mount::MntFlags::MNT_DETACH).unwrap();
         drop(conn);
         assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
