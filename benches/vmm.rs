@@ -156,7 +156,7 @@ fn main() {
     let mut setup = Vec::new();
     for _ in 0..N {
         let t = Instant::now();
-        let machine = vgpud::vmm::kvm::Machine::new(64, 1).expect("VM setup");
+        let machine = vgpud::vmm::kvm::Machine::new(None, 64, 1).expect("VM setup");
         drop(machine);
         setup.push(t.elapsed());
     }

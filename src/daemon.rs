@@ -110,16 +110,17 @@ pub async fn run(
             dev_root: opts.dev.clone(),
             dir: guests_dir.join("devices"),
         }),
-        None => std::sync::Arc::new(crate::guests::VfioSource),
+        None => std::sync::Arc::new(crate::guests::VfioSource {
+            dev_root: opts.dev.clone(),
+        }),
     };
-    config.guests = Some(crate::guests::GuestConfig {
-        vmm_binary: opts
-            .vmm_binary
+    config.guests = Some(crate::guests::GuestConfig::new(
+        opts.vmm_binary
             .clone()
             .unwrap_or_else(crate::guests::GuestConfig::default_binary),
         source,
-        dir: guests_dir,
-    });
+        guests_dir,
+    ));
     let (handle, changes) = manager::spawn(config).await?;
     let conn = dbus::connect(&opts.bus).await.map_err(|e| {
         Error::Failed(format!(

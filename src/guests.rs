@@ -1,15 +1,20 @@
 //! Guests: one `vgpud-vmm` child process per guest. This module knows how to attach a device
 //! (`DeviceSource`: VFIO on a real host, an emulated PCI function on the simulator) and how to
-//! build and spawn the VMM's command line; the manager owns the guests' state.
+//! build and spawn the VMM's command line; the manager owns the guests' state. vgpud opens
+//! what needs privilege (/dev/kvm, the serial log, the simulated group node) and hands the VMM
+//! descriptors; kernel, initrd and payload image come as descriptors the caller opened.
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod record;
 
 use crate::error::{Error, Result};
 use crate::holders::group_node;
 use crate::manager::DeviceView;
 use crate::model::MdevUuid;
-use crate::vmm::{Boot, DeviceSpec, VmmConfig};
+use crate::vmm::{Boot, DeviceSpec, FileArg, Jail, VmmConfig};
 
 /// How the VMM gets a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +25,32 @@ pub struct AttachSpec {
     pub hold: Option<PathBuf>,
     /// The guest sees an emulated PCI function, not the real device.
     pub emulated: bool,
+    /// /dev/iommu, for a device attached by its VFIO cdev.
+    pub iommufd: Option<PathBuf>,
+}
+
+impl AttachSpec {
+    /// How the device reaches the guest: "cdev" (VFIO cdev + iommufd), "group" (VFIO group
+    /// API) or "emulated".
+    pub fn api(&self) -> &'static str {
+        match self.device {
+            DeviceSpec::VfioCdev(_) => "cdev",
+            DeviceSpec::Vfio(_) => "group",
+            DeviceSpec::Emulated(_) => "emulated",
+        }
+    }
 }
 
 pub trait DeviceSource: Send + Sync {
     fn attach_arg(&self, device: &DeviceView) -> Result<AttachSpec>;
 }
 
-/// A real host: the VMM opens the device through VFIO by its sysfs path (the mdev, or the VF
-/// of an nvidia-vendor device); the VFIO group it opens makes it a holder.
-pub struct VfioSource;
+/// A real host: the device goes to the VMM through its VFIO cdev and iommufd where the kernel
+/// offers them (`<device>/vfio-dev/vfioN`, /dev/iommu; vgpud opens both), otherwise by its sysfs
+/// path through the group API (the VMM opens the container and group before its jail).
+pub struct VfioSource {
+    pub dev_root: PathBuf,
+}
 
 impl DeviceSource for VfioSource {
     fn attach_arg(&self, device: &DeviceView) -> Result<AttachSpec> {
@@ -37,13 +59,38 @@ impl DeviceSource for VfioSource {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument(format!("{} is not started", device.uuid)))?;
         // The mdev's directory, or for an nvidia-vendor vGPU the VF itself (its sysfs path).
-        let path = live.sysfs_path.clone();
-        Ok(AttachSpec {
-            device: DeviceSpec::Vfio(path),
+        Ok(vfio_attach(&live.sysfs_path, &self.dev_root))
+    }
+}
+
+/// How a VFIO device at `sysfs_dir` is attached: by cdev when it has one and /dev/iommu exists.
+pub fn vfio_attach(sysfs_dir: &Path, dev_root: &Path) -> AttachSpec {
+    let iommu = dev_root.join("iommu");
+    match vfio_cdev(sysfs_dir, dev_root) {
+        Some(node) if iommu.exists() => AttachSpec {
+            device: DeviceSpec::VfioCdev(FileArg::Path(node)),
             hold: None,
             emulated: false,
-        })
+            iommufd: Some(iommu),
+        },
+        _ => AttachSpec {
+            device: DeviceSpec::Vfio(sysfs_dir.to_path_buf()),
+            hold: None,
+            emulated: false,
+            iommufd: None,
+        },
     }
+}
+
+/// The device's VFIO cdev: `<sysfs dir>/vfio-dev/vfioN` names `<dev>/vfio/devices/vfioN`.
+pub fn vfio_cdev(sysfs_dir: &Path, dev_root: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sysfs_dir.join("vfio-dev")).ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        name.strip_prefix("vfio")?.parse::<u32>().ok()?;
+        let node = dev_root.join("vfio/devices").join(&name);
+        node.exists().then_some(node)
+    })
 }
 
 /// The simulated host: the simulator describes the PCI function a guest would see; the VMM
@@ -89,9 +136,10 @@ impl DeviceSource for SimSource {
             None => None,
         };
         Ok(AttachSpec {
-            device: DeviceSpec::Emulated(file),
+            device: DeviceSpec::Emulated(file.into()),
             hold,
             emulated: true,
+            iommufd: None,
         })
     }
 }
@@ -103,9 +151,37 @@ pub struct GuestConfig {
     pub source: Arc<dyn DeviceSource>,
     /// Serial logs go to `<dir>/<id>.log`.
     pub dir: PathBuf,
+    /// Opened by vgpud and passed to the VMM.
+    pub kvm: PathBuf,
+    /// A system call left out of the VMM's seccomp allow-list, from the daemon's environment
+    /// (`VGPUD_VMM_SECCOMP_WITHOUT`): how a test proves that the filter kills.
+    pub seccomp_without: Option<String>,
+    /// How long an ended guest stays on the bus (`VGPUD_GUEST_RETENTION_SECS`, default 10 min).
+    pub retention: std::time::Duration,
 }
 
+/// The environment variable behind `GuestConfig::seccomp_without`.
+pub const SECCOMP_WITHOUT_ENV: &str = "VGPUD_VMM_SECCOMP_WITHOUT";
+/// The environment variable behind `GuestConfig::retention`.
+pub const RETENTION_ENV: &str = "VGPUD_GUEST_RETENTION_SECS";
+const RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl GuestConfig {
+    pub fn new(vmm_binary: PathBuf, source: Arc<dyn DeviceSource>, dir: PathBuf) -> Self {
+        Self {
+            vmm_binary,
+            source,
+            dir,
+            kvm: "/dev/kvm".into(),
+            seccomp_without: std::env::var(SECCOMP_WITHOUT_ENV).ok(),
+            retention: std::env::var(RETENTION_ENV)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(RETENTION),
+        }
+    }
+
     /// `vgpud-vmm` next to the running executable.
     pub fn default_binary() -> PathBuf {
         std::env::current_exe()
@@ -114,14 +190,62 @@ impl GuestConfig {
     }
 }
 
+/// A file a caller opened with its own rights and passed as a descriptor (D-Bus type h);
+/// vgpud never opens a path a caller names.
+#[derive(Clone)]
+pub struct CallerFile(pub Arc<OwnedFd>);
+
+impl CallerFile {
+    pub fn new(fd: OwnedFd) -> Self {
+        Self(Arc::new(fd))
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Refuses what is not a regular file open for reading (a pipe or a device would let a
+    /// caller feed the VMM without end).
+    pub fn check(&self, what: &str) -> Result<()> {
+        let bad = |why: &str| Error::InvalidArgument(format!("{what}: {why}"));
+        let stat = nix::sys::stat::fstat(self.raw()).map_err(|e| bad(&e.to_string()))?;
+        if stat.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(bad("not a regular file"));
+        }
+        let flags = nix::fcntl::fcntl(self.raw(), nix::fcntl::FcntlArg::F_GETFL)
+            .map_err(|e| bad(&e.to_string()))?;
+        if flags & libc::O_ACCMODE == libc::O_WRONLY {
+            return Err(bad("not open for reading"));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for CallerFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "fd {}", self.raw())
+    }
+}
+
+impl PartialEq for CallerFile {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for CallerFile {}
+
 /// LaunchGuest's options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LaunchOptions {
+    /// A built-in payload.
     pub payload: Option<String>,
+    /// A raw payload image.
+    pub payload_file: Option<CallerFile>,
     pub memory_mib: Option<u32>,
     pub vcpus: Option<u8>,
-    pub kernel: Option<PathBuf>,
-    pub initrd: Option<PathBuf>,
+    pub kernel: Option<CallerFile>,
+    pub initrd: Option<CallerFile>,
     pub cmdline: Option<String>,
 }
 
@@ -154,83 +278,248 @@ pub struct GuestView {
     pub exit_status: i32,
     pub emulated: bool,
     pub owner_uid: Option<u32>,
+    /// The VM's UUID, on the VMM's command line as `-uuid`.
+    pub uuid: uuid::Uuid,
+    /// How its devices reach it: "cdev", "group" or "emulated" (`AttachSpec::api`).
+    pub vfio_api: String,
 }
 
-/// The VMM's configuration for one guest with `specs` in slot order.
-pub fn vmm_config(opts: &LaunchOptions, specs: &[AttachSpec], serial_log: &Path) -> VmmConfig {
-    let boot = match &opts.kernel {
-        Some(kernel) => Boot::Kernel {
-            kernel: kernel.clone(),
-            initrd: opts.initrd.clone(),
+/// The VMM's configuration for one guest with `specs` in slot order; files by descriptor.
+pub fn vmm_config(opts: &LaunchOptions, specs: &[AttachSpec]) -> VmmConfig {
+    let boot = match (&opts.kernel, &opts.payload_file) {
+        (Some(kernel), _) => Boot::Kernel {
+            kernel: FileArg::Fd(kernel.raw()),
+            initrd: opts.initrd.as_ref().map(|f| FileArg::Fd(f.raw())),
             cmdline: opts
                 .cmdline
                 .clone()
                 .unwrap_or_else(|| "console=ttyS0".into()),
         },
-        None => Boot::Payload(opts.payload.clone().unwrap_or_else(|| "pci-probe".into())),
+        (None, Some(image)) => Boot::Payload(FileArg::Fd(image.raw()).to_string()),
+        (None, None) => Boot::Payload(opts.payload.clone().unwrap_or_else(|| "pci-probe".into())),
     };
     VmmConfig {
         memory_mib: opts.memory_mib.unwrap_or(64),
         vcpus: opts.vcpus.unwrap_or(1),
         devices: specs.iter().map(|s| s.device.clone()).collect(),
         boot,
-        serial_log: Some(serial_log.to_path_buf()),
+        serial_log: None,
         console: false,
+        kvm: None,
+        iommufd: None,
+        uuid: None,
+        jail: None,
+        seccomp: Some(None),
     }
 }
 
-/// A kernel or initrd the VMM could not read is the caller's mistake: say so in the reply
-/// instead of in the VMM's log after a guest that exits 1.
-fn check_kernel_files(boot: &Boot) -> Result<()> {
-    if let Boot::Kernel {
-        kernel,
-        initrd,
-        cmdline,
-    } = boot
-    {
-        crate::vmm::linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline).map_err(|e| {
-            let source = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            Error::InvalidArgument(format!("{e}{source}"))
-        })?;
+/// Who runs a caller's VMM: the caller's own uid (and primary group), or for root and vgpud's
+/// own launches the dedicated user `vgpud-vmm` where it exists, else `nobody`.
+pub fn jail_for(caller_uid: Option<u32>) -> Result<Jail> {
+    use nix::unistd::{Uid, User};
+    if let Some(uid) = caller_uid.filter(|u| *u != 0) {
+        let gid = User::from_uid(Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.gid.as_raw())
+            .filter(|g| *g != 0)
+            .unwrap_or(NOBODY);
+        return Ok(Jail { uid, gid });
+    }
+    for name in [VMM_USER, "nobody"] {
+        if let Ok(Some(u)) = User::from_name(name) {
+            if u.uid.as_raw() != 0 && u.gid.as_raw() != 0 {
+                return Ok(Jail {
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                });
+            }
+        }
+    }
+    Ok(Jail {
+        uid: NOBODY,
+        gid: NOBODY,
+    })
+}
+
+/// The dedicated user for VMMs of root and of vgpud itself.
+pub const VMM_USER: &str = "vgpud-vmm";
+const NOBODY: u32 = 65534;
+/// What the VMM may lock for DMA mapping beyond guest RAM, and what it may allocate beyond
+/// guest RAM for itself (vCPU threads, an emulated device's memory BAR).
+const MEMLOCK_EXTRA: u64 = 64 << 20;
+const DATA_EXTRA: u64 = 1 << 30;
+const NOFILE: u64 = 256;
+
+/// A file that is no kernel is the caller's mistake: say so in the reply instead of in the
+/// VMM's log after a guest that exits 1. Read with pread, so the caller's offset stays.
+fn check_kernel_head(kernel: &CallerFile) -> Result<()> {
+    let mut head = [0u8; 0x210];
+    let n = nix::sys::uio::pread(&*kernel.0, &mut head, 0)
+        .map_err(|e| Error::InvalidArgument(format!("kernel: {e}")))?;
+    if crate::vmm::linux::image_kind(&head[..n]).is_none() {
+        return Err(Error::InvalidArgument(
+            "kernel: not a Linux kernel (neither a bzImage nor an ELF vmlinux)".into(),
+        ));
     }
     Ok(())
 }
 
-/// Spawns the VMM for guest `id` with `specs` in slot order; its output goes to
-/// `<dir>/<id>.vmm.log`.
-pub fn spawn(
-    config: &GuestConfig,
-    id: u64,
-    opts: &LaunchOptions,
-    specs: &[AttachSpec],
-) -> Result<(tokio::process::Child, PathBuf)> {
+fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
+/// What one guest is launched with.
+pub struct Launch<'a> {
+    pub id: u64,
+    pub uuid: uuid::Uuid,
+    pub opts: &'a LaunchOptions,
+    pub specs: &'a [AttachSpec],
+    pub jail: Jail,
+    /// Who may read the serial log besides root (the launching user).
+    pub log_owner: Option<u32>,
+}
+
+/// Spawns the VMM; its output goes to `<dir>/<id>.vmm.log`, the guest's console to
+/// `<dir>/<id>.log`.
+pub fn spawn(config: &GuestConfig, l: &Launch<'_>) -> Result<(tokio::process::Child, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |what: &str, e: std::io::Error| Error::Failed(format!("{what}: {e}"));
-    std::fs::create_dir_all(&config.dir)
-        .map_err(|e| io("cannot create the guests directory", e))?;
-    let serial_log = config.dir.join(format!("{id}.log"));
-    let vmm = vmm_config(opts, specs, &serial_log);
+    let opts = l.opts;
+    for (what, file) in [
+        ("kernel", &opts.kernel),
+        ("initrd", &opts.initrd),
+        ("payload_file", &opts.payload_file),
+    ] {
+        if let Some(f) = file {
+            f.check(what)?;
+        }
+    }
+    if let Some(kernel) = &opts.kernel {
+        check_kernel_head(kernel)?;
+    }
+    let mut vmm = vmm_config(opts, l.specs);
     vmm.validate()
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    check_kernel_files(&vmm.boot)?;
-    let mut cmd = vmm.command(&config.vmm_binary);
-    for hold in specs.iter().filter_map(|s| s.hold.as_ref()) {
-        cmd.arg("--hold").arg(hold);
+    std::fs::create_dir_all(&config.dir)
+        .map_err(|e| io("cannot create the guests directory", e))?;
+    // Descriptors vgpud opened for the VMM; dropped (closed here) once it is started.
+    let mut opened: Vec<OwnedFd> = Vec::new();
+    let kvm = open_rw(&config.kvm)
+        .map_err(|e| io(&format!("cannot open {}", config.kvm.display()), e))?;
+    vmm.kvm = Some(FileArg::Fd(kvm.as_raw_fd()));
+    opened.push(kvm.into());
+    let serial_log = config.dir.join(format!("{}.log", l.id));
+    let _ = std::fs::remove_file(&serial_log);
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&serial_log)
+        .map_err(|e| io("cannot create the serial log", e))?;
+    if let Some(uid) = l.log_owner {
+        std::os::unix::fs::fchown(&log, Some(uid), None)
+            .map_err(|e| io("cannot hand the serial log to its user", e))?;
     }
-    let out = std::fs::File::create(config.dir.join(format!("{id}.vmm.log")))
+    vmm.serial_log = Some(FileArg::Fd(log.as_raw_fd()));
+    opened.push(log.into());
+    for dev in &mut vmm.devices {
+        match dev {
+            DeviceSpec::Emulated(FileArg::Path(p)) => {
+                let f = std::fs::File::open(&*p)
+                    .map_err(|e| io("cannot open the device description", e))?;
+                *dev = DeviceSpec::Emulated(FileArg::Fd(f.as_raw_fd()));
+                opened.push(f.into());
+            }
+            DeviceSpec::VfioCdev(FileArg::Path(p)) => {
+                let f = open_rw(p).map_err(|e| io("cannot open the VFIO device cdev", e))?;
+                *dev = DeviceSpec::VfioCdev(FileArg::Fd(f.as_raw_fd()));
+                opened.push(f.into());
+            }
+            _ => {}
+        }
+    }
+    if let Some(iommu) = l.specs.iter().find_map(|s| s.iommufd.as_ref()) {
+        let f = open_rw(iommu).map_err(|e| io(&format!("cannot open {}", iommu.display()), e))?;
+        vmm.iommufd = Some(FileArg::Fd(f.as_raw_fd()));
+        opened.push(f.into());
+    }
+    vmm.uuid = Some(l.uuid.to_string());
+    vmm.jail = Some(l.jail);
+    vmm.seccomp = Some(config.seccomp_without.clone());
+    let mut cmd = vmm.command(&config.vmm_binary);
+    for hold in l.specs.iter().filter_map(|s| s.hold.as_ref()) {
+        let f = std::fs::File::open(hold).map_err(|e| io("cannot open the group node", e))?;
+        cmd.arg("--hold")
+            .arg(FileArg::Fd(f.as_raw_fd()).to_string());
+        opened.push(f.into());
+    }
+    let mut inherit: Vec<RawFd> = opened.iter().map(|f| f.as_raw_fd()).collect();
+    inherit.extend(
+        [&opts.kernel, &opts.initrd, &opts.payload_file]
+            .into_iter()
+            .flatten()
+            .map(CallerFile::raw),
+    );
+    let out = std::fs::File::create(config.dir.join(format!("{}.vmm.log", l.id)))
         .map_err(|e| io("cannot create the VMM log", e))?;
     let err = out
         .try_clone()
         .map_err(|e| io("cannot create the VMM log", e))?;
-    cmd.stdin(std::process::Stdio::null())
+    let memory = u64::from(vmm.memory_mib) << 20;
+    let limits = [
+        (libc::RLIMIT_MEMLOCK, memory + MEMLOCK_EXTRA),
+        (libc::RLIMIT_DATA, memory + DATA_EXTRA),
+        (libc::RLIMIT_NOFILE, NOFILE),
+        (libc::RLIMIT_CORE, 0),
+    ];
+    cmd.env_clear()
+        .stdin(std::process::Stdio::null())
         .stdout(out)
         .stderr(err);
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (fcntl, getrlimit, setrlimit) on values captured by copy.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            for fd in &inherit {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (resource, value) in limits {
+                // Raising a hard limit needs CAP_SYS_RESOURCE; without it the VMM gets the
+                // daemon's hard limit (a container's memlock, say) and DMA mapping may fail.
+                let mut lim = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if libc::getrlimit(resource, &mut lim) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let mut want = libc::rlimit {
+                    rlim_cur: value,
+                    rlim_max: value,
+                };
+                if libc::setrlimit(resource, &want) < 0 {
+                    want.rlim_cur = value.min(lim.rlim_max);
+                    want.rlim_max = want.rlim_cur;
+                    if libc::setrlimit(resource, &want) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let child = cmd
         .spawn()
         .map_err(|e| io(&format!("cannot start {}", config.vmm_binary.display()), e))?;
+    drop(opened);
     Ok((child, serial_log))
 }
 
@@ -257,82 +546,115 @@ mod tests {
         assert_eq!(status_of(&s), (GuestState::Exited, 143));
         let s = std::process::ExitStatus::from_raw(9);
         assert_eq!(status_of(&s), (GuestState::Crashed, 137));
+        let s = std::process::ExitStatus::from_raw(libc::SIGSYS);
+        assert_eq!(status_of(&s), (GuestState::Crashed, 128 + libc::SIGSYS));
     }
 
-    #[test]
-    fn kernel_options_reach_the_vmm_command_line() {
-        let spec = AttachSpec {
+    fn emulated() -> AttachSpec {
+        AttachSpec {
             device: DeviceSpec::Emulated("/tmp/d.json".into()),
             hold: None,
             emulated: true,
-        };
+            iommufd: None,
+        }
+    }
+
+    fn caller_file(bytes: &[u8]) -> CallerFile {
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, bytes).unwrap();
+        CallerFile::new(f.into())
+    }
+
+    #[test]
+    fn kernel_descriptors_reach_the_vmm_command_line() {
+        let (kernel, initrd) = (caller_file(b"k"), caller_file(b"i"));
         let opts = LaunchOptions {
-            kernel: Some("/boot/vmlinuz".into()),
-            initrd: Some("/boot/initrd.img".into()),
+            kernel: Some(kernel.clone()),
+            initrd: Some(initrd.clone()),
             cmdline: Some("console=ttyS0 quiet".into()),
             memory_mib: Some(512),
             ..Default::default()
         };
-        let c = vmm_config(&opts, std::slice::from_ref(&spec), Path::new("/tmp/1.log"));
-        assert_eq!(
-            c.boot,
-            Boot::Kernel {
-                kernel: "/boot/vmlinuz".into(),
-                initrd: Some("/boot/initrd.img".into()),
-                cmdline: "console=ttyS0 quiet".into(),
-            }
-        );
+        let c = vmm_config(&opts, &[emulated()]);
         let args: Vec<String> = c
             .command(Path::new("vgpud-vmm"))
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let joined = args.join(" ");
-        assert!(
-            joined.contains(
-                "--kernel /boot/vmlinuz --cmdline console=ttyS0 quiet --initrd /boot/initrd.img"
-            ),
-            "{joined}"
+        let expected = format!(
+            "--kernel fd:{} --cmdline console=ttyS0 quiet --initrd fd:{}",
+            kernel.raw(),
+            initrd.raw()
         );
+        assert!(joined.contains(&expected), "{joined}");
+        assert!(joined.contains("--seccomp"), "{joined}");
         let no_cmdline = LaunchOptions {
-            kernel: Some("/boot/vmlinuz".into()),
+            kernel: Some(kernel),
             ..Default::default()
         };
-        let c = vmm_config(
-            &no_cmdline,
-            std::slice::from_ref(&spec),
-            Path::new("/tmp/1.log"),
-        );
+        let c = vmm_config(&no_cmdline, &[emulated()]);
         assert!(matches!(c.boot, Boot::Kernel { ref cmdline, .. } if cmdline == "console=ttyS0"));
     }
 
     #[test]
-    fn unreadable_kernel_is_an_invalid_argument() {
-        let boot = Boot::Kernel {
-            kernel: "/nonexistent/vmlinuz".into(),
-            initrd: None,
-            cmdline: String::new(),
+    fn a_payload_image_goes_by_descriptor() {
+        let image = caller_file(b"\xf4");
+        let opts = LaunchOptions {
+            payload_file: Some(image.clone()),
+            ..Default::default()
         };
-        let err = check_kernel_files(&boot).unwrap_err();
+        let c = vmm_config(&opts, &[emulated()]);
+        assert_eq!(c.boot, Boot::Payload(format!("fd:{}", image.raw())));
+    }
+
+    #[test]
+    fn a_file_that_is_no_kernel_is_an_invalid_argument() {
+        let err = check_kernel_head(&caller_file(b"root:x:0:0")).unwrap_err();
         assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.contains("cannot read kernel /nonexistent/vmlinuz: No such file")),
+            matches!(&err, Error::InvalidArgument(m) if m.contains("not a Linux kernel")),
             "{err:?}"
         );
-        assert!(check_kernel_files(&Boot::Payload("halt".into())).is_ok());
+        let elf = crate::vmm::payload::long_mode_elf().unwrap();
+        check_kernel_head(&caller_file(&elf)).unwrap();
+    }
+
+    #[test]
+    fn only_regular_readable_files_are_taken() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let err = CallerFile::new(r).check("kernel").unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m == "kernel: not a regular file"),
+            "{err:?}"
+        );
+        drop(w);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        std::fs::write(&path, b"x").unwrap();
+        let write_only = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let err = CallerFile::new(write_only.into())
+            .check("kernel")
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m == "kernel: not open for reading"),
+            "{err:?}"
+        );
+        assert!(caller_file(b"x").check("kernel").is_ok());
+    }
+
+    #[test]
+    fn root_and_internal_launches_get_an_unprivileged_user() {
+        let j = jail_for(Some(0)).unwrap();
+        assert_ne!(j.uid, 0);
+        assert_ne!(j.gid, 0);
+        assert_eq!(jail_for(None).unwrap(), j);
+        // uid 1 is "daemon" (group 1) on every Debian.
+        assert_eq!(jail_for(Some(1)).unwrap(), Jail { uid: 1, gid: 1 });
     }
 
     #[test]
     fn default_payload_is_pci_probe() {
-        let spec = AttachSpec {
-            device: DeviceSpec::Emulated("/tmp/d.json".into()),
-            hold: None,
-            emulated: true,
-        };
-        let c = vmm_config(
-            &LaunchOptions::default(),
-            std::slice::from_ref(&spec),
-            Path::new("/tmp/1.log"),
-        );
+        let c = vmm_config(&LaunchOptions::default(), &[emulated()]);
         assert_eq!(c.boot, Boot::Payload("pci-probe".into()));
         assert_eq!(c.memory_mib, 64);
     }
@@ -343,12 +665,13 @@ mod tests {
             device: DeviceSpec::Vfio(p.into()),
             hold: None,
             emulated: false,
+            iommufd: None,
         };
         let specs = [
             spec("/sys/bus/mdev/devices/b"),
             spec("/sys/bus/mdev/devices/a"),
         ];
-        let c = vmm_config(&LaunchOptions::default(), &specs, Path::new("/tmp/1.log"));
+        let c = vmm_config(&LaunchOptions::default(), &specs);
         assert_eq!(
             c.devices,
             [
@@ -356,5 +679,42 @@ mod tests {
                 DeviceSpec::Vfio("/sys/bus/mdev/devices/a".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_device_with_a_vfio_cdev_goes_by_cdev_and_iommufd() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sys, dev) = (dir.path().join("sys/u"), dir.path().join("dev"));
+        std::fs::create_dir_all(&sys).unwrap();
+        std::fs::create_dir_all(dev.join("vfio/devices")).unwrap();
+        // No vfio-dev directory (Debian's 6.1, no IOMMUFD): the group API by sysfs path.
+        let spec = vfio_attach(&sys, &dev);
+        assert_eq!(spec.device, DeviceSpec::Vfio(sys.clone()));
+        assert_eq!((spec.api(), spec.iommufd), ("group", None));
+        // A cdev in sysfs and /dev, but no /dev/iommu: still the group API.
+        std::fs::create_dir_all(sys.join("vfio-dev/vfio3")).unwrap();
+        std::fs::write(dev.join("vfio/devices/vfio3"), b"").unwrap();
+        assert_eq!(vfio_attach(&sys, &dev).api(), "group");
+        std::fs::write(dev.join("iommu"), b"").unwrap();
+        let spec = vfio_attach(&sys, &dev);
+        assert_eq!(
+            spec.device,
+            DeviceSpec::VfioCdev(FileArg::Path(dev.join("vfio/devices/vfio3")))
+        );
+        assert_eq!(spec.iommufd, Some(dev.join("iommu")));
+        assert_eq!(spec.api(), "cdev");
+    }
+
+    #[test]
+    fn a_cdev_name_that_is_not_vfio_n_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sys, dev) = (dir.path().join("sys/u"), dir.path().join("dev"));
+        std::fs::create_dir_all(sys.join("vfio-dev/vfiox")).unwrap();
+        std::fs::create_dir_all(dev.join("vfio/devices/vfiox")).unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), None);
+        std::fs::create_dir_all(sys.join("vfio-dev/vfio0")).unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), None, "no node in /dev");
+        std::fs::write(dev.join("vfio/devices/vfio0"), b"").unwrap();
+        assert_eq!(vfio_cdev(&sys, &dev), Some(dev.join("vfio/devices/vfio0")));
     }
 }

@@ -559,3 +559,205 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
     .await
     .unwrap();
 }
+
+/// A program run as another user (its own uid, gid and supplementary groups).
+fn run_as(uid: u32, program: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--init-groups".into(),
+        ])
+        .arg(program)
+        .args(args)
+        .output()
+        .expect("setpriv runs")
+}
+
+/// Opens and accesses of `path` by anyone, as inotify saw them since `watch`.
+struct OpenWatch(std::os::fd::OwnedFd);
+
+impl OpenWatch {
+    fn new(path: &Path) -> Self {
+        use std::os::fd::FromRawFd;
+        // SAFETY: inotify_init1 returns a new descriptor (checked), owned from here on.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just checked to be open.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid inotify descriptor and a NUL-terminated path.
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                c.as_ptr(),
+                libc::IN_OPEN | libc::IN_ACCESS,
+            )
+        };
+        assert!(wd >= 0);
+        OpenWatch(fd)
+    }
+
+    fn events(&self) -> usize {
+        let mut buf = [0u8; 4096];
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&self.0), &mut buf) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => 0,
+            Err(e) => panic!("inotify read: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_cannot_make_vgpud_or_its_vmm_read_a_file_it_cannot_read() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    tokio::time::timeout(LIMIT, async {
+        let c = Config::new(&[("10-lab.toml", LAB_POLICY)]);
+        let d = c.start(&["nvidia-t4"]);
+        let out = create_as(&d, LAB_UID, "GRID T4-2Q");
+        assert!(out.status.success(), "{}", text(&out));
+        let dev_path = text(&out)
+            .split('"')
+            .nth(1)
+            .expect("an object path")
+            .to_owned();
+        let uuid = dev_path.rsplit('/').next().unwrap().replace('_', "-");
+        // A root-only file that would boot if it were read, and a kernel the user may read.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let elf = vgpud::vmm::payload::long_mode_elf().unwrap();
+        let secret = dir.path().join("secret-kernel");
+        std::fs::write(&secret, &elf).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let mine = dir.path().join("tiny.elf");
+        std::fs::write(&mine, &elf).unwrap();
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let secret_s = secret.to_str().unwrap();
+        let watch = OpenWatch::new(&secret);
+        // vgpuctl follows the serial log by its path: the user must reach the guests directory.
+        for rel in ["", "state", "state/guests"] {
+            let p = c.path(rel);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+
+        // vgpuctl opens the file as the user: refused before anything reaches vgpud.
+        let vgpuctl = env!("CARGO_BIN_EXE_vgpuctl");
+        let address = format!("--address={}", d.address);
+        let out = run_as(
+            LAB_UID,
+            vgpuctl,
+            &[&address, "launch", &uuid, "--kernel", secret_s],
+        );
+        assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("cannot read kernel {secret_s}: Permission denied")),
+            "{}",
+            text(&out)
+        );
+        // Naming the path over D-Bus is refused: vgpud opens no path a caller names.
+        for key in ["kernel", "initrd", "payload_file"] {
+            let out = busctl_as(
+                &d,
+                LAB_UID,
+                &[
+                    "call",
+                    "org.vgpud",
+                    "/org/vgpud",
+                    "org.vgpud1.Manager",
+                    "LaunchGuest",
+                    "aoa{sv}",
+                    "1",
+                    &dev_path,
+                    "1",
+                    key,
+                    "s",
+                    secret_s,
+                ],
+            );
+            assert!(!out.status.success());
+            assert!(
+                text(&out).contains("file descriptor (h)"),
+                "{key}: {}",
+                text(&out)
+            );
+        }
+        assert_eq!(watch.events(), 0, "someone opened the root-only file");
+
+        // A kernel the user can read boots, with the VMM running as that user.
+        let out = run_as(
+            LAB_UID,
+            vgpuctl,
+            &[
+                &address,
+                "launch",
+                &uuid,
+                "--kernel",
+                mine.to_str().unwrap(),
+                "--cmdline",
+                "as=daemon",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("elf64: cmdline=as=daemon"),
+            "{}",
+            text(&out)
+        );
+        let out = busctl_as(
+            &d,
+            LAB_UID,
+            &[
+                "call",
+                "org.vgpud",
+                "/org/vgpud",
+                "org.vgpud1.Manager",
+                "LaunchGuest",
+                "aoa{sv}",
+                "1",
+                &dev_path,
+                "1",
+                "payload",
+                "s",
+                "loop",
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let guest_path = text(&out).split('"').nth(1).unwrap().to_owned();
+        let conn = d.conn().await;
+        let guest = vgpud::dbus::proxies::GuestProxy::builder(&conn)
+            .path(guest_path.as_str())
+            .unwrap()
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .unwrap();
+        let pid = guest.pid().await.unwrap();
+        assert!(
+            eventually(10, async || {
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .map(|s| s.contains("Seccomp:\t2"))
+                    .unwrap_or(false)
+            })
+            .await
+        );
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            status.contains(&format!(
+                "Uid:\t{LAB_UID}\t{LAB_UID}\t{LAB_UID}\t{LAB_UID}\n"
+            )),
+            "{status}"
+        );
+        let log = std::fs::metadata(guest.serial_log().await.unwrap()).unwrap();
+        assert_eq!((log.uid(), log.mode() & 0o777), (LAB_UID, 0o600));
+        let out = busctl_as(
+            &d,
+            LAB_UID,
+            &["call", "org.vgpud", &guest_path, "org.vgpud1.Guest", "Stop"],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(watch.events(), 0, "someone opened the root-only file");
+    })
+    .await
+    .unwrap();
+}

@@ -19,8 +19,11 @@ fn probe_script(parent: &str, mdev_type: &str) -> String {
 insmod {parent}
 echo {UUID} > /sys/class/mdev_bus/{parent}/mdev_supported_types/{mdev_type}/create
 echo "GROUP=$(test -c /dev/vfio/$(basename $(readlink /sys/bus/mdev/devices/{UUID}/iommu_group)) && echo yes)"
+# In the jail vgpud puts it in: /dev/kvm and the log by descriptor, nobody, seccomp.
+exec 5</dev/kvm 6>"$SCRATCH/probe.log"
 timeout 120 "$VGPUD_VMM" --device vfio:/sys/bus/mdev/devices/{UUID} --payload pci-probe \
-    --serial-log "$SCRATCH/probe.log"
+    --serial-log fd:6 --kvm fd:5 --jail-uid 65534 --jail-gid 65534 --seccomp
+exec 5<&- 6>&-
 echo "VMM_STATUS=$?"
 timeout 20 sh -c 'echo 1 > /sys/bus/mdev/devices/{UUID}/remove' && echo "REMOVED=yes"
 "#
@@ -195,5 +198,69 @@ echo "REMOVE_STATUS=$?"
     assert_line(&log, "vgpuctl: guest exited with status 0");
     assert!(!log.contains("emulated"), "{log}");
     assert!(!log.contains("MISMATCH"), "{log}");
+    assert_eq!(run.value("REMOVE_STATUS"), "0", "{}\n{daemon}", run.output);
+}
+
+/// vgpud SIGKILLed while its guest runs on a real mtty device through VFIO: the restarted
+/// daemon adopts the VMM (same Guest object, pid and UUID), the device stays InUse and cannot
+/// be removed, and stopping the adopted guest frees it.
+#[test]
+fn a_restarted_vgpud_adopts_a_running_guest_and_its_device_stays_in_use() {
+    let dev = format!("/org/vgpud/devices/{}", UUID.replace('-', "_"));
+    let run = real_kernel::run(&format!(
+        r#"
+insmod mtty
+mkdir -p /tmp/defs /tmp/conf /tmp/state
+dbus-daemon --session --address=unix:path=/tmp/bus --nofork --nopidfile &
+for i in $(seq 50); do [ -S /tmp/bus ] && break; sleep 0.1; done
+start_vgpud() {{
+    "$VGPUD" --address unix:path=/tmp/bus --sysfs /sys --events kernel --definitions-dir /tmp/defs \
+        --config-dir /tmp/conf --state-dir /tmp/state 2>>"$SCRATCH/vgpud.log" &
+    VGPUD_PID=$!
+    for i in $(seq 100); do $C parents >/dev/null 2>&1 && break; sleep 0.1; done
+}}
+B="busctl --address=unix:path=/tmp/bus"
+C="$VGPUCTL --address unix:path=/tmp/bus"
+start_vgpud
+$C create mtty-2 --parent mtty --uuid {UUID}
+$C launch {UUID} --payload loop >/dev/null 2>&1 &
+for i in $(seq 100); do [ -f /tmp/state/guests/1.guest.json ] && break; sleep 0.1; done
+echo "PID_BEFORE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Pid)"
+echo "UUID_BEFORE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Uuid)"
+kill -9 $VGPUD_PID; wait $VGPUD_PID 2>/dev/null
+start_vgpud
+echo "STATE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest State)"
+echo "PID_AFTER=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Pid)"
+echo "UUID_AFTER=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Uuid)"
+echo "INUSE=$($B get-property org.vgpud {dev} org.vgpud1.Device InUse)"
+echo "API=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest VfioApi)"
+$C remove {UUID} >"$SCRATCH/busy.log" 2>&1
+echo "BUSY_STATUS=$?"
+$B call org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Stop
+echo "STOP_STATUS=$?"
+echo "STATE_STOPPED=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest State)"
+for i in $(seq 50); do [ "$($B get-property org.vgpud {dev} org.vgpud1.Device InUse)" = "b false" ] && break; sleep 0.1; done
+$C remove {UUID}
+echo "REMOVE_STATUS=$?"
+"#
+    ));
+    run.assert_ok();
+    let daemon = run.file("vgpud.log");
+    let pid = run.value("PID_BEFORE");
+    assert!(pid.starts_with("u "), "{}\n{daemon}", run.output);
+    assert_eq!(run.value("PID_AFTER"), pid, "{}\n{daemon}", run.output);
+    assert_eq!(run.value("UUID_AFTER"), run.value("UUID_BEFORE"));
+    assert_eq!(
+        run.value("STATE"),
+        "s \"running\"",
+        "{}\n{daemon}",
+        run.output
+    );
+    assert_eq!(run.value("INUSE"), "b true", "{}\n{daemon}", run.output);
+    // Debian's 6.1 has no iommufd: the group API.
+    assert_eq!(run.value("API"), "s \"group\"");
+    assert_eq!(run.value("BUSY_STATUS"), "7", "{}", run.file("busy.log"));
+    assert_eq!(run.value("STOP_STATUS"), "0", "{}\n{daemon}", run.output);
+    assert_eq!(run.value("STATE_STOPPED"), "s \"exited\"");
     assert_eq!(run.value("REMOVE_STATUS"), "0", "{}\n{daemon}", run.output);
 }

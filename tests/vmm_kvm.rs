@@ -47,6 +47,36 @@ fn run_probe(profile_name: &str) -> (Output, String) {
     (out, serial)
 }
 
+/// `fd:N` for a file the VMM inherits (FD_CLOEXEC cleared), as vgpud passes files.
+fn inheritable(f: &std::fs::File) -> String {
+    use std::os::fd::AsRawFd;
+    nix::fcntl::fcntl(
+        f.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    format!("fd:{}", f.as_raw_fd())
+}
+
+/// The jail vgpud puts the VMM in: /dev/kvm by descriptor, nobody's uid, the seccomp filter.
+fn jailed(cmd: &mut Command, kvm: &std::fs::File) {
+    cmd.arg("--kvm").arg(inheritable(kvm)).args([
+        "--jail-uid",
+        "65534",
+        "--jail-gid",
+        "65534",
+        "--seccomp",
+    ]);
+}
+
+fn open_kvm() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .unwrap()
+}
+
 fn assert_line(serial: &str, line: &str) {
     assert!(
         serial.lines().any(|l| l.trim_end() == line),
@@ -101,6 +131,60 @@ fn pci_probe_finds_emulated_t4_and_gets_its_interrupt() {
         Some(0),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pci_probe_passes_inside_the_jail() {
+    let dir = tempfile::tempdir().unwrap();
+    let desc = std::fs::File::open(description(dir.path(), "nvidia-t4")).unwrap();
+    let log_path = dir.path().join("serial.log");
+    let (log, kvm) = (std::fs::File::create(&log_path).unwrap(), open_kvm());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args([
+        "--payload",
+        "pci-probe",
+        "-uuid",
+        "6c1d0000-0000-4000-8000-00000000a1a1",
+    ])
+    .arg("--device")
+    .arg(format!("emulated:{}", inheritable(&desc)))
+    .arg("--serial-log")
+    .arg(inheritable(&log));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let serial = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{serial}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_line(&serial, "scratch wrote 5aa5c33c read 5aa5c33c ok");
+    assert_line(&serial, "msi count=1");
+    assert_line(&serial, "msix count=1");
+    assert_line(&serial, "pci-probe: done");
+}
+
+#[test]
+fn a_jailed_vmm_opens_no_path() {
+    // It starts as root: a file named by path would be opened with root's rights.
+    let dir = tempfile::tempdir().unwrap();
+    let desc = description(dir.path(), "nvidia-t4");
+    let kvm = open_kvm();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args(["--payload", "pci-probe"])
+        .arg("--device")
+        .arg(format!("emulated:{}", desc.display()))
+        .arg("--serial-log")
+        .arg(dir.path().join("serial.log"));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a jailed VMM takes files as descriptors (fd:N)"),
+        "{stderr}"
     );
 }
 
@@ -280,16 +364,23 @@ fn tiny_elf_kernel_runs_in_long_mode_and_reads_its_zero_page() {
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, [0x5au8; 10_000]).unwrap();
     let log = dir.path().join("serial.log");
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"))
-        .arg("--kernel")
-        .arg(&kernel)
+    // Inside the jail, every file by descriptor, as vgpud launches it.
+    let (k, i, l, kvm) = (
+        std::fs::File::open(&kernel).unwrap(),
+        std::fs::File::open(&initrd).unwrap(),
+        std::fs::File::create(&log).unwrap(),
+        open_kvm(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.arg("--kernel")
+        .arg(inheritable(&k))
         .arg("--initrd")
-        .arg(&initrd)
+        .arg(inheritable(&i))
         .args(["--cmdline", "console=ttyS0 vgpud.test=1"])
         .arg("--serial-log")
-        .arg(&log)
-        .output()
-        .unwrap();
+        .arg(inheritable(&l));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
     let serial = std::fs::read_to_string(&log).unwrap_or_default();
     assert_line(&serial, "elf64: cmdline=console=ttyS0 vgpud.test=1");
     assert_eq!(
@@ -348,17 +439,24 @@ fn debian_kernel_boots_to_its_first_console_lines() {
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, [0u8; 4096]).unwrap();
     let log = dir.path().join("serial.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"))
-        .args(["--memory-mib", "256", "--kernel"])
-        .arg(&kernel)
+    // Booted inside the jail, as vgpud launches it: files by descriptor, nobody, seccomp.
+    let (k, i, l, kvm) = (
+        std::fs::File::open(&kernel).unwrap(),
+        std::fs::File::open(&initrd).unwrap(),
+        std::fs::File::create(&log).unwrap(),
+        open_kvm(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args(["--memory-mib", "256", "--kernel"])
+        .arg(inheritable(&k))
         .arg("--initrd")
-        .arg(&initrd)
+        .arg(inheritable(&i))
         .args(["--cmdline", "console=ttyS0 earlyprintk=serial,ttyS0,115200"])
         .arg("--serial-log")
-        .arg(&log)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+        .arg(inheritable(&l))
+        .stdout(Stdio::null());
+    jailed(&mut cmd, &kvm);
+    let mut child = cmd.spawn().unwrap();
     let wanted = [
         "Linux version 6.",
         "Command line: console=ttyS0 earlyprintk=serial,ttyS0,115200",
@@ -459,4 +557,33 @@ fn vfio_device_without_vfio_fails_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("VFIO is not available"));
+}
+
+#[test]
+fn a_vfio_cdev_that_is_no_vfio_device_fails_at_the_iommufd() {
+    // No kernel here has iommufd (Debian's 6.1 and 6.12 lack IOMMUFD): the cdev path runs as
+    // far as its first iommufd ioctl, on descriptors that are not an iommufd.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serial.log")).unwrap();
+    let (cdev, iommu, kvm) = (
+        std::fs::File::open("/dev/null").unwrap(),
+        std::fs::File::open("/dev/null").unwrap(),
+        open_kvm(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args(["--payload", "pci-probe"])
+        .arg("--device")
+        .arg(format!("vfio-cdev:{}", inheritable(&cdev)))
+        .arg("--iommufd")
+        .arg(inheritable(&iommu))
+        .arg("--serial-log")
+        .arg(inheritable(&log));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("VFIO device: VFIO setup failed at iommufd"),
+        "{stderr}"
+    );
 }

@@ -1,11 +1,11 @@
 //! vgpud-vmm: one KVM guest per process, with passthrough devices (emulated or VFIO).
+//! Files are paths or inherited descriptors (`fd:N`); vgpud passes descriptors only.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use vgpud::vmm::{self, Boot, DeviceSpec, VmmConfig};
+use vgpud::vmm::{self, Boot, DeviceSpec, FileArg, Jail, VmmConfig};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -21,32 +21,55 @@ struct Args {
     /// Number of vCPUs (vCPU 0 runs the payload; the others wait for a SIPI).
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
-    /// emulated:FILE.json (a guest PCI description) or vfio:/sys/bus/mdev/devices/UUID;
+    /// emulated:FILE.json or emulated:fd:N (a guest PCI description),
+    /// vfio:/sys/bus/mdev/devices/UUID (group API) or vfio-cdev:fd:N (a device cdev, iommufd);
     /// repeat for more devices (slots 00:01.0, 00:02.0, ...; at most 4).
     #[arg(long)]
     device: Vec<DeviceSpec>,
-    /// Built-in payload (pci-probe, loop, halt) or a raw 32-bit image loaded and entered at 0x10000.
+    /// Built-in payload (pci-probe, loop, halt) or a raw 32-bit image (FILE or fd:N) loaded and
+    /// entered at 0x10000.
     #[arg(long, conflicts_with = "kernel")]
     payload: Option<String>,
-    /// Linux kernel to boot (bzImage or ELF vmlinux, 64-bit entry).
+    /// Linux kernel to boot (bzImage or ELF vmlinux, 64-bit entry): FILE or fd:N.
     #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk for --kernel, loaded high in guest RAM.
+    kernel: Option<FileArg>,
+    /// Initial ramdisk for --kernel, loaded high in guest RAM: FILE or fd:N.
     #[arg(long, requires = "kernel")]
-    initrd: Option<PathBuf>,
+    initrd: Option<FileArg>,
     /// Kernel command line for --kernel.
     #[arg(long, requires = "kernel", default_value = "console=ttyS0")]
     cmdline: String,
-    /// File that receives everything the guest writes to its UART.
+    /// File (or fd:N) that receives everything the guest writes to its UART.
     #[arg(long)]
-    serial_log: Option<PathBuf>,
+    serial_log: Option<FileArg>,
     /// Also copy the guest's UART output to stdout.
     #[arg(long)]
     console: bool,
-    /// A file kept open (read-only) for the life of the process, so the device shows as held
+    /// A file (or fd:N) kept open for the life of the process, so the device shows as held
     /// (vgpud passes the simulated VFIO group node); repeatable.
     #[arg(long)]
-    hold: Vec<PathBuf>,
+    hold: Vec<FileArg>,
+    /// /dev/kvm already opened (fd:N); without it the VMM opens /dev/kvm.
+    #[arg(long)]
+    kvm: Option<FileArg>,
+    /// /dev/iommu already opened (fd:N), for vfio-cdev devices; without it the VMM opens it.
+    #[arg(long)]
+    iommufd: Option<FileArg>,
+    /// The VM's UUID (given as `-uuid UUID`, as on QEMU's command line).
+    #[arg(long)]
+    uuid: Option<uuid::Uuid>,
+    /// Once its devices are open, become this uid (with --jail-gid) in an empty mount
+    /// namespace with no capabilities and no_new_privs (needs root to start).
+    #[arg(long, requires = "jail_gid")]
+    jail_uid: Option<u32>,
+    #[arg(long, requires = "jail_uid")]
+    jail_gid: Option<u32>,
+    /// Run the guest under the seccomp allow-list (a call outside it kills the VMM).
+    #[arg(long)]
+    seccomp: bool,
+    /// Leave this system call out of the allow-list (to test that the filter kills).
+    #[arg(long, requires = "seccomp", hide = true)]
+    seccomp_without: Option<String>,
 }
 
 extern "C" fn on_stop(_: libc::c_int) {
@@ -54,13 +77,23 @@ extern "C" fn on_stop(_: libc::c_int) {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // QEMU spells it `-uuid`; clap's long options take two dashes.
+    let args =
+        Args::parse_from(std::env::args_os().map(
+            |a| {
+                if a == "-uuid" {
+                    "--uuid".into()
+                } else {
+                    a
+                }
+            },
+        ));
     let mut _held = Vec::new();
-    for path in &args.hold {
-        match std::fs::File::open(path) {
+    for file in &args.hold {
+        match file.open() {
             Ok(f) => _held.push(f),
             Err(e) => {
-                eprintln!("vgpud-vmm: cannot open {} (--hold): {e}", path.display());
+                eprintln!("vgpud-vmm: cannot open {file} (--hold): {e}");
                 return ExitCode::from(1);
             }
         }
@@ -84,6 +117,14 @@ fn main() -> ExitCode {
         boot,
         serial_log: args.serial_log,
         console: args.console,
+        kvm: args.kvm,
+        iommufd: args.iommufd,
+        uuid: args.uuid.map(|u| u.to_string()),
+        jail: args
+            .jail_uid
+            .zip(args.jail_gid)
+            .map(|(uid, gid)| Jail { uid, gid }),
+        seccomp: args.seccomp.then_some(args.seccomp_without),
     };
     for sig in [libc::SIGTERM, libc::SIGINT] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.

@@ -6,10 +6,10 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::Duration;
 
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::Value;
+use zbus::zvariant::{Fd, Value};
 
 use super::client::Client;
-use super::error::CliError;
+use super::error::{Class, CliError};
 use crate::dbus::proxies::GuestProxy;
 
 /// What `launch` was asked for.
@@ -29,18 +29,39 @@ pub async fn run(client: &mut Client, args: &LaunchArgs<'_>, json: bool) -> Resu
     for uuid in args.uuids {
         paths.push(client.device_path(uuid).await?);
     }
+    // Files are opened here, with the user's rights, and passed as descriptors: vgpud opens no
+    // path a caller names.
+    let mut files = Vec::new();
+    let mut open = |key: &'static str, path: &str| -> Result<(), CliError> {
+        let what = key.trim_end_matches("_file");
+        let file = std::fs::File::open(path).map_err(|e| {
+            CliError::new(
+                Class::InvalidArgument,
+                format!("cannot read {what} {path}: {e}"),
+            )
+        })?;
+        files.push((key, file));
+        Ok(())
+    };
     let mut options: HashMap<&str, Value<'_>> = HashMap::new();
     if let Some(p) = args.payload {
-        options.insert("payload", Value::from(p));
-    }
-    for (key, value) in [
-        ("kernel", args.kernel),
-        ("initrd", args.initrd),
-        ("cmdline", args.cmdline),
-    ] {
-        if let Some(v) = value {
-            options.insert(key, Value::from(v));
+        if crate::vmm::payload::BUILTIN.contains(&p) {
+            options.insert("payload", Value::from(p));
+        } else {
+            open("payload_file", p)?;
         }
+    }
+    if let Some(k) = args.kernel {
+        open("kernel", k)?;
+    }
+    if let Some(i) = args.initrd {
+        open("initrd", i)?;
+    }
+    if let Some(c) = args.cmdline {
+        options.insert("cmdline", Value::from(c));
+    }
+    for (key, file) in &files {
+        options.insert(key, Value::Fd(Fd::from(file)));
     }
     if let Some(m) = args.memory_mib {
         options.insert("memory_mib", Value::from(m));

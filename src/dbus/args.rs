@@ -284,12 +284,39 @@ fn user_and_groups(uid: u32) -> (Option<String>, Vec<String>) {
     (Some(user.name), groups)
 }
 
-/// LaunchGuest's options: payload (s), memory_mib (u), vcpus (u), kernel, initrd, cmdline (s).
+/// A file option: a descriptor the caller opened (h). A path (s) is refused: vgpud would
+/// open it with its own rights, not the caller's.
+fn opt_file(options: &Options, key: &str) -> Result<Option<crate::guests::CallerFile>, VgpudError> {
+    use std::os::fd::AsFd;
+    match options.get(key) {
+        None => Ok(None),
+        Some(v) => match &**v {
+            Value::Fd(fd) => fd
+                .as_fd()
+                .try_clone_to_owned()
+                .map(|fd| Some(crate::guests::CallerFile::new(fd)))
+                .map_err(|e| bad(format!("option {key:?}: {e}"))),
+            Value::Str(_) => Err(bad(format!(
+                "option {key:?} takes a file descriptor (h) opened by the caller, not a path; \
+                 vgpud opens no file a caller names (vgpuctl launch --{} FILE does this)",
+                key.replace('_', "-")
+            ))),
+            other => Err(bad(format!(
+                "option {key:?} must be a file descriptor (h), not {}",
+                other.value_signature()
+            ))),
+        },
+    }
+}
+
+/// LaunchGuest's options: payload (s, a built-in), payload_file, kernel, initrd (h), cmdline
+/// (s), memory_mib (u), vcpus (u).
 pub fn launch_options(options: &Options) -> Result<crate::guests::LaunchOptions, VgpudError> {
     check_keys(
         options,
         &[
             "payload",
+            "payload_file",
             "memory_mib",
             "vcpus",
             "kernel",
@@ -303,17 +330,34 @@ pub fn launch_options(options: &Options) -> Result<crate::guests::LaunchOptions,
     let vcpus = opt_u64(options, "vcpus")?
         .map(|n| u8::try_from(n).map_err(|_| bad(format!("vcpus {n} is too large"))))
         .transpose()?;
-    let kernel = opt_str(options, "kernel")?.map(Into::into);
     let payload = opt_str(options, "payload")?;
-    if kernel.is_some() && payload.is_some() {
-        return Err(bad("give either payload or kernel, not both".into()));
+    if let Some(p) = &payload {
+        if !crate::vmm::payload::BUILTIN.contains(&p.as_str()) {
+            return Err(bad(format!(
+                "payload {p:?} is not built in ({}); pass an image as payload_file (h)",
+                crate::vmm::payload::BUILTIN.join(", ")
+            )));
+        }
+    }
+    let kernel = opt_file(options, "kernel")?;
+    let initrd = opt_file(options, "initrd")?;
+    let payload_file = opt_file(options, "payload_file")?;
+    let boots = [payload.is_some(), payload_file.is_some(), kernel.is_some()];
+    if boots.iter().filter(|b| **b).count() > 1 {
+        return Err(bad(
+            "give one of payload, payload_file or kernel, not several".into(),
+        ));
+    }
+    if kernel.is_none() && initrd.is_some() {
+        return Err(bad("initrd needs a kernel".into()));
     }
     Ok(crate::guests::LaunchOptions {
         payload,
+        payload_file,
         memory_mib,
         vcpus,
         kernel,
-        initrd: opt_str(options, "initrd")?.map(Into::into),
+        initrd,
         cmdline: opt_str(options, "cmdline")?,
     })
 }

@@ -1,4 +1,5 @@
-//! org.vgpud1.Guest: one object per guest vgpud started (kept after it ends, with its status).
+//! org.vgpud1.Guest: one object per guest vgpud started or adopted (kept for a while after it
+//! ends, with its status).
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,21 @@ impl GuestObj {
         .await
     }
 
+    /// Removes the ended guest from the bus, with its serial log (Busy while it runs). Ended
+    /// guests also leave by themselves after the daemon's retention (10 minutes by default).
+    async fn forget(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), VgpudError> {
+        let who = caller(&hdr, conn).await;
+        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+        let id = locked(&self.view).id;
+        self.ctx.manager.forget_guest(who, id).await?;
+        self.ctx.manager.published().await?;
+        Ok(())
+    }
+
     /// "running", "exited" or "crashed" (the VMM was killed by a signal).
     #[zbus(property)]
     fn state(&self) -> String {
@@ -62,7 +78,8 @@ impl GuestObj {
     fn serial_log(&self) -> String {
         locked(&self.view).serial_log.display().to_string()
     }
-    /// The VMM's exit code (128 + signal when killed); -1 while running.
+    /// The VMM's exit code (128 + signal when killed); -1 while running, or once ended if the
+    /// VMM was adopted after a daemon restart (its status went to its new parent).
     #[zbus(property)]
     fn exit_status(&self) -> i32 {
         locked(&self.view).exit_status
@@ -71,6 +88,17 @@ impl GuestObj {
     #[zbus(property)]
     fn emulated(&self) -> bool {
         locked(&self.view).emulated
+    }
+    /// How the devices reach the guest: "cdev" (VFIO device cdev + iommufd), "group" (the VFIO
+    /// group API) or "emulated".
+    #[zbus(property)]
+    fn vfio_api(&self) -> String {
+        locked(&self.view).vfio_api.clone()
+    }
+    /// The VM's UUID (on the VMM's command line as `-uuid`, where NVIDIA's host driver reads it).
+    #[zbus(property)]
+    fn uuid(&self) -> String {
+        locked(&self.view).uuid.to_string()
     }
 }
 
@@ -94,6 +122,12 @@ impl GuestObj {
         }
         if old.emulated != new.emulated {
             self.emulated_changed(emitter).await?;
+        }
+        if old.uuid != new.uuid {
+            self.uuid_changed(emitter).await?;
+        }
+        if old.vfio_api != new.vfio_api {
+            self.vfio_api_changed(emitter).await?;
         }
         Ok(())
     }

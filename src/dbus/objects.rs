@@ -110,8 +110,10 @@ impl ManagerObj {
         .await
     }
 
-    /// Starts a guest (a `vgpud-vmm` process) with these devices; options: payload (s, default
-    /// "pci-probe"), memory_mib (u), vcpus (u), kernel, initrd, cmdline (s). Returns the Guest.
+    /// Starts a guest (a `vgpud-vmm` process) with these devices; options: payload (s, a built-in:
+    /// pci-probe (default), hello, loop, halt), payload_file (h, a raw image), kernel (h),
+    /// initrd (h), cmdline (s), memory_mib (u), vcpus (u). Files are descriptors the caller
+    /// opened; paths are refused. Returns the Guest.
     async fn launch_guest(
         &self,
         #[zbus(header)] hdr: Header<'_>,

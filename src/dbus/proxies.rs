@@ -119,6 +119,7 @@ pub trait Device {
 #[proxy(interface = "org.vgpud1.Guest", default_service = "org.vgpud")]
 pub trait Guest {
     fn stop(&self) -> zbus::Result<()>;
+    fn forget(&self) -> zbus::Result<()>;
     #[zbus(property)]
     fn state(&self) -> zbus::Result<String>;
     #[zbus(property)]
@@ -131,4 +132,8 @@ pub trait Guest {
     fn exit_status(&self) -> zbus::Result<i32>;
     #[zbus(property)]
     fn emulated(&self) -> zbus::Result<bool>;
+    #[zbus(property)]
+    fn uuid(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn vfio_api(&self) -> zbus::Result<String>;
 }

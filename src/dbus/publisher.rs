@@ -212,6 +212,9 @@ impl Publisher {
                     }
                 }
             }
+            Change::GuestRemoved(id) => {
+                server.remove::<GuestObj, _>(&names::guest_path(id)).await?;
+            }
             Change::Problems(problems) => {
                 if let Ok(iref) = server
                     .interface::<_, super::objects::ManagerObj>(names::ROOT_PATH)

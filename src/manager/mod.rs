@@ -96,8 +96,10 @@ pub enum Change {
     DeviceAdded(DeviceView),
     DeviceUpdated(DeviceView),
     DeviceRemoved(MdevUuid),
-    /// A guest appeared or changed (guests are never removed from the model).
+    /// A guest appeared or changed.
     Guest(crate::guests::GuestView),
+    /// An ended guest was forgotten.
+    GuestRemoved(u64),
     /// What the daemon cannot make true (ensure rules, autostart failures, policy problems).
     Problems(Vec<String>),
 }
@@ -241,7 +243,10 @@ pub(crate) enum Command {
         Reply<crate::guests::GuestView>,
     ),
     StopGuest(Caller, u64, Reply<crate::guests::GuestView>),
-    GuestExited(u64, std::process::ExitStatus),
+    /// A VMM ended: its status, or `None` for one adopted after a restart (not our child).
+    GuestExited(u64, Option<std::process::ExitStatus>),
+    /// An ended guest leaves the bus: on request, or after its retention (`None`).
+    ForgetGuest(Option<Caller>, u64, Option<Reply<()>>),
 }
 
 /// A cheap, cloneable handle for front ends.
@@ -325,6 +330,12 @@ impl ManagerHandle {
         self.ask(|tx| Command::StopGuest(caller, id, tx)).await?
     }
 
+    /// Removes an ended guest (Busy while it runs).
+    pub async fn forget_guest(&self, caller: Caller, id: u64) -> Result<()> {
+        self.ask(|tx| Command::ForgetGuest(Some(caller), id, Some(tx)))
+            .await?
+    }
+
     /// Returns once every change the manager made so far is published.
     pub async fn published(&self) -> Result<()> {
         self.ask(Command::Barrier).await
@@ -355,6 +366,7 @@ pub async fn spawn(
     let manager = tokio::task::spawn_blocking(move || {
         let mut manager = state::Manager::new(config, me, changes_tx)?;
         manager.scan()?;
+        manager.adopt_guests();
         Ok::<_, Error>(manager)
     })
     .await

@@ -283,6 +283,12 @@ impl Manager {
             }
             Command::StopGuest(caller, id, reply) => self.stop_guest(&caller, id, reply),
             Command::GuestExited(id, status) => self.guest_exited(id, status),
+            Command::ForgetGuest(caller, id, reply) => {
+                let r = self.forget_guest(caller.as_ref(), id);
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
         }
     }
 

@@ -117,12 +117,18 @@ pub fn parse_description(path: &str, text: &str) -> Result<GuestPci, Description
     Ok(desc)
 }
 
-pub fn load_description(path: &str) -> Result<GuestPci, DescriptionError> {
-    let text = std::fs::read_to_string(path).map_err(|source| DescriptionError::Read {
-        path: path.to_owned(),
+pub fn load_description(file: &super::FileArg) -> Result<GuestPci, DescriptionError> {
+    let path = file.to_string();
+    let read_error = |source| DescriptionError::Read {
+        path: path.clone(),
         source,
-    })?;
-    parse_description(path, &text)
+    };
+    let mut text = String::new();
+    let mut f = file.open().map_err(read_error)?;
+    // A descriptor may have been read before (it shares its offset with the sender's).
+    std::io::Seek::rewind(&mut f).map_err(read_error)?;
+    std::io::Read::read_to_string(&mut f, &mut text).map_err(read_error)?;
+    parse_description(&path, &text)
 }
 
 /// A PCI function built from a description, with one device register block in BAR0, an MSI

@@ -247,8 +247,20 @@ pub struct Machine {
 }
 
 impl Machine {
-    pub fn new(memory_mib: u32, vcpu_count: u8) -> Result<Self, VmmError> {
-        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    /// A VM on `kvm` (/dev/kvm as the caller opened it), or on /dev/kvm opened here.
+    pub fn new(
+        kvm: Option<std::fs::File>,
+        memory_mib: u32,
+        vcpu_count: u8,
+    ) -> Result<Self, VmmError> {
+        let kvm = match kvm {
+            Some(file) => {
+                use std::os::fd::{FromRawFd, IntoRawFd};
+                // SAFETY: the descriptor is an open file that this call owns and hands over.
+                unsafe { Kvm::from_raw_fd(file.into_raw_fd()) }
+            }
+            None => Kvm::new().map_err(VmmError::OpenKvm)?,
+        };
         let vm = kvm
             .create_vm()
             .map_err(|e| VmmError::Kvm("KVM_CREATE_VM", e))?;

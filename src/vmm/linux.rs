@@ -3,8 +3,10 @@
 //! its e820 map. The CPU state for the entry (long mode, identity paging) is set in `kvm`.
 
 use std::fs::File;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::io::{Read, Seek};
+use std::path::PathBuf;
+
+use super::FileArg;
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
@@ -96,35 +98,42 @@ pub struct LinuxFiles {
 }
 
 impl LinuxFiles {
-    pub fn open(kernel: &Path, initrd: Option<&Path>, cmdline: &str) -> Result<Self, LinuxError> {
+    /// Opens (or takes the descriptors of) the kernel and initrd, each read from its start.
+    pub fn open(
+        kernel: &FileArg,
+        initrd: Option<&FileArg>,
+        cmdline: &str,
+    ) -> Result<Self, LinuxError> {
         if cmdline.contains('\0') {
             return Err(LinuxError::CmdlineNul);
         }
         let read_kernel = |source| LinuxError::ReadKernel {
-            path: kernel.to_owned(),
+            path: kernel.name(),
             source,
         };
-        let file = File::open(kernel).map_err(read_kernel)?;
+        let mut file = kernel.open().map_err(read_kernel)?;
         if file.metadata().map_err(read_kernel)?.is_dir() {
             return Err(read_kernel(std::io::Error::from_raw_os_error(libc::EISDIR)));
         }
+        file.rewind().map_err(read_kernel)?;
         let initrd = match initrd {
             Some(path) => {
                 let read_initrd = |source| LinuxError::ReadInitrd {
-                    path: path.to_owned(),
+                    path: path.name(),
                     source,
                 };
-                let f = File::open(path).map_err(read_initrd)?;
+                let mut f = path.open().map_err(read_initrd)?;
                 if f.metadata().map_err(read_initrd)?.is_dir() {
                     return Err(read_initrd(std::io::Error::from_raw_os_error(libc::EISDIR)));
                 }
-                Some((f, path.to_owned()))
+                f.rewind().map_err(read_initrd)?;
+                Some((f, path.name()))
             }
             None => None,
         };
         Ok(Self {
             kernel: file,
-            kernel_path: kernel.to_owned(),
+            kernel_path: kernel.name(),
             initrd,
             cmdline: cmdline.to_owned(),
         })
@@ -393,6 +402,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn image_kinds_by_magic() {
@@ -425,7 +435,7 @@ mod tests {
             std::fs::write(&p, bytes).unwrap();
             p
         });
-        LinuxFiles::open(&k, i.as_deref(), cmdline).unwrap()
+        LinuxFiles::open(&k.into(), i.map(FileArg::from).as_ref(), cmdline).unwrap()
     }
 
     #[test]
@@ -577,17 +587,17 @@ mod tests {
 
     #[test]
     fn missing_and_directory_files_are_clear_errors() {
-        let e = LinuxFiles::open(Path::new("/nonexistent/bzImage"), None, "")
+        let e = LinuxFiles::open(&"/nonexistent/bzImage".into(), None, "")
             .err()
             .unwrap();
         assert!(matches!(e, LinuxError::ReadKernel { .. }), "{e}");
-        let e = LinuxFiles::open(Path::new("/"), None, "").err().unwrap();
+        let e = LinuxFiles::open(&"/".into(), None, "").err().unwrap();
         assert!(matches!(e, LinuxError::ReadKernel { .. }), "{e}");
-        let e = LinuxFiles::open(Path::new("/proc/self/exe"), Some(Path::new("/nope")), "")
+        let e = LinuxFiles::open(&"/proc/self/exe".into(), Some(&"/nope".into()), "")
             .err()
             .unwrap();
         assert!(matches!(e, LinuxError::ReadInitrd { .. }), "{e}");
-        let e = LinuxFiles::open(Path::new("/proc/self/exe"), None, "a\0b")
+        let e = LinuxFiles::open(&"/proc/self/exe".into(), None, "a\0b")
             .err()
             .unwrap();
         assert!(matches!(e, LinuxError::CmdlineNul));

@@ -4,11 +4,13 @@
 
 pub mod bus;
 pub mod device;
+pub mod jail;
 pub mod kvm;
 pub mod linux;
 pub mod msix;
 pub mod payload;
 pub mod pci;
+pub mod seccomp;
 pub mod uart;
 pub mod vfio;
 
@@ -19,8 +21,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 pub use device::{EmulatedDevice, PassthroughDevice};
+pub use jail::{FileArg, Jail};
 pub use kvm::{GuestExit, StopPoint};
-pub use vfio::VfioPassthrough;
+pub use vfio::{VfioError, VfioPassthrough};
 
 const IO_WINDOW: u64 = 0xc000;
 const MEM_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
@@ -30,6 +33,12 @@ const MAX_MEMORY_MIB: u32 = 3 * 1024;
 pub enum VmmError {
     #[error("cannot open /dev/kvm (make sure it exists and your user can open it)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot use the KVM descriptor {0}")]
+    KvmFd(String, #[source] std::io::Error),
+    #[error("jail")]
+    Jail(#[from] jail::JailError),
+    #[error("seccomp")]
+    Seccomp(#[from] seccomp::SeccompError),
     #[error("{0} failed")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("guest memory cannot be set up")]
@@ -76,9 +85,11 @@ pub enum VmmError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSpec {
     /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
-    Emulated(PathBuf),
-    /// A VFIO device by sysfs path.
+    Emulated(FileArg),
+    /// A VFIO device by sysfs path (the group API; the VMM opens its group before the jail).
     Vfio(PathBuf),
+    /// A VFIO device cdev (/dev/vfio/devices/vfioN) as vgpud opened it, bound to `--iommufd`.
+    VfioCdev(FileArg),
 }
 
 impl std::str::FromStr for DeviceSpec {
@@ -87,7 +98,7 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             VmmError::InvalidArgument(format!(
-                "device {s:?} must be emulated:FILE.json or vfio:/sys/bus/mdev/devices/UUID"
+                "device {s:?} must be emulated:FILE.json, vfio:/sys/bus/mdev/devices/UUID or vfio-cdev:fd:N"
             ))
         };
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
@@ -95,8 +106,9 @@ impl std::str::FromStr for DeviceSpec {
             return Err(bad());
         }
         match kind {
-            "emulated" => Ok(Self::Emulated(rest.into())),
+            "emulated" => Ok(Self::Emulated(rest.parse().map_err(|_| bad())?)),
             "vfio" => Ok(Self::Vfio(rest.into())),
+            "vfio-cdev" => Ok(Self::VfioCdev(rest.parse().map_err(|_| bad())?)),
             _ => Err(bad()),
         }
     }
@@ -106,8 +118,9 @@ impl DeviceSpec {
     /// The `--device` argument that parses back to this.
     pub fn arg(&self) -> String {
         match self {
-            Self::Emulated(p) => format!("emulated:{}", p.display()),
+            Self::Emulated(f) => format!("emulated:{f}"),
             Self::Vfio(p) => format!("vfio:{}", p.display()),
+            Self::VfioCdev(f) => format!("vfio-cdev:{f}"),
         }
     }
 }
@@ -115,11 +128,12 @@ impl DeviceSpec {
 /// What to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
-    /// A built-in payload name or a raw image file (32-bit protected mode, see `payload`).
+    /// A built-in payload name or a raw image file (`fd:N` or a path; 32-bit protected mode,
+    /// see `payload`).
     Payload(String),
     Kernel {
-        kernel: PathBuf,
-        initrd: Option<PathBuf>,
+        kernel: FileArg,
+        initrd: Option<FileArg>,
         cmdline: String,
     },
 }
@@ -131,8 +145,19 @@ pub struct VmmConfig {
     /// In PCI slot order (00:01.0, 00:02.0, ...).
     pub devices: Vec<DeviceSpec>,
     pub boot: Boot,
-    pub serial_log: Option<PathBuf>,
+    pub serial_log: Option<FileArg>,
     pub console: bool,
+    /// /dev/kvm as vgpud opened it (the VMM opens it itself without).
+    pub kvm: Option<FileArg>,
+    /// /dev/iommu as vgpud opened it, for `DeviceSpec::VfioCdev` devices.
+    pub iommufd: Option<FileArg>,
+    /// The VM's UUID (`-uuid`, as QEMU's command line carries it).
+    pub uuid: Option<String>,
+    /// Who the VMM becomes once its devices are open; `None` runs it as started.
+    pub jail: Option<Jail>,
+    /// The seccomp allow-list before the vCPUs start: `Some(None)` the whole list,
+    /// `Some(Some(call))` without `call` (tests).
+    pub seccomp: Option<Option<String>>,
 }
 
 impl VmmConfig {
@@ -156,6 +181,9 @@ impl VmmConfig {
                 self.devices.len()
             )));
         }
+        if self.jail.is_some() {
+            self.descriptors_only()?;
+        }
         for (i, d) in self.devices.iter().enumerate() {
             if self.devices[..i].contains(d) {
                 return Err(VmmError::InvalidArgument(format!(
@@ -165,6 +193,36 @@ impl VmmConfig {
             }
         }
         Ok(())
+    }
+
+    /// A jailed VMM takes its files as descriptors: it must not open what a caller names with
+    /// the root it starts as (VFIO devices, by sysfs path from vgpud, are the exception).
+    fn descriptors_only(&self) -> Result<(), VmmError> {
+        let mut files: Vec<FileArg> = Vec::new();
+        match &self.boot {
+            Boot::Payload(name) if payload::builtin(name).is_none() => {
+                files.push(name.as_str().into())
+            }
+            Boot::Payload(_) => {}
+            Boot::Kernel { kernel, initrd, .. } => {
+                files.push(kernel.clone());
+                files.extend(initrd.clone());
+            }
+        }
+        files.extend(self.serial_log.clone());
+        files.extend(self.kvm.clone());
+        files.extend(self.iommufd.clone());
+        for d in &self.devices {
+            if let DeviceSpec::Emulated(f) | DeviceSpec::VfioCdev(f) = d {
+                files.push(f.clone());
+            }
+        }
+        match files.iter().find(|f| matches!(f, FileArg::Path(_))) {
+            Some(f) => Err(VmmError::InvalidArgument(format!(
+                "{f}: a jailed VMM takes files as descriptors (fd:N)"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// The `vgpud-vmm` command line for this configuration, for a daemon that spawns it.
@@ -185,20 +243,44 @@ impl VmmConfig {
                 cmdline,
             } => {
                 cmd.arg("--kernel")
-                    .arg(kernel)
+                    .arg(kernel.to_string())
                     .arg("--cmdline")
                     .arg(cmdline);
                 if let Some(i) = initrd {
-                    cmd.arg("--initrd").arg(i);
+                    cmd.arg("--initrd").arg(i.to_string());
                 }
                 &mut cmd
             }
         };
         if let Some(log) = &self.serial_log {
-            cmd.arg("--serial-log").arg(log);
+            cmd.arg("--serial-log").arg(log.to_string());
         }
         if self.console {
             cmd.arg("--console");
+        }
+        if let Some(kvm) = &self.kvm {
+            cmd.arg("--kvm").arg(kvm.to_string());
+        }
+        if let Some(iommufd) = &self.iommufd {
+            cmd.arg("--iommufd").arg(iommufd.to_string());
+        }
+        if let Some(uuid) = &self.uuid {
+            cmd.arg("-uuid").arg(uuid);
+        }
+        if let Some(j) = &self.jail {
+            cmd.arg("--jail-uid")
+                .arg(j.uid.to_string())
+                .arg("--jail-gid")
+                .arg(j.gid.to_string());
+        }
+        match &self.seccomp {
+            Some(None) => {
+                cmd.arg("--seccomp");
+            }
+            Some(Some(without)) => {
+                cmd.arg("--seccomp").arg("--seccomp-without").arg(without);
+            }
+            None => {}
         }
         cmd
     }
@@ -236,10 +318,16 @@ fn load_payload(name: &str) -> Result<payload::Payload, VmmError> {
     if let Some(built) = payload::builtin(name) {
         return built.map_err(VmmError::Assemble);
     }
-    let image = std::fs::read(name).map_err(|source| VmmError::PayloadFile {
+    let file_error = |source| VmmError::PayloadFile {
         path: name.to_owned(),
         source,
-    })?;
+    };
+    let arg: FileArg = name
+        .parse()
+        .map_err(|e: String| file_error(std::io::Error::other(e)))?;
+    let mut image = Vec::new();
+    std::io::Read::read_to_end(&mut arg.open().map_err(file_error)?, &mut image)
+        .map_err(file_error)?;
     Ok(payload::from_file(name, image))
 }
 
@@ -298,12 +386,12 @@ pub fn launch(
             kernel,
             initrd,
             cmdline,
-        } => Image::Linux(linux::LinuxFiles::open(kernel, initrd.as_deref(), cmdline)?),
+        } => Image::Linux(linux::LinuxFiles::open(kernel, initrd.as_ref(), cmdline)?),
     };
     let mut sinks: Vec<Box<dyn Write + Send>> = Vec::new();
     if let Some(path) = &config.serial_log {
-        let file = std::fs::File::create(path).map_err(|source| VmmError::SerialLog {
-            path: path.display().to_string(),
+        let file = path.create().map_err(|source| VmmError::SerialLog {
+            path: path.to_string(),
             source,
         })?;
         sinks.push(Box::new(file));
@@ -311,13 +399,20 @@ pub fn launch(
     if config.console {
         sinks.push(Box::new(std::io::stdout()));
     }
-    let mut machine = kvm::Machine::new(config.memory_mib, config.vcpus)?;
+    let kvm_file = match &config.kvm {
+        Some(arg) => Some(
+            arg.open()
+                .map_err(|e| VmmError::KvmFd(arg.to_string(), e))?,
+        ),
+        None => None,
+    };
+    let mut machine = kvm::Machine::new(kvm_file, config.memory_mib, config.vcpus)?;
     let mut devices: Vec<Box<dyn PassthroughDevice>> = Vec::new();
     let mut vfio = None;
     for spec in &config.devices {
         devices.push(match spec {
-            DeviceSpec::Emulated(path) => {
-                let desc = device::load_description(&path.to_string_lossy())?;
+            DeviceSpec::Emulated(file) => {
+                let desc = device::load_description(file)?;
                 Box::new(EmulatedDevice::new(&desc)?)
             }
             DeviceSpec::Vfio(path) => Box::new(VfioPassthrough::open(
@@ -326,7 +421,29 @@ pub fn launch(
                 &machine.vm,
                 &machine.mem,
             )?),
+            DeviceSpec::VfioCdev(file) => {
+                let cdev = file.open().map_err(VfioError::Iommufd)?;
+                let iommufd = || match &config.iommufd {
+                    Some(f) => f.open(),
+                    None => std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open("/dev/iommu"),
+                };
+                Box::new(VfioPassthrough::open_cdev(
+                    cdev,
+                    format!("cdev {file}"),
+                    iommufd,
+                    &mut vfio,
+                    &machine.vm,
+                    &machine.mem,
+                )?)
+            }
         });
+    }
+    // Every file and device is open: nothing further needs root or the host's file system.
+    if let Some(j) = config.jail {
+        jail::enter(j)?;
     }
     let mut uart = uart::Uart::new(Box::new(Tee(sinks)));
     firmware_setup(&mut devices)?;
@@ -378,7 +495,18 @@ pub fn launch(
         io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
     }
     let io = Arc::new(Mutex::new(io));
-    let exit = machine.run(io, stop)?;
+    if let Some(without) = &config.seccomp {
+        seccomp::apply(without.as_deref())?;
+    }
+    let exit = machine.run(io.clone(), stop);
+    if config.jail.is_some() {
+        // vfio-ioctls finds a device's group again by its sysfs path when the device is
+        // dropped, and panics where sysfs is unreachable: in the jail the devices are left to
+        // the kernel, which releases them when the VMM exits, right after this returns.
+        std::mem::forget(io);
+        std::mem::forget(vfio);
+    }
+    let exit = exit?;
     if let Some(at) = machine.stop_point() {
         report(&format!(
             "stopped: vcpu0 rip={:#x} cr3={:#x}",
@@ -404,7 +532,19 @@ mod tests {
                 .unwrap(),
             DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())
         );
-        for bad in ["", "emulated", "emulated:", "qemu:/x", "/tmp/t4.json"] {
+        assert_eq!(
+            "vfio-cdev:fd:9".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::VfioCdev(FileArg::Fd(9))
+        );
+        assert_eq!(DeviceSpec::VfioCdev(FileArg::Fd(9)).arg(), "vfio-cdev:fd:9");
+        for bad in [
+            "",
+            "emulated",
+            "emulated:",
+            "qemu:/x",
+            "/tmp/t4.json",
+            "vfio-cdev:fd:x",
+        ] {
             assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
         }
     }
@@ -417,6 +557,11 @@ mod tests {
             boot: Boot::Payload("pci-probe".into()),
             serial_log: Some("/tmp/s.log".into()),
             console: true,
+            kvm: None,
+            iommufd: None,
+            uuid: None,
+            jail: None,
+            seccomp: None,
         }
     }
 

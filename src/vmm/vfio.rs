@@ -4,17 +4,20 @@
 //! KVM injects. Runs on the real-kernel tier (tests/real_kernel_vfio.rs: mtty, mdpy, mbochs);
 //! the pure helpers are unit-tested here.
 
+use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
 use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioDeviceFd, VfioOps, VfioRegionInfoCap};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vfio_ioctls::{VfioDevice, VfioOps, VfioRegionInfoCap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod caps;
+mod context;
+
+pub use context::VfioContext;
 
 pub use caps::{msi_change, MsiChange, VirtualMsi, VirtualMsix};
 
@@ -82,6 +85,10 @@ pub enum VfioError {
     KvmDevice(#[source] kvm_ioctls::Error),
     #[error("guest memory has no host mapping")]
     GuestMemory,
+    #[error("cannot use the iommufd")]
+    Iommufd(#[source] std::io::Error),
+    #[error("a guest takes its VFIO devices all by group or all by cdev, not both")]
+    MixedApis,
     #[error("eventfd for INTx cannot be created")]
     EventFd(#[source] std::io::Error),
     #[error("device BARs are not a valid layout")]
@@ -145,8 +152,9 @@ pub fn is_virtualized(offset: u16) -> bool {
 /// VFIO passthrough of an mdev or a PCI function.
 pub struct VfioPassthrough {
     device: VfioDevice,
-    _container: Arc<VfioContainer>,
-    path: PathBuf,
+    _ops: Arc<dyn VfioOps>,
+    /// How messages name it: its sysfs path, or `cdev fd:N`.
+    name: String,
     bars: Bars,
     virtual_bars: Bars,
     command: u16,
@@ -157,60 +165,6 @@ pub struct VfioPassthrough {
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
     msix: Option<VirtualMsix>,
-}
-
-/// What all VFIO devices of one guest share: one container (one IOMMU context, guest RAM
-/// mapped into it once) and KVM's VFIO pseudo device, which KVM allows once per VM (a second
-/// KVM_CREATE_DEVICE of that type fails with EBUSY).
-pub struct VfioContext {
-    container: Arc<VfioContainer>,
-    ram_mapped: bool,
-}
-
-impl VfioContext {
-    pub fn new(vm: &VmFd) -> Result<Self, VfioError> {
-        if !Path::new("/dev/vfio/vfio").exists() {
-            return Err(VfioError::NoVfio);
-        }
-        let mut kvm_vfio = kvm_create_device {
-            type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
-            fd: 0,
-            flags: 0,
-        };
-        let fd = vm
-            .create_device(&mut kvm_vfio)
-            .map_err(VfioError::KvmDevice)?;
-        let handle = Arc::new(VfioDeviceFd::new_from_kvm(fd));
-        let container = Arc::new(
-            VfioContainer::new(Some(handle)).map_err(|e| VfioError::Setup("container", e))?,
-        );
-        Ok(Self {
-            container,
-            ram_mapped: false,
-        })
-    }
-
-    /// Maps guest RAM for the devices' DMA, once: the container has its IOMMU type only after
-    /// the first group joined it.
-    fn map_ram(&mut self, mem: &GuestMemoryMmap) -> Result<(), VfioError> {
-        if self.ram_mapped {
-            return Ok(());
-        }
-        for region in mem.iter() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|_| VfioError::GuestMemory)?;
-            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
-            // the guest memory, which outlives the container (both live until the VMM exits).
-            unsafe {
-                self.container
-                    .vfio_dma_map(region.start_addr().0, region.len() as usize, host)
-            }
-            .map_err(|e| VfioError::Setup("dma map", e))?;
-        }
-        self.ram_mapped = true;
-        Ok(())
-    }
 }
 
 impl VfioPassthrough {
@@ -227,10 +181,48 @@ impl VfioPassthrough {
             Some(c) => c,
             None => context.insert(VfioContext::new(vm)?),
         };
-        let container = context.container.clone();
-        let device = VfioDevice::new(path, container.clone() as Arc<dyn VfioOps>, false)
-            .map_err(|e| VfioError::Setup("device", e))?;
+        if context.iommufd().is_some() {
+            return Err(VfioError::MixedApis);
+        }
+        let ops = context.ops();
+        let device =
+            VfioDevice::new(path, ops.clone(), false).map_err(|e| VfioError::Setup("device", e))?;
         context.map_ram(mem)?;
+        Self::with_device(device, ops, path.display().to_string())
+    }
+
+    /// Opens a device by its cdev (/dev/vfio/devices/vfioN as vgpud opened it), bound to the
+    /// guest's iommufd (`iommufd` opens it with the first device) and attached to its IOAS.
+    pub fn open_cdev(
+        cdev: File,
+        name: String,
+        iommufd: impl FnOnce() -> std::io::Result<File>,
+        context: &mut Option<VfioContext>,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Self, VfioError> {
+        let context = match context {
+            Some(c) => c,
+            None => {
+                let file = iommufd().map_err(VfioError::Iommufd)?;
+                context.insert(VfioContext::with_iommufd(vm, file)?)
+            }
+        };
+        let Some(vfio) = context.iommufd() else {
+            return Err(VfioError::MixedApis);
+        };
+        let device = VfioDevice::new_from_fd(cdev, vfio.clone(), true)
+            .map_err(|e| VfioError::Setup("device cdev", e))?;
+        context.map_ram(mem)?;
+        Self::with_device(device, vfio, name)
+    }
+
+    /// The device's BARs, interrupts, MSI and MSI-X capabilities and mmappable regions.
+    fn with_device(
+        device: VfioDevice,
+        ops: Arc<dyn VfioOps>,
+        name: String,
+    ) -> Result<Self, VfioError> {
         let mut regs = [0u32; 6];
         for (i, reg) in regs.iter_mut().enumerate() {
             let mut buf = [0u8; 4];
@@ -311,8 +303,7 @@ impl VfioPassthrough {
             };
             if addr == libc::MAP_FAILED {
                 tracing::warn!(
-                    "BAR {index} of {} cannot be mmapped; its accesses trap: {}",
-                    path.display(),
+                    "BAR {index} of {name} cannot be mmapped; its accesses trap: {}",
                     std::io::Error::last_os_error()
                 );
                 continue;
@@ -325,8 +316,8 @@ impl VfioPassthrough {
         }
         Ok(Self {
             device,
-            _container: container,
-            path: path.to_owned(),
+            _ops: ops,
+            name,
             virtual_bars: bars.clone(),
             bars,
             command: 0,
@@ -343,7 +334,7 @@ impl VfioPassthrough {
 
 impl PassthroughDevice for VfioPassthrough {
     fn describe(&self) -> String {
-        format!("VFIO {}", self.path.display())
+        format!("VFIO {}", self.name)
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
@@ -384,10 +375,7 @@ impl PassthroughDevice for VfioPassthrough {
                     MsiChange::None => Ok(()),
                 };
                 if let Err(e) = result {
-                    tracing::warn!(
-                        "VFIO MSI-X of {} cannot be switched: {e}",
-                        self.path.display()
-                    );
+                    tracing::warn!("VFIO MSI-X of {} cannot be switched: {e}", self.name);
                 }
                 return;
             }
@@ -402,10 +390,7 @@ impl PassthroughDevice for VfioPassthrough {
                     MsiChange::None => Ok(()),
                 };
                 if let Err(e) = result {
-                    tracing::warn!(
-                        "VFIO MSI of {} cannot be switched: {e}",
-                        self.path.display()
-                    );
+                    tracing::warn!("VFIO MSI of {} cannot be switched: {e}", self.name);
                 }
                 return;
             }

@@ -24,8 +24,13 @@ impl Daemon {
     }
 
     pub fn start_with(profiles: &[&str], extra: &[&str]) -> Self {
+        Self::start_with_env(profiles, extra, &[])
+    }
+
+    pub fn start_with_env(profiles: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(VGPUD);
         cmd.arg("--simulate").args(profiles).args(extra);
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("vgpud starts");
         let stdout = child.stdout.take().expect("stdout");

@@ -1,0 +1,294 @@
+//! The VMM's jail: files named by inherited descriptor (`fd:N`, how vgpud passes what it or the
+//! caller opened), and the step that leaves root behind — an empty mount namespace, every
+//! capability set cleared, the unprivileged uid and gid, no_new_privs.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::path::PathBuf;
+
+/// A file the VMM reads or writes: a path (run by hand) or a descriptor it inherited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileArg {
+    Path(PathBuf),
+    Fd(RawFd),
+}
+
+impl std::str::FromStr for FileArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.strip_prefix("fd:") {
+            Some(n) => match n.parse::<RawFd>() {
+                Ok(fd) if fd >= 0 => Ok(Self::Fd(fd)),
+                _ => Err(format!("{s:?} is not fd:N with a descriptor number")),
+            },
+            None if s.is_empty() => Err("empty file name".into()),
+            None => Ok(Self::Path(s.into())),
+        }
+    }
+}
+
+impl std::fmt::Display for FileArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path(p) => write!(f, "{}", p.display()),
+            Self::Fd(n) => write!(f, "fd:{n}"),
+        }
+    }
+}
+
+impl From<&str> for FileArg {
+    fn from(s: &str) -> Self {
+        s.parse().unwrap_or_else(|_| Self::Path(s.into()))
+    }
+}
+
+impl From<String> for FileArg {
+    fn from(s: String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<PathBuf> for FileArg {
+    fn from(p: PathBuf) -> Self {
+        Self::Path(p)
+    }
+}
+
+impl FileArg {
+    /// The file for reading (a path is opened; a descriptor is duplicated).
+    pub fn open(&self) -> std::io::Result<File> {
+        match self {
+            Self::Path(p) => File::open(p),
+            Self::Fd(n) => inherited(*n),
+        }
+    }
+
+    /// The file for writing (a path is created or truncated; a descriptor is duplicated).
+    pub fn create(&self) -> std::io::Result<File> {
+        match self {
+            Self::Path(p) => File::create(p),
+            Self::Fd(n) => inherited(*n),
+        }
+    }
+
+    /// How messages name it.
+    pub fn name(&self) -> PathBuf {
+        PathBuf::from(self.to_string())
+    }
+}
+
+fn inherited(fd: RawFd) -> std::io::Result<File> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and is never closed by this process, which keeps
+    // every descriptor it inherited for its whole life; the borrow ends with this function.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    Ok(File::from(borrowed.try_clone_to_owned()?))
+}
+
+/// Who the VMM becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Jail {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("the jail's uid and gid must not be 0")]
+    Root,
+    #[error("jail: {0} failed")]
+    Call(&'static str, #[source] std::io::Error),
+}
+
+fn check(what: &'static str, ret: libc::c_int) -> Result<(), JailError> {
+    if ret < 0 {
+        return Err(JailError::Call(what, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Where the empty root is mounted before it becomes `/`; any directory of the host serves,
+/// since the mount is private to the VMM's namespace.
+const STAGE: &str = "/tmp";
+
+/// Enters the jail: from here on nothing of the host's file system is reachable and the process
+/// holds no privilege. Needs root (CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID, CAP_SETPCAP).
+pub fn enter(jail: Jail) -> Result<(), JailError> {
+    if jail.uid == 0 || jail.gid == 0 {
+        return Err(JailError::Root);
+    }
+    empty_root()?;
+    drop_privileges(jail)
+}
+
+fn empty_root() -> Result<(), JailError> {
+    let c = |s: &str| CString::new(s).expect("no NUL in a constant");
+    let (root, stage, tmpfs, dot) = (c("/"), c(STAGE), c("tmpfs"), c("."));
+    // SAFETY: plain syscalls on NUL-terminated constant strings that outlive the calls.
+    unsafe {
+        check("unshare(CLONE_NEWNS)", libc::unshare(libc::CLONE_NEWNS))?;
+        check(
+            "making mounts private",
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ),
+        )?;
+        let opts = c("size=4k,nr_inodes=1,mode=0555");
+        check(
+            "mounting the empty root",
+            libc::mount(
+                tmpfs.as_ptr(),
+                stage.as_ptr(),
+                tmpfs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                opts.as_ptr().cast(),
+            ),
+        )?;
+        check("chdir to the empty root", libc::chdir(stage.as_ptr()))?;
+        // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
+        // the empty tmpfs. Where pivot_root is refused, chroot (escapable only with
+        // CAP_SYS_CHROOT, which is dropped next) confines as well.
+        if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+            check(
+                "detaching the old root",
+                libc::umount2(dot.as_ptr(), libc::MNT_DETACH),
+            )?;
+        } else {
+            check("chroot", libc::chroot(dot.as_ptr()))?;
+        }
+        check("chdir /", libc::chdir(root.as_ptr()))?;
+        check(
+            "making the root read-only",
+            libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+fn drop_privileges(jail: Jail) -> Result<(), JailError> {
+    // SAFETY: prctl, setgroups, setres[ug]id and capset with valid arguments; the capset
+    // structures live on this stack frame for the duration of the call.
+    unsafe {
+        // The bounding set needs CAP_SETPCAP, so it goes before the uid changes.
+        for cap in 0..64 {
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    break; // past the kernel's last capability
+                }
+                return Err(JailError::Call("PR_CAPBSET_DROP", e));
+            }
+        }
+        check(
+            "clearing ambient capabilities",
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            ),
+        )?;
+        check("setgroups", libc::setgroups(0, std::ptr::null()))?;
+        check("setresgid", libc::setresgid(jail.gid, jail.gid, jail.gid))?;
+        check("setresuid", libc::setresuid(jail.uid, jail.uid, jail.uid))?;
+        // setresuid cleared the permitted and effective sets; the inheritable one stays.
+        let mut header = CapHeader {
+            version: CAP_VERSION_3,
+            pid: 0,
+        };
+        let data = [CapData::default(); 2];
+        check(
+            "capset",
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as libc::c_int,
+        )?;
+        check(
+            "PR_SET_NO_NEW_PRIVS",
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_args_parse() {
+        assert_eq!("fd:7".parse::<FileArg>(), Ok(FileArg::Fd(7)));
+        assert_eq!(
+            "/boot/vmlinuz".parse::<FileArg>(),
+            Ok(FileArg::Path("/boot/vmlinuz".into()))
+        );
+        for bad in ["", "fd:", "fd:-1", "fd:x"] {
+            assert!(bad.parse::<FileArg>().is_err(), "{bad}");
+        }
+        assert_eq!(FileArg::Fd(3).to_string(), "fd:3");
+    }
+
+    #[test]
+    fn a_closed_descriptor_is_an_error() {
+        let err = FileArg::Fd(999_999).open().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn an_inherited_descriptor_reads_from_where_it_stands() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut tmp = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut tmp, b"abc").unwrap();
+        std::io::Seek::rewind(&mut tmp).unwrap();
+        let mut text = String::new();
+        FileArg::Fd(tmp.as_raw_fd())
+            .open()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "abc");
+    }
+
+    #[test]
+    fn root_is_no_jail() {
+        assert!(matches!(
+            enter(Jail { uid: 0, gid: 65534 }),
+            Err(JailError::Root)
+        ));
+    }
+}
