@@ -108,6 +108,24 @@ pub enum Command {
         #[arg(long, value_name = "NODE")]
         numa_node: Option<i32>,
     },
+    /// What the ensure rules would create on this host now, and what stands in the way,
+    /// without doing anything.
+    Plan,
+    /// Make a parent serve TYPE: devices of other types on it are in the way (a GPU that runs
+    /// one type at a time); --drain removes them first. Then creates --count devices of TYPE.
+    Reshape {
+        /// The parent (e.g. 0000:3b:00.0).
+        parent: String,
+        /// The type to serve, by id or name.
+        #[arg(value_name = "TYPE")]
+        type_spec: String,
+        /// How many devices of TYPE to create there.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Remove the devices of other types in the way (never one a guest uses).
+        #[arg(long)]
+        drain: bool,
+    },
     /// List live devices; with --defined, the persistent definitions (as mdevctl does).
     List {
         /// List persistent definitions, live or not.

@@ -20,6 +20,32 @@ pub async fn run(command: &Command, client: &Client, json: bool) -> Result<(), C
         Command::Parents => parents(client, json).await,
         Command::Types { parent } => types(client, parent.as_deref(), json).await,
         Command::List { defined } => list(client, *defined, json).await,
+        Command::Plan => plan(client, json).await,
+        Command::Reshape {
+            parent,
+            type_spec,
+            count,
+            drain,
+        } => {
+            let manager = client.manager().await?;
+            let options: std::collections::HashMap<&str, Value<'_>> = [
+                ("count", Value::from(*count)),
+                ("drain", Value::from(*drain)),
+            ]
+            .into();
+            let made = client
+                .bounded(manager.reshape(parent, type_spec, options))
+                .await?;
+            let uuids: Vec<String> = made.iter().filter_map(|p| uuid_of(p.as_str())).collect();
+            if json {
+                output::json(&json!({ "parent": parent, "type": type_spec, "created": uuids }))
+            } else {
+                output::line(&format!(
+                    "{parent} now serves {type_spec}: created {}",
+                    uuids.join(" ")
+                ))
+            }
+        }
         Command::Capacity {
             type_spec,
             parent,
@@ -123,6 +149,27 @@ async fn parents(client: &Client, json: bool) -> Result<(), CliError> {
         output::line("no parent devices")
     } else {
         output::line(&output::parents_table(&snap.parents))
+    }
+}
+
+async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
+    let manager = client.manager().await?;
+    let steps = client.bounded(manager.plan()).await?;
+    if json {
+        let steps: Vec<_> = steps
+            .iter()
+            .map(|(rule, parent, action, type_spec, count, in_the_way)| {
+                json!({
+                    "rule": rule, "parent": parent, "action": action,
+                    "type": type_spec, "count": count, "in_the_way": in_the_way,
+                })
+            })
+            .collect();
+        output::json(&json!({ "plan": steps }))
+    } else if steps.is_empty() {
+        output::line("nothing to do: the ensure rules are met")
+    } else {
+        output::line(&output::plan_table(&steps))
     }
 }
 

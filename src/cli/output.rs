@@ -122,6 +122,32 @@ pub fn types_table(types: &[TypeInfo]) -> String {
     )
 }
 
+/// One row per plan step: RULE, PARENT, ACTION, TYPE, COUNT, IN THE WAY.
+#[allow(clippy::type_complexity)]
+pub fn plan_table(steps: &[(String, String, String, String, u32, Vec<String>)]) -> String {
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|(rule, parent, action, type_spec, count, in_the_way)| {
+            vec![
+                rule.clone(),
+                parent.clone(),
+                action.clone(),
+                type_spec.clone(),
+                count.to_string(),
+                if in_the_way.is_empty() {
+                    "-".into()
+                } else {
+                    in_the_way.join(" ")
+                },
+            ]
+        })
+        .collect();
+    table(
+        &["RULE", "PARENT", "ACTION", "TYPE", "COUNT", "IN THE WAY"],
+        &rows,
+    )
+}
+
 /// One row per type and parent: TYPE, TOTAL (the type's host-wide figure, on its first row),
 /// PARENT, TYPE ID, NUMA, FREE.
 #[allow(clippy::type_complexity)]

@@ -178,6 +178,16 @@ pub fn create_request(
     })
 }
 
+/// Reshape options: count (u, 1..=64, default 1), drain (b, default false).
+pub fn reshape_options(options: &Options) -> Result<(u32, bool), VgpudError> {
+    check_keys(options, &["count", "drain"])?;
+    let count = opt_u64(options, "count")?.unwrap_or(1);
+    if !(1..=64).contains(&count) {
+        return Err(bad(format!("count must be 1 to 64, not {count}")));
+    }
+    Ok((count as u32, opt_bool(options, "drain")?.unwrap_or(false)))
+}
+
 /// GetCapacity filter: type (s, an id or name), parent (s), numa_node (i).
 pub fn capacity_filter(options: &Options) -> Result<crate::policy::CapacityFilter, VgpudError> {
     check_keys(options, &["type", "parent", "numa_node"])?;

@@ -10,7 +10,7 @@ use zbus::{interface, Connection};
 
 use super::args::{
     caller, capacity_filter, create_request, define_request, device_of_path, launch_options,
-    Options,
+    reshape_options, Options,
 };
 use super::error::VgpudError;
 use super::names;
@@ -167,6 +167,121 @@ impl ManagerObj {
                     (c.type_name, c.total, parents)
                 })
                 .collect())
+        })
+        .await
+    }
+
+    /// What the ensure rules would do on this host now, without doing it: (rule, parent,
+    /// action "create" | "no-type" | "no-room", type, count, devices in the way (for no-room:
+    /// live devices of other types holding the parent's capacity)).
+    #[allow(clippy::type_complexity)]
+    async fn plan(
+        &self,
+    ) -> Result<Vec<(String, String, String, String, u32, Vec<String>)>, VgpudError> {
+        timed(&self.ctx, "Plan", async {
+            let steps = self.ctx.manager.plan().await?;
+            Ok(steps
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.rule,
+                        s.parent.to_string(),
+                        s.action.to_owned(),
+                        s.type_spec,
+                        s.count,
+                        s.in_the_way.iter().map(|u| u.to_string()).collect(),
+                    )
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Makes `parent` serve `type_spec`: devices of other types on it are in the way (a GPU
+    /// that runs one type at a time, a shared pool): without drain (b) the call answers Busy
+    /// naming them; with drain they are removed first (Busy if a guest uses one). Then count
+    /// (u, default 1) devices of the type are created there. Returns them.
+    async fn reshape(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        parent: String,
+        type_spec: String,
+        options: Options,
+    ) -> Result<Vec<OwnedObjectPath>, VgpudError> {
+        timed(&self.ctx, "Reshape", async {
+            let (count, drain) = reshape_options(&options)?;
+            let parent = crate::model::ParentName::new(parent)?;
+            let who = caller(&hdr, conn).await;
+            let snap = self.ctx.manager.snapshot().await?;
+            let p = snap
+                .parents
+                .iter()
+                .find(|p| p.name == parent)
+                .ok_or_else(|| Error::UnknownParent(parent.to_string()))?;
+            let ty = p
+                .types
+                .iter()
+                .find(|t| t.matches(&type_spec))
+                .ok_or_else(|| Error::UnknownType {
+                    parent: parent.to_string(),
+                    type_id: type_spec.clone(),
+                })?;
+            let in_the_way: Vec<_> = snap
+                .devices
+                .iter()
+                .filter(|d| {
+                    d.live.is_some() && d.parent == parent && d.type_id.as_ref() != Some(&ty.id)
+                })
+                .collect();
+            if !in_the_way.is_empty() {
+                let named: Vec<String> = in_the_way
+                    .iter()
+                    .map(|d| {
+                        let t = d
+                            .type_id
+                            .as_ref()
+                            .map(|t| t.to_string())
+                            .unwrap_or_default();
+                        let used = if d.in_use { ", in use by a guest" } else { "" };
+                        format!("{} ({t}{used})", d.uuid)
+                    })
+                    .collect();
+                if !drain || in_the_way.iter().any(|d| d.in_use) {
+                    return Err(Error::Busy(format!(
+                        "parent {parent} must be drained to serve {}: {} in the way{}",
+                        ty.id,
+                        named.join(", "),
+                        if drain {
+                            "; stop its guests first"
+                        } else {
+                            "; reshape with drain to remove them"
+                        }
+                    ))
+                    .into());
+                }
+                self.ctx.authority.check(&who, Action::RemoveDevice).await?;
+                for d in &in_the_way {
+                    self.ctx
+                        .manager
+                        .remove(
+                            who.clone(),
+                            d.uuid,
+                            crate::manager::RemoveRequest::default(),
+                        )
+                        .await?;
+                }
+            }
+            let mut made = Vec::new();
+            for _ in 0..count {
+                let req = CreateRequest {
+                    type_spec: ty.id.to_string(),
+                    parent: Some(parent.clone()),
+                    ..CreateRequest::default()
+                };
+                made.push(create(&self.ctx, who.clone(), req).await?);
+            }
+            Ok(made)
         })
         .await
     }

@@ -29,6 +29,14 @@ pub trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
     fn reload_policy(&self) -> zbus::Result<String>;
     #[allow(clippy::type_complexity)]
+    fn plan(&self) -> zbus::Result<Vec<(String, String, String, String, u32, Vec<String>)>>;
+    fn reshape(
+        &self,
+        parent: &str,
+        type_spec: &str,
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<Vec<OwnedObjectPath>>;
+    #[allow(clippy::type_complexity)]
     fn get_capacity(
         &self,
         filter: HashMap<&str, Value<'_>>,

@@ -9,7 +9,7 @@ use super::state::Manager;
 use super::{Caller, Change, CreateRequest, DefineRequest, DeviceView};
 use crate::error::{Error, Result};
 use crate::model::{MdevUuid, ParentName};
-use crate::policy::{Action, EnsureAction, EnsureCount};
+use crate::policy::{Action, EnsureAction};
 use crate::store::{Definition, Meta, Start};
 
 impl Manager {
@@ -246,28 +246,8 @@ impl Manager {
         if present.is_empty() {
             return;
         }
-        let mut counts: BTreeMap<(ParentName, crate::model::TypeId), u32> = BTreeMap::new();
-        for d in self.live.values() {
-            if let Some(t) = &d.type_id {
-                *counts.entry((d.parent.clone(), t.clone())).or_default() += 1;
-            }
-        }
         // Creates in flight count too, or two events in a row would create twice.
-        for p in self.pending.values() {
-            if !p.uuid.is_some_and(|u| self.live.contains_key(&u)) {
-                *counts
-                    .entry((p.parent.clone(), p.type_id.clone()))
-                    .or_default() += 1;
-            }
-        }
-        let counts: Vec<EnsureCount> = counts
-            .into_iter()
-            .map(|((parent, type_id), count)| EnsureCount {
-                parent,
-                type_id,
-                count,
-            })
-            .collect();
+        let counts = self.ensure_counts();
         let mut problems: Vec<String> = self
             .problems
             .iter()

@@ -6,6 +6,7 @@ mod converge;
 mod guests;
 mod ops;
 mod owners;
+mod plan;
 mod retry;
 mod state;
 
@@ -22,6 +23,7 @@ use crate::policy::{Policy, Subject};
 use crate::store::Store;
 
 pub use owners::Owner;
+pub use plan::PlanStep;
 
 /// What the manager needs from the outside world; every path comes from injected roots.
 #[derive(Clone)]
@@ -198,6 +200,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
+    Plan(oneshot::Sender<Vec<PlanStep>>),
     Capacity(
         Caller,
         crate::policy::CapacityFilter,
@@ -268,6 +271,11 @@ impl ManagerHandle {
 
     pub async fn snapshot(&self) -> Result<Snapshot> {
         self.ask(Command::Snapshot).await
+    }
+
+    /// What the ensure rules would do now, without doing it.
+    pub async fn plan(&self) -> Result<Vec<PlanStep>> {
+        self.ask(Command::Plan).await
     }
 
     /// Per type, how many more devices `caller` could create now (from the model, no sysfs read).

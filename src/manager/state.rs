@@ -206,6 +206,9 @@ impl Manager {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
+            Command::Plan(reply) => {
+                let _ = reply.send(self.plan());
+            }
             Command::Capacity(caller, filter, reply) => {
                 let parents: Vec<_> = self.parents.values().cloned().collect();
                 let _ = reply.send(self.policy.capacity(

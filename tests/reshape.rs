@@ -1,0 +1,140 @@
+//! `vgpuctl plan` (Manager.Plan) shows what the ensure rules would do without doing it, naming
+//! the devices in the way on a GPU that runs one type at a time; `vgpuctl reshape` (Manager.
+//! Reshape) changes the type such a GPU serves, refusing while devices are in the way unless
+//! told to drain them, and never draining one a guest uses.
+
+#[path = "common/daemon.rs"]
+mod common;
+
+use std::process::{Command, Output};
+
+use common::Daemon;
+use serde_json::Value;
+
+const T4: &str = "0000:20:00.0";
+
+const ENSURE: &str = r#"
+[[ensure]]
+name = "two-q2-per-t4"
+parents = { vendor = "0x10de", device = "0x1eb8" }
+type = "GRID T4-2Q"
+count = 2
+"#;
+
+fn start() -> (Daemon, tempfile::TempDir) {
+    let config = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config.path().join("policy.d")).unwrap();
+    std::fs::write(config.path().join("policy.d/30-ensure.toml"), ENSURE).unwrap();
+    let d = Daemon::start_with(
+        &["nvidia-t4:2"],
+        &["--config-dir", config.path().to_str().unwrap()],
+    );
+    (d, config)
+}
+
+fn vgpuctl(d: &Daemon, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg(format!("--address={}", d.address))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn json(d: &Daemon, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = vgpuctl(d, &all);
+    assert!(
+        out.status.success(),
+        "vgpuctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// UUIDs of the live devices on `parent` of `type_id`.
+fn devices(d: &Daemon, parent: &str, type_id: &str) -> Vec<String> {
+    json(d, &["list"])["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["parent"] == parent && x["type_id"] == type_id && x["active"] == true)
+        .map(|x| x["uuid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Empties the first T4 and gives it one GRID T4-4Q (nvidia-232): the rule is no longer met and
+/// the 4Q holds the GPU's only type.
+fn serve_4q(d: &Daemon) -> String {
+    for u in devices(d, T4, "nvidia-231") {
+        json(d, &["remove", &u]);
+    }
+    json(d, &["create", "GRID T4-4Q", "--parent", T4])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_plan_is_empty_when_the_rules_are_met_and_names_what_is_in_the_way() {
+    let (d, _config) = start();
+    // At start the rule made two 2Q on each T4.
+    assert_eq!(devices(&d, T4, "nvidia-231").len(), 2);
+    assert_eq!(json(&d, &["plan"])["plan"], serde_json::json!([]));
+    let four = serve_4q(&d);
+    let plan = json(&d, &["plan"]);
+    let steps = plan["plan"].as_array().unwrap();
+    assert_eq!(steps.len(), 1, "{plan}");
+    assert_eq!(steps[0]["parent"], T4);
+    assert_eq!(steps[0]["action"], "no-room");
+    assert_eq!(steps[0]["type"], "nvidia-231");
+    assert_eq!(steps[0]["count"], 2);
+    assert_eq!(steps[0]["in_the_way"], serde_json::json!([four]));
+    // The plan did nothing.
+    assert_eq!(devices(&d, T4, "nvidia-232"), [four]);
+    assert!(devices(&d, T4, "nvidia-231").is_empty());
+    d.stop();
+}
+
+#[test]
+fn reshape_refuses_while_devices_are_in_the_way_and_drains_on_request() {
+    let (d, _config) = start();
+    let four = serve_4q(&d);
+    let out = vgpuctl(&d, &["reshape", T4, "GRID T4-2Q", "--count", "2"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&four) && err.contains("drain"), "{err}");
+    assert_eq!(
+        devices(&d, T4, "nvidia-232"),
+        std::slice::from_ref(&four),
+        "the refusal changed nothing"
+    );
+
+    let done = json(
+        &d,
+        &["reshape", T4, "GRID T4-2Q", "--count", "2", "--drain"],
+    );
+    assert_eq!(done["created"].as_array().unwrap().len(), 2, "{done}");
+    assert!(devices(&d, T4, "nvidia-232").is_empty());
+    assert_eq!(devices(&d, T4, "nvidia-231").len(), 2);
+    assert_eq!(json(&d, &["plan"])["plan"], serde_json::json!([]));
+    d.stop();
+}
+
+#[test]
+fn reshape_never_drains_a_device_a_guest_uses() {
+    let (d, _config) = start();
+    let four = serve_4q(&d);
+    d.ctl_ok(&["hold", &four]);
+    let out = vgpuctl(&d, &["reshape", T4, "GRID T4-2Q", "--drain"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Refused up front when vgpud already saw the holder, or by the remove that finds it.
+    assert!(
+        err.contains(&four) && (err.contains("in use by a guest") || err.contains("held open")),
+        "{err}"
+    );
+    assert_eq!(devices(&d, T4, "nvidia-232"), std::slice::from_ref(&four));
+    d.ctl_ok(&["release", &four]);
+    d.stop();
+}
