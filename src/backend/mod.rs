@@ -141,7 +141,15 @@ impl Host {
     /// Writes a vendor attribute of an mdev (`nvidia/vgpu_params`, vfio-ap's `assign_adapter`),
     /// as mdevctl's `attrs` do after create. `name` is NAME or DIR/NAME; kernel files such as
     /// `remove` are refused so an attribute can never act as another operation.
-    pub fn set_device_attr(&self, uuid: &MdevUuid, name: &str, value: &str) -> Result<()> {
+    /// The current value of a device's vendor attribute (`nvidia/vgpu_params`), for rollback.
+    pub fn device_attr(&self, uuid: &MdevUuid, name: &str) -> Result<String> {
+        let path = self.device_attr_path(uuid, name)?;
+        self.root.read_attr(&path)?.ok_or_else(|| {
+            Error::InvalidArgument(format!("device {uuid} has no attribute {name:?}"))
+        })
+    }
+
+    fn device_attr_path(&self, uuid: &MdevUuid, name: &str) -> Result<SysPath> {
         let parts: Vec<&str> = name.split('/').collect();
         const KERNEL_FILES: &[&str] = &[
             "remove",
@@ -161,6 +169,11 @@ impl Host {
         for part in parts {
             path = path.join(EntryName::new(part)?);
         }
+        Ok(path)
+    }
+
+    pub fn set_device_attr(&self, uuid: &MdevUuid, name: &str, value: &str) -> Result<()> {
+        let path = self.device_attr_path(uuid, name)?;
         self.root
             .write_attr(&path, value.as_bytes())
             .map_err(|e| match e.open_errno() {

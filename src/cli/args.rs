@@ -172,6 +172,20 @@ pub enum Command {
     },
     /// Start a definition when its parent appears (on), or only on request (off).
     Autostart { uuid: String, state: OnOff },
+    /// Change a device's vendor attributes (e.g. nvidia/vgpu_params) on the running device
+    /// (--live: all or nothing), in its definition (--defined), or both.
+    Modify {
+        uuid: String,
+        /// An attribute to set, in order; may be repeated.
+        #[arg(long = "attr", value_name = "KEY=VALUE", value_parser = parse_attr, required = true)]
+        attrs: Vec<(String, String)>,
+        /// Change the running device.
+        #[arg(long)]
+        live: bool,
+        /// Change its persistent definition.
+        #[arg(long)]
+        defined: bool,
+    },
     /// Print vgpud's events (objects added, removed, changed) until interrupted.
     Monitor,
     /// Policy files.

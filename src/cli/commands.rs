@@ -21,6 +21,26 @@ pub async fn run(command: &Command, client: &Client, json: bool) -> Result<(), C
         Command::Types { parent } => types(client, parent.as_deref(), json).await,
         Command::List { defined } => list(client, *defined, json).await,
         Command::Plan => plan(client, json).await,
+        Command::Modify {
+            uuid,
+            attrs,
+            live,
+            defined,
+        } => {
+            let path = client.device_path(uuid).await?;
+            let proxy = client.device_proxy(&path).await?;
+            let pairs: Vec<(&str, &str)> = attrs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let options: std::collections::HashMap<&str, Value<'_>> = [
+                ("live", Value::from(*live)),
+                ("defined", Value::from(*defined)),
+            ]
+            .into();
+            client.bounded(proxy.modify(&pairs, options)).await?;
+            report(client, "modified", &path, json).await
+        }
         Command::Reshape {
             parent,
             type_spec,

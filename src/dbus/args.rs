@@ -178,6 +178,20 @@ pub fn create_request(
     })
 }
 
+/// Device.Modify: the attributes (validated as for a create) and options live (b), defined (b).
+pub fn modify_request(
+    attrs: Vec<(String, String)>,
+    options: &Options,
+) -> Result<crate::manager::ModifyRequest, VgpudError> {
+    check_keys(options, &["live", "defined"])?;
+    check_attrs(&attrs)?;
+    Ok(crate::manager::ModifyRequest {
+        attrs,
+        live: opt_bool(options, "live")?.unwrap_or(false),
+        defined: opt_bool(options, "defined")?.unwrap_or(false),
+    })
+}
+
 /// Reshape options: count (u, 1..=64, default 1), drain (b, default false).
 pub fn reshape_options(options: &Options) -> Result<(u32, bool), VgpudError> {
     check_keys(options, &["count", "drain"])?;

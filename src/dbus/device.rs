@@ -147,6 +147,27 @@ impl DeviceObj {
         .await
     }
 
+    /// Changes vendor attributes (e.g. nvidia/vgpu_params), in order; options: live (b) on the
+    /// running device, all or nothing (a failure restores what was written), defined (b) in
+    /// its definition. At least one of the two.
+    async fn modify(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+        attrs: Vec<(String, String)>,
+        options: Options,
+    ) -> Result<(), VgpudError> {
+        super::objects::timed(&self.ctx, "Device.Modify", async {
+            let req = super::args::modify_request(attrs, &options)?;
+            let who = self
+                .authorized(&hdr, conn, Action::ManageDefinitions)
+                .await?;
+            self.ctx.manager.modify(who, self.id(), req).await?;
+            self.done().await
+        })
+        .await
+    }
+
     /// Starts the device when its parent registers (true) or only on request (false).
     async fn set_autostart(
         &self,

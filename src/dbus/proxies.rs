@@ -96,6 +96,8 @@ pub trait Device {
     fn start(&self) -> zbus::Result<()>;
     fn stop(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
     fn define(&self, options: HashMap<&str, Value<'_>>) -> zbus::Result<()>;
+    fn modify(&self, attrs: &[(&str, &str)], options: HashMap<&str, Value<'_>>)
+        -> zbus::Result<()>;
     fn undefine(&self) -> zbus::Result<()>;
     fn set_autostart(&self, autostart: bool) -> zbus::Result<()>;
     #[zbus(property)]

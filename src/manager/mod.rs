@@ -4,6 +4,7 @@
 
 mod converge;
 mod guests;
+mod modify;
 mod ops;
 mod owners;
 mod plan;
@@ -22,6 +23,7 @@ use crate::model::{Device, MdevUuid, Parent, ParentName, TypeId};
 use crate::policy::{Policy, Subject};
 use crate::store::Store;
 
+pub use modify::ModifyRequest;
 pub use owners::Owner;
 pub use plan::PlanStep;
 
@@ -225,6 +227,8 @@ pub(crate) enum Command {
     PollHolders,
     /// The periodic check's answer: (device, held).
     HoldersPolled(Vec<(MdevUuid, bool)>),
+    Modify(Caller, MdevUuid, ModifyRequest, Reply<()>),
+    ModifyDone(modify::ModifyDone),
     CreateDone(ops::CreateDone),
     RemoveDone(ops::RemoveDone),
     /// Autostart or an ensure rule failed on a parent (`may_pass`: the vendor side not ready).
@@ -271,6 +275,12 @@ impl ManagerHandle {
 
     pub async fn snapshot(&self) -> Result<Snapshot> {
         self.ask(Command::Snapshot).await
+    }
+
+    /// Changes a device's vendor attributes live, in its definition, or both.
+    pub async fn modify(&self, caller: Caller, uuid: MdevUuid, req: ModifyRequest) -> Result<()> {
+        self.ask(|tx| Command::Modify(caller, uuid, req, tx))
+            .await?
     }
 
     /// What the ensure rules would do now, without doing it.

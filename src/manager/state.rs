@@ -275,6 +275,10 @@ impl Manager {
             } => self.retry_failed(parent, what, error, may_pass),
             Command::RetrySucceeded(parent) => self.retry_succeeded(&parent),
             Command::RetryDue(parent, generation) => self.retry_due(parent, generation),
+            Command::Modify(caller, uuid, req, reply) => {
+                self.start_modify(caller, uuid, req, reply)
+            }
+            Command::ModifyDone(done) => self.finish_modify(done),
             Command::CreateDone(done) => self.finish_create(done),
             Command::RemoveDone(done) => self.finish_remove(done),
             Command::Barrier(reply) => {

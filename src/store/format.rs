@@ -122,10 +122,18 @@ fn parse_attr(index: usize, item: &serde_json::Value) -> Result<(String, String)
     Ok((key.clone(), value.clone()))
 }
 
-/// An attribute name becomes a file name under the device in sysfs when it is started, so it
-/// is held to the same rules as any other path component.
+/// An attribute is a file of the device's directory or of one subdirectory of it
+/// (`nvidia/vgpu_params`), as mdevctl writes `<device>/<name>`; each component a plain name.
 pub(crate) fn check_attr_name(name: &str) -> Result<()> {
-    validate_name("attribute name", name)
+    let parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 2 {
+        return Err(Error::InvalidArgument(format!(
+            "invalid attribute name {name:?}: at most one subdirectory (as in nvidia/vgpu_params)"
+        )));
+    }
+    parts
+        .iter()
+        .try_for_each(|part| validate_name("attribute name", part))
 }
 
 /// vgpud's metadata file as stored in the state directory.
@@ -289,6 +297,15 @@ mod tests {
     fn attr_that_is_a_string_is_refused() {
         let text = r#"{"mdev_type":"t","start":"auto","attrs":["a"]}"#;
         assert!(reason(text).contains("attrs[0] is not an object"));
+    }
+
+    #[test]
+    fn attr_names_may_have_one_subdirectory_of_plain_names() {
+        assert!(check_attr_name("nvidia/vgpu_params").is_ok());
+        assert!(check_attr_name("assign_adapter").is_ok());
+        for bad in ["a/b/c", "../x", "x/..", "/x", "x/", "a//b", "."] {
+            assert!(check_attr_name(bad).is_err(), "{bad:?} must be refused");
+        }
     }
 
     #[test]

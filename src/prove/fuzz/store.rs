@@ -57,7 +57,16 @@ pub fn run_json(case: &mut Case) -> Result<(), String> {
     };
     path_safe("type id", mdev_type.as_str())?;
     for (name, _) in &attrs {
-        path_safe("attribute name", name)?;
+        // A device file or one in a subdirectory of it (nvidia/vgpu_params): each part plain.
+        let parts: Vec<&str> = name.split('/').collect();
+        if parts.len() > 2 {
+            return Err(format!(
+                "accepted attribute name {name:?} with more than one '/'"
+            ));
+        }
+        for part in parts {
+            path_safe("attribute name part", part)?;
+        }
     }
     let def = Definition {
         parent: ParentName::new("matrix").map_err(|e| e.to_string())?,
