@@ -34,6 +34,8 @@ pub struct DaemonOptions {
     pub metrics_listen: Option<crate::metrics::MetricsListen>,
     /// mdevctl's library directory: call-out scripts in `<dir>/scripts.d/callouts`.
     pub mdevctl_lib_dir: PathBuf,
+    /// Where the NVIDIA scheduler's modprobe options file goes (/etc/modprobe.d).
+    pub modprobe_dir: PathBuf,
 }
 
 impl Default for DaemonOptions {
@@ -51,6 +53,7 @@ impl Default for DaemonOptions {
             sim_control: None,
             metrics_listen: None,
             mdevctl_lib_dir: PathBuf::from("/usr/lib/mdevctl"),
+            modprobe_dir: PathBuf::from("/etc/modprobe.d"),
         }
     }
 }
@@ -83,6 +86,7 @@ pub async fn run(
     config.dev_root = opts.dev.clone();
     config.proc_root = opts.proc_root.clone();
     config.store = Some(store);
+    config.modprobe_dir = Some(opts.modprobe_dir.clone());
     config.callouts = Some(crate::callouts::Callouts::new(
         &opts.definitions_dir,
         &opts.mdevctl_lib_dir,

@@ -106,6 +106,12 @@ fn counts_libvirt_shows_follow_a_device_vgpud_creates() {
 #[test]
 fn a_device_vgpuctl_creates_is_a_live_libvirt_node_device() {
     let rig = Rig::start(&["nvidia-t4"]);
+    // libvirt names an mdev's parent only once it has enumerated that PCI device; a device
+    // added before then is filed under "computer" (seen in CI).
+    let parent_known = rig.eventually(LIBVIRT_SEES, || {
+        nodedevs(&rig, &["--cap", "mdev_types"]).contains(&"pci_0000_20_00_0".to_owned())
+    });
+    assert!(parent_known, "libvirt never listed the T4:\n{}", rig.logs());
     rig.vgpuctl_ok(&["create", "GRID T4-2Q", "--parent", T4, "--uuid", U1]);
     let name = Rig::mdev_name(U1, T4);
     // libvirt learns of it from the uevents the simulator broadcasts in the rig's namespace.

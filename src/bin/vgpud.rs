@@ -56,6 +56,10 @@ struct Args {
     /// DIR/scripts.d/{callouts,notifiers} and from the same under --definitions-dir.
     #[arg(long, value_name = "DIR", default_value = "/usr/lib/mdevctl")]
     mdevctl_lib_dir: PathBuf,
+    /// Where the NVIDIA vGPU scheduler's modprobe options are written ([[scheduler]] policy
+    /// rules) [default: /etc/modprobe.d; with --simulate, a temporary directory]
+    #[arg(long, value_name = "DIR")]
+    modprobe_dir: Option<PathBuf>,
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback IP:PORT) or on a unix
     /// socket (an absolute path).
     #[arg(long, value_name = "ADDR")]
@@ -204,6 +208,10 @@ async fn run(args: Args) -> Result<(), String> {
         sim_control: None,
         metrics_listen: args.metrics_listen.clone(),
         mdevctl_lib_dir: args.mdevctl_lib_dir.clone(),
+        modprobe_dir: args
+            .modprobe_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/modprobe.d")),
     };
     let Some(profiles) = args.simulate.clone() else {
         if !args.private_bus {
@@ -271,6 +279,11 @@ async fn run(args: Args) -> Result<(), String> {
         .state_dir
         .clone()
         .unwrap_or_else(|| work.path().join("state"));
+    // A simulated host never writes the real /etc/modprobe.d.
+    opts.modprobe_dir = args
+        .modprobe_dir
+        .clone()
+        .unwrap_or_else(|| work.path().join("modprobe.d"));
     opts.bus = bus.0.clone();
     opts.sysfs = sim.mountpoint().to_owned();
     opts.dev = sim.dev_dir().to_owned();

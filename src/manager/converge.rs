@@ -236,6 +236,7 @@ impl Manager {
             }
         }
         self.meet_ensure_rules(&appeared);
+        self.apply_scheduler();
     }
 
     fn meet_ensure_rules(&mut self, parents: &[ParentName]) {

@@ -9,6 +9,7 @@ mod ops;
 mod owners;
 mod plan;
 mod retry;
+mod scheduler;
 mod state;
 
 use std::path::PathBuf;
@@ -51,6 +52,8 @@ pub struct ManagerConfig {
     /// mdevctl's call-out and notifier scripts around every start, stop, define, undefine and
     /// modify; None = no scripts are run.
     pub callouts: Option<crate::callouts::Callouts>,
+    /// Where the NVIDIA scheduler's modprobe options are written; None = not managed.
+    pub modprobe_dir: Option<PathBuf>,
 }
 
 impl ManagerConfig {
@@ -67,6 +70,7 @@ impl ManagerConfig {
             policy: Policy::default(),
             guests: None,
             callouts: None,
+            modprobe_dir: None,
         }
     }
 }

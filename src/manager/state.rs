@@ -66,6 +66,8 @@ pub(crate) struct Manager {
     /// Parents whose autostart or ensure rules are retried (the vendor side was not ready).
     pub(super) retries: super::retry::Retries,
     pub(super) next_retry: u64,
+    /// What the last change of the NVIDIA scheduler file asks of the administrator.
+    pub(super) scheduler_problem: Option<String>,
 }
 
 /// Which of `targets` are held open, in one pass over /proc.
@@ -111,6 +113,7 @@ impl Manager {
             polling_holders: None,
             retries: BTreeMap::new(),
             next_retry: 0,
+            scheduler_problem: None,
         })
     }
 
@@ -119,6 +122,7 @@ impl Manager {
         let mut all = self.problems.clone();
         all.extend(self.definition_problems.iter().cloned());
         all.extend(self.retry_problems());
+        all.extend(self.scheduler_problem.iter().cloned());
         all
     }
 

@@ -37,6 +37,7 @@ pub fn merge(files: Vec<PolicyFile>) -> Result<Policy, Vec<Diagnostic>> {
         policy.allow.extend(file.allow);
         policy.reserve.extend(file.reserve);
         policy.ensure.extend(file.ensure);
+        policy.scheduler.extend(file.scheduler);
         policy.sources.push(file.path);
     }
     if let Some(origin) = numa_strict_origin {

@@ -20,14 +20,14 @@ mod shipped_tests;
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::model::{MdevUuid, ParentName, TypeId};
+use crate::model::{MdevUuid, Parent, ParentName, TypeId};
 
 pub use capacity::{CapacityFilter, ParentCapacity, TypeCapacity};
 pub use ensure::{EnsureAction, EnsureCount, EnsureStep};
 pub use glob::Glob;
 pub use load::{check_files, load_dir, merge};
 pub use parse::{parse_file, Diagnostic, PolicyFile};
-pub use rules::Strategy;
+pub use rules::{SchedulerPolicy, Strategy};
 
 use rules::{AllowRule, EnsureRule, ReserveRule};
 
@@ -207,12 +207,22 @@ pub struct Policy {
     allow: Vec<AllowRule>,
     reserve: Vec<ReserveRule>,
     ensure: Vec<EnsureRule>,
+    scheduler: Vec<rules::SchedulerRule>,
     sources: Vec<PathBuf>,
 }
 
 impl Policy {
     pub fn placement(&self) -> Placement {
         self.placement
+    }
+
+    /// The vGPU scheduler the first matching `[[scheduler]]` rule gives `parent`: (rule name,
+    /// policy, time slice in ms).
+    pub fn scheduler_for(&self, parent: &Parent) -> Option<(&str, SchedulerPolicy, Option<u8>)> {
+        self.scheduler
+            .iter()
+            .find(|r| r.parents.matches(parent))
+            .map(|r| (r.name.as_str(), r.policy, r.time_slice_ms))
     }
 
     /// The files this policy was merged from, in merge order (empty for the built-in default).

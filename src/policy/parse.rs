@@ -12,7 +12,8 @@ use toml::Spanned;
 
 use super::glob::Glob;
 use super::rules::{
-    AllowRule, EnsureRule, Origin, ParentMatch, ReserveRule, Strategy, TypeMatch, UserRef, Who,
+    AllowRule, EnsureRule, Origin, ParentMatch, ReserveRule, SchedulerPolicy, SchedulerRule,
+    Strategy, TypeMatch, UserRef, Who,
 };
 
 /// One problem in a policy file. `line` and `column` count from 1; 0 means the problem is with
@@ -53,6 +54,7 @@ pub struct PolicyFile {
     pub(crate) allow: Vec<AllowRule>,
     pub(crate) reserve: Vec<ReserveRule>,
     pub(crate) ensure: Vec<EnsureRule>,
+    pub(crate) scheduler: Vec<SchedulerRule>,
 }
 
 impl PolicyFile {
@@ -65,7 +67,8 @@ impl PolicyFile {
         let allow = self.allow.iter().map(|r| (r.name.as_str(), &r.origin));
         let reserve = self.reserve.iter().map(|r| (r.name.as_str(), &r.origin));
         let ensure = self.ensure.iter().map(|r| (r.name.as_str(), &r.origin));
-        allow.chain(reserve).chain(ensure)
+        let scheduler = self.scheduler.iter().map(|r| (r.name.as_str(), &r.origin));
+        allow.chain(reserve).chain(ensure).chain(scheduler)
     }
 }
 
@@ -86,6 +89,17 @@ struct RawFile {
     reserve: Vec<RawReserve>,
     #[serde(default)]
     ensure: Vec<RawEnsure>,
+    #[serde(default)]
+    scheduler: Vec<RawScheduler>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    name: Spanned<String>,
+    parents: Option<RawParents>,
+    policy: Spanned<String>,
+    time_slice_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +293,11 @@ impl Checker<'_> {
             .into_iter()
             .filter_map(|r| self.ensure(r, &mut names))
             .collect();
+        let scheduler = raw
+            .scheduler
+            .into_iter()
+            .filter_map(|r| self.scheduler(r, &mut names))
+            .collect();
         PolicyFile {
             path: self.path.to_owned(),
             strategy,
@@ -286,6 +305,7 @@ impl Checker<'_> {
             allow,
             reserve,
             ensure,
+            scheduler,
         }
     }
 
@@ -407,6 +427,50 @@ impl Checker<'_> {
             parents,
             type_spec: t.clone(),
             count: count?,
+        })
+    }
+
+    fn scheduler(
+        &mut self,
+        r: RawScheduler,
+        seen: &mut HashMap<String, Origin>,
+    ) -> Option<SchedulerRule> {
+        let before = self.diagnostics.len();
+        let name = self.name(&r.name, seen);
+        let parents = self.parents(r.parents);
+        let policy = SchedulerPolicy::parse(r.policy.get_ref());
+        if policy.is_none() {
+            self.error(
+                r.policy.span(),
+                format!(
+                    "unknown scheduler policy {}: expected \"best-effort\", \"equal-share\" or \"fixed-share\"",
+                    quoted(r.policy.get_ref())
+                ),
+            );
+        }
+        let mut time_slice_ms = None;
+        if let Some(ms) = &r.time_slice_ms {
+            match u8::try_from(*ms.get_ref()) {
+                Ok(v) if (1..=30).contains(&v) => time_slice_ms = Some(v),
+                _ => self.error(
+                    ms.span(),
+                    format!("time_slice_ms must be 1 to 30, not {}", ms.get_ref()),
+                ),
+            }
+            if policy == Some(SchedulerPolicy::BestEffort) {
+                self.error(
+                    ms.span(),
+                    "time_slice_ms applies to equal-share and fixed-share only".into(),
+                );
+            }
+        }
+        let (name, origin) = name?;
+        (self.diagnostics.len() == before).then_some(SchedulerRule {
+            name,
+            origin,
+            parents,
+            policy: policy?,
+            time_slice_ms,
         })
     }
 

@@ -233,3 +233,52 @@ pub(crate) struct EnsureRule {
     pub type_spec: String,
     pub count: u32,
 }
+
+/// NVIDIA's vGPU scheduler for time-sliced vGPUs, as its `RmPVMRL` registry key encodes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerPolicy {
+    BestEffort,
+    EqualShare,
+    FixedShare,
+}
+
+impl SchedulerPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "best-effort" => Some(Self::BestEffort),
+            "equal-share" => Some(Self::EqualShare),
+            "fixed-share" => Some(Self::FixedShare),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BestEffort => "best-effort",
+            Self::EqualShare => "equal-share",
+            Self::FixedShare => "fixed-share",
+        }
+    }
+
+    /// The `RmPVMRL` value: 0x00 best effort; 0x01 equal share and 0x11 fixed share, with a
+    /// time slice of TT milliseconds as 0x00TT0001 / 0x00TT0011 (NVIDIA's vGPU documentation).
+    pub fn rmpvmrl(self, time_slice_ms: Option<u8>) -> u32 {
+        let base = match self {
+            Self::BestEffort => return 0,
+            Self::EqualShare => 0x01,
+            Self::FixedShare => 0x11,
+        };
+        base | time_slice_ms.map_or(0, |ms| u32::from(ms) << 16)
+    }
+}
+
+/// `[[scheduler]]`: the vGPU scheduler of the GPUs a parent selector picks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SchedulerRule {
+    pub name: String,
+    pub origin: Origin,
+    pub parents: ParentMatch,
+    pub policy: SchedulerPolicy,
+    /// 1..=30 ms; None = the driver's default slice.
+    pub time_slice_ms: Option<u8>,
+}

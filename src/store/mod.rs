@@ -448,6 +448,13 @@ fn is_uuid_name(name: &str) -> bool {
 }
 
 /// What `scan` could not read back: a parent directory it skips, or attribute names it refuses.
+/// Replaces `dir/name` with `contents` so that a crash leaves the old file or the new one, for
+/// configuration vgpud writes outside its definitions (the NVIDIA scheduler's modprobe options).
+pub fn replace_file(dir: &Path, name: &str, contents: &[u8], mode: u32) -> Result<()> {
+    let no_faults = |_| Ok(());
+    atomic::write_atomic(dir, name, contents, mode, Commit::Replace, &no_faults)
+}
+
 fn check_storable(def: &Definition) -> Result<()> {
     if def.parent.as_str().starts_with('.') {
         return Err(Error::InvalidArgument(format!(

@@ -1,0 +1,155 @@
+//! NVIDIA's vGPU scheduler as policy: `[[scheduler]]` rules become the driver's per-GPU
+//! `RmPVMRL` registry key in `<modprobe-dir>/vgpud-nvidia-scheduler.conf`, keyed by each GPU's
+//! physical function, and Problems says the driver must be reloaded; removing the rules removes
+//! the file. Simulated hosts with T4s (mdev on the PF) and an A100 (mdev on its VFs).
+
+#[path = "common/daemon.rs"]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+const RULES: &str = r#"
+[[scheduler]]
+name = "vdi-t4"
+parents = { vendor = "0x10de", device = "0x1eb8" }
+policy = "equal-share"
+time_slice_ms = 3
+
+[[scheduler]]
+name = "ai-a100"
+parents = { vendor = "0x10de" }
+policy = "fixed-share"
+"#;
+
+fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
+        .arg(format!("--address={}", d.address))
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn problems(d: &Daemon) -> String {
+    let out = d.busctl(&[
+        "get-property",
+        "org.vgpud",
+        "/org/vgpud",
+        "org.vgpud1.Manager",
+        "Problems",
+    ]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
+    let config = tempfile::tempdir().unwrap();
+    let modprobe = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config.path().join("policy.d")).unwrap();
+    let rules = config.path().join("policy.d/40-scheduler.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let d = Daemon::start_with(
+        &["nvidia-t4:2", "nvidia-a100", "mtty"],
+        &[
+            "--config-dir",
+            config.path().to_str().unwrap(),
+            "--modprobe-dir",
+            modprobe.path().to_str().unwrap(),
+        ],
+    );
+    let file = modprobe.path().join("vgpud-nvidia-scheduler.conf");
+    assert!(wait_for(10, || file.exists()), "no {}", file.display());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let options: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("options nvidia "))
+        .collect();
+    assert_eq!(options.len(), 1, "{text}");
+    // Equal share with a 3 ms slice is 0x00030001; fixed share with the default slice 0x11.
+    assert!(
+        options[0].contains("pci=0000:20:00.0;RmPVMRL=0x30001"),
+        "{text}"
+    );
+    assert!(
+        options[0].contains("pci=0000:21:00.0;RmPVMRL=0x30001"),
+        "{text}"
+    );
+    let parents = json(&d, &["parents"]);
+    let pf = parents["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|p| p["physical_function"].as_str())
+        .expect("the A100's VFs name their PF")
+        .to_owned();
+    assert!(
+        options[0].contains(&format!("pci={pf};RmPVMRL=0x11")),
+        "{text}"
+    );
+    assert_eq!(
+        options[0].matches("pci=").count(),
+        3,
+        "one entry per physical GPU: {text}"
+    );
+    assert!(
+        problems(&d).contains("reload the NVIDIA driver"),
+        "{}",
+        problems(&d)
+    );
+
+    // Without rules the file goes (best effort is the driver's default).
+    std::fs::remove_file(&rules).unwrap();
+    json(&d, &["reload"]);
+    assert!(wait_for(10, || !file.exists()), "{} stayed", file.display());
+    d.stop();
+}
+
+#[test]
+fn a_bad_scheduler_rule_is_refused_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[scheduler]]\nname = \"x\"\npolicy = \"round-robin\"\n\n[[scheduler]]\nname = \"y\"\npolicy = \"best-effort\"\ntime_slice_ms = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(common::VGPUD)
+        .args(["check-policy", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("unknown scheduler policy \"round-robin\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("time_slice_ms applies to equal-share and fixed-share only"),
+        "{text}"
+    );
+    assert!(text.contains(":3:"), "the line of the bad policy: {text}");
+}
