@@ -138,3 +138,38 @@ fn reshape_never_drains_a_device_a_guest_uses() {
     d.ctl_ok(&["release", &four]);
     d.stop();
 }
+
+/// An L40S in time-sliced mode runs one type across all its VFs (NVIDIA's vendor sysfs): the
+/// devices in the way are those of every VF of the GPU, not only the named one.
+#[test]
+fn reshaping_an_l40s_vf_drains_the_whole_gpu() {
+    let d = Daemon::start(&["nvidia-l40s"]);
+    let vf = |n: u8| format!("0000:20:00.{n}");
+    let a = json(&d, &["create", "NVIDIA L40S-2Q", "--parent", &vf(4)])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = json(&d, &["create", "NVIDIA L40S-2Q", "--parent", &vf(5)])["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = vgpuctl(&d, &["reshape", &vf(4), "NVIDIA L40S-4Q"]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&a) && err.contains(&b),
+        "both VFs' devices are in the way: {err}"
+    );
+    let done = json(&d, &["reshape", &vf(4), "NVIDIA L40S-4Q", "--drain"]);
+    assert_eq!(done["created"].as_array().unwrap().len(), 1, "{done}");
+    let listed = json(&d, &["list"]);
+    let types: Vec<&str> = listed["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["active"] == true)
+        .filter_map(|x| x["type_id"].as_str())
+        .collect();
+    assert_eq!(types, ["nvidia-1150"], "{listed}");
+    d.stop();
+}

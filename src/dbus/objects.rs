@@ -227,11 +227,24 @@ impl ManagerObj {
                     parent: parent.to_string(),
                     type_id: type_spec.clone(),
                 })?;
+            // The physical GPU is what runs one type at a time: on SR-IOV GPUs (an L40S in
+            // time-sliced mode) that spans every VF of the same physical function.
+            let gpu_of =
+                |p: &crate::model::Parent| p.physfn.clone().unwrap_or_else(|| p.name.clone());
+            let gpu = gpu_of(p);
+            let same_gpu: Vec<_> = snap
+                .parents
+                .iter()
+                .filter(|q| gpu_of(q) == gpu)
+                .map(|q| q.name.clone())
+                .collect();
             let in_the_way: Vec<_> = snap
                 .devices
                 .iter()
                 .filter(|d| {
-                    d.live.is_some() && d.parent == parent && d.type_id.as_ref() != Some(&ty.id)
+                    d.live.is_some()
+                        && same_gpu.contains(&d.parent)
+                        && d.type_id.as_ref() != Some(&ty.id)
                 })
                 .collect();
             if !in_the_way.is_empty() {
@@ -249,7 +262,7 @@ impl ManagerObj {
                     .collect();
                 if !drain || in_the_way.iter().any(|d| d.in_use) {
                     return Err(Error::Busy(format!(
-                        "parent {parent} must be drained to serve {}: {} in the way{}",
+                        "the GPU of parent {parent} must be drained to serve {}: {} in the way{}",
                         ty.id,
                         named.join(", "),
                         if drain {

@@ -79,11 +79,19 @@ impl Manager {
             .collect()
     }
 
-    /// Live devices on `parent` of a type other than `type_id`, in UUID order.
+    /// Live devices of a type other than `type_id` on the physical GPU of `parent` (every VF
+    /// of an SR-IOV GPU), in UUID order.
     pub(super) fn others_on(&self, parent: &ParentName, type_id: &TypeId) -> Vec<MdevUuid> {
+        let gpu_of = |name: &ParentName| {
+            self.parents
+                .get(name)
+                .and_then(|p| p.physfn.clone())
+                .unwrap_or_else(|| name.clone())
+        };
+        let gpu = gpu_of(parent);
         self.live
             .values()
-            .filter(|d| d.parent == *parent && d.type_id.as_ref() != Some(type_id))
+            .filter(|d| gpu_of(&d.parent) == gpu && d.type_id.as_ref() != Some(type_id))
             .map(|d| d.uuid)
             .collect()
     }
