@@ -3,13 +3,16 @@
 //! slot each) behind the `PassthroughDevice` seam (emulated here, VFIO where the host has it).
 
 pub mod bus;
+pub mod description;
 pub mod device;
 pub mod jail;
 pub mod kvm;
 pub mod linux;
+pub mod msi;
 pub mod msix;
 pub mod payload;
 pub mod pci;
+pub mod seams;
 pub mod seccomp;
 pub mod uart;
 pub mod vfio;
@@ -70,7 +73,7 @@ pub enum VmmError {
         source: std::io::Error,
     },
     #[error("device description")]
-    Description(#[from] device::DescriptionError),
+    Description(#[from] description::DescriptionError),
     #[error("VFIO device")]
     Vfio(#[from] vfio::VfioError),
     #[error("device BARs do not fit the 32-bit PCI windows (IO {IO_WINDOW:#x}.., memory 0xc0000000..0xe0000000)")]
@@ -412,7 +415,7 @@ pub fn launch(
     for spec in &config.devices {
         devices.push(match spec {
             DeviceSpec::Emulated(file) => {
-                let desc = device::load_description(file)?;
+                let desc = description::load_description(file)?;
                 Box::new(EmulatedDevice::new(&desc)?)
             }
             DeviceSpec::Vfio(path) => Box::new(VfioPassthrough::open(
@@ -464,7 +467,7 @@ pub fn launch(
             // Routed to the guest's MSI message once the guest programs and enables it.
             machine
                 .vm
-                .register_irqfd(fd, kvm::MSI_GSI_BASE + i as u32)
+                .register_irqfd(fd, kvm::msi_gsi(i))
                 .map_err(VmmError::Irqfd)?;
             msi = true;
         }
@@ -492,7 +495,7 @@ pub fn launch(
         io = io.with_slots(kvm::BarSlots::new(machine.vm.clone()));
     }
     if msi {
-        io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
+        io = io.with_routes(kvm::IrqRouter::new(machine.vm.clone()));
     }
     let io = Arc::new(Mutex::new(io));
     if let Some(without) = &config.seccomp {
@@ -610,7 +613,7 @@ mod tests {
 
     #[test]
     fn firmware_places_t4_bars_and_line() {
-        let desc = device::parse_description(
+        let desc = description::parse_description(
             "t4",
             r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216},
             {"index":1,"size":268435456,"prefetchable":true,"is64":true}]}"#,
@@ -626,12 +629,12 @@ mod tests {
 
     #[test]
     fn firmware_places_two_devices_apart_with_their_own_lines() {
-        let t4 = device::parse_description(
+        let t4 = description::parse_description(
             "t4",
             r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216}]}"#,
         )
         .unwrap();
-        let mtty = device::parse_description(
+        let mtty = description::parse_description(
             "mtty",
             r#"{"vendor":17224,"device":12883,"class_code":458754,"bars":[{"index":0,"size":8,"io":true}]}"#,
         )

@@ -14,18 +14,16 @@ use vfio_ioctls::{VfioDevice, VfioOps, VfioRegionInfoCap};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-mod caps;
 mod context;
 
 pub use context::VfioContext;
 
-pub use caps::{msi_change, MsiChange, VirtualMsi, VirtualMsix};
-
-use super::device::{PassthroughDevice, RamBar};
-use super::pci::{
-    find_capability, BarRegion, Bars, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
-};
-use crate::sim::profile::GuestBar;
+use super::description::GuestBar;
+use super::device::PassthroughDevice;
+use super::msi::{MessageInterrupts, Msi, MsiChange, MsiMessage, Switched, CAP_ID_MSI};
+use super::msix::{Msix, CAP_ID_MSIX};
+use super::pci::{find_capability, BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
+use super::seams::RamBar;
 
 /// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
 pub const CONFIG_REGION: u32 = 7;
@@ -161,10 +159,11 @@ pub struct VfioPassthrough {
     interrupt_line: u8,
     irq: Option<EventFd>,
     irq_resample: Option<EventFd>,
-    msi: Option<VirtualMsi>,
+    /// MSI and MSI-X as the guest sees them: vfio-pci programs the real capabilities on
+    /// VFIO_DEVICE_SET_IRQS; the guest's values only say where KVM routes `msi_irq`.
+    interrupts: MessageInterrupts,
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
-    msix: Option<VirtualMsix>,
 }
 
 impl VfioPassthrough {
@@ -262,9 +261,9 @@ impl VfioPassthrough {
             u32::from_le_bytes(buf)
         };
         let msi = find_capability(config_dword, CAP_ID_MSI)
-            .map(|at| VirtualMsi::from_header(at, config_dword(at)));
-        let msix = find_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX).map(|at| {
-            VirtualMsix::new(
+            .map(|at| Msi::from_header(at, config_dword(at)));
+        let msix = find_capability(config_dword, CAP_ID_MSIX).map(|at| {
+            Msix::new(
                 at,
                 config_dword(at),
                 config_dword(at + 4),
@@ -275,7 +274,7 @@ impl VfioPassthrough {
         let mut mapped = Vec::new();
         // The BAR holding the MSI-X table stays trapped: the guest's table writes must reach
         // the virtual table, not the device's.
-        let table_bar = msix.as_ref().map(VirtualMsix::table_bar);
+        let table_bar = msix.as_ref().map(Msix::table_bar);
         for r in bars
             .regions()
             .filter(|r| !r.io && Some(r.index) != table_bar)
@@ -324,10 +323,9 @@ impl VfioPassthrough {
             interrupt_line: 0,
             irq,
             irq_resample,
-            msi,
+            interrupts: MessageInterrupts { msi, msix },
             msi_irq,
             mapped,
-            msix,
         })
     }
 }
@@ -338,15 +336,10 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        if let Some(value) = self.interrupts.config_read(offset, size) {
+            return value;
+        }
         let dword = offset & !3;
-        if let Some(rel) = self.msix.as_ref().and_then(|m| m.inside(dword)) {
-            let value = self.msix.as_ref().map(|m| m.read(rel)).unwrap_or_default();
-            return super::pci::extract(value, offset, size);
-        }
-        if let Some(rel) = self.msi.and_then(|m| m.inside(dword)) {
-            let cap = self.msi.map(|m| m.cap).unwrap_or_default();
-            return super::pci::extract(cap.dword(usize::from(rel / 4)), offset, size);
-        }
         let value = match dword {
             0x10..=0x24 => self.virtual_bars.read(usize::from((dword - 0x10) / 4)),
             0x30 => 0, // no expansion ROM exposed
@@ -366,35 +359,25 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        if let Some(switched) = self.interrupts.config_write(offset, size, value) {
+            let device = &self.device;
+            let result = match switched {
+                Switched::Msi(MsiChange::Enable) => device.enable_msi(vec![&self.msi_irq]),
+                Switched::Msi(MsiChange::Disable) => device.disable_msi(),
+                Switched::Msix(MsiChange::Enable) => device.enable_msix(vec![&self.msi_irq]),
+                Switched::Msix(MsiChange::Disable) => device.disable_msix(),
+                Switched::Msi(MsiChange::None) | Switched::Msix(MsiChange::None) => Ok(()),
+            };
+            if let Err(e) = result {
+                let what = match switched {
+                    Switched::Msi(_) => "MSI",
+                    Switched::Msix(_) => "MSI-X",
+                };
+                tracing::warn!("VFIO {what} of {} cannot be switched: {e}", self.name);
+            }
+            return;
+        }
         let dword = offset & !3;
-        if let Some(msix) = self.msix.as_mut() {
-            if let Some(rel) = msix.inside(dword) {
-                let result = match msix.write(rel | (offset & 3), size, value) {
-                    MsiChange::Enable => self.device.enable_msix(vec![&self.msi_irq]),
-                    MsiChange::Disable => self.device.disable_msix(),
-                    MsiChange::None => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::warn!("VFIO MSI-X of {} cannot be switched: {e}", self.name);
-                }
-                return;
-            }
-        }
-        if let Some(msi) = self.msi.as_mut() {
-            if let Some(rel) = msi.inside(dword) {
-                let before = msi.cap.enabled();
-                msi.cap.write(rel | (offset & 3), size, value);
-                let result = match msi_change(before, msi.cap.enabled()) {
-                    MsiChange::Enable => self.device.enable_msi(vec![&self.msi_irq]),
-                    MsiChange::Disable => self.device.disable_msi(),
-                    MsiChange::None => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::warn!("VFIO MSI of {} cannot be switched: {e}", self.name);
-                }
-                return;
-            }
-        }
         match dword {
             0x10..=0x24 => {
                 let i = usize::from((dword - 0x10) / 4);
@@ -425,14 +408,14 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        match &self.msix {
+        match &self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_read(offset, data),
             _ => self.device.region_read(bar as u32, data, offset),
         }
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        match &mut self.msix {
+        match &mut self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_write(offset, data),
             _ => self.device.region_write(bar as u32, data, offset),
         }
@@ -447,15 +430,11 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn msi_eventfd(&self) -> Option<&EventFd> {
-        (self.msi.is_some() || self.msix.is_some()).then_some(&self.msi_irq)
+        self.interrupts.any().then_some(&self.msi_irq)
     }
 
-    /// MSI-X when the guest turned it on (it takes precedence, as on hardware), else MSI.
     fn msi_message(&self) -> Option<MsiMessage> {
-        match &self.msix {
-            Some(m) if m.enabled() => m.message(),
-            _ => self.msi.and_then(|m| m.cap.message()),
-        }
+        self.interrupts.message()
     }
 
     fn ram_bars(&self) -> Vec<RamBar> {
