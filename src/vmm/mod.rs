@@ -141,6 +141,11 @@ impl DeviceSpec {
     }
 }
 
+/// The descriptor vgpud gave for a shared VFIO node, or its /dev path (a VMM run by hand).
+fn given_or(given: &Option<FileArg>, path: &str) -> FileArg {
+    given.clone().unwrap_or_else(|| path.into())
+}
+
 /// What to run in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Boot {
@@ -465,13 +470,7 @@ pub fn launch(
                 };
                 adopted.push(group);
                 let group = file.map_err(|e| VfioError::Open(group.to_string(), e))?;
-                let container = || match &config.vfio_container {
-                    Some(f) => f.adopt(),
-                    None => std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/vfio/vfio"),
-                };
+                let container = || given_or(&config.vfio_container, "/dev/vfio/vfio").adopt();
                 Box::new(VfioPassthrough::open_group(
                     group,
                     dir,
@@ -483,13 +482,7 @@ pub fn launch(
             }
             DeviceSpec::VfioCdev(file) => {
                 let cdev = file.open().map_err(VfioError::Iommufd)?;
-                let iommufd = || match &config.iommufd {
-                    Some(f) => f.open(),
-                    None => std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/iommu"),
-                };
+                let iommufd = || given_or(&config.iommufd, "/dev/iommu").adopt();
                 Box::new(VfioPassthrough::open_cdev(
                     cdev,
                     format!("cdev {file}"),
