@@ -280,7 +280,13 @@ fn region_info(file: &File, index: u32) -> io::Result<(RegionInfo, Vec<VfioRegio
             ))?;
             info = std::ptr::read(buf.as_ptr().cast::<RegionInfo>());
         }
+        // A chain longer than a page is not one this VMM reads (sparse mmap takes 16 bytes
+        // an area): the region counts as one with holes, so it is trapped, never mapped.
         let wanted = info.argsz as usize;
+        if info.flags & REGION_INFO_FLAG_CAPS != 0 && wanted > 4096 {
+            let holes = VfioRegionInfoCapSparseMmap { areas: Vec::new() };
+            return Ok((info, vec![VfioRegionInfoCap::SparseMmap(holes)]));
+        }
         if info.flags & REGION_INFO_FLAG_CAPS == 0 || wanted <= argsz {
             let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).collect();
             let caps = match info.flags & REGION_INFO_FLAG_CAPS {
