@@ -25,8 +25,9 @@ pub struct AttachSpec {
     pub hold: Option<PathBuf>,
     /// The guest sees an emulated PCI function, not the real device.
     pub emulated: bool,
-    /// /dev/iommu, for a device attached by its VFIO cdev.
-    pub iommufd: Option<PathBuf>,
+    /// The IOMMU context vgpud opens for the VMM: /dev/iommu for a device attached by its
+    /// VFIO cdev, /dev/vfio/vfio (the container) for one attached by its group.
+    pub iommu: Option<PathBuf>,
 }
 
 impl AttachSpec {
@@ -35,7 +36,7 @@ impl AttachSpec {
     pub fn api(&self) -> &'static str {
         match self.device {
             DeviceSpec::VfioCdev(_) => "cdev",
-            DeviceSpec::Vfio(_) => "group",
+            DeviceSpec::Vfio(_) | DeviceSpec::VfioGroup { .. } => "group",
             DeviceSpec::Emulated(_) => "emulated",
         }
     }
@@ -46,8 +47,8 @@ pub trait DeviceSource: Send + Sync {
 }
 
 /// A real host: the device goes to the VMM through its VFIO cdev and iommufd where the kernel
-/// offers them (`<device>/vfio-dev/vfioN`, /dev/iommu; vgpud opens both), otherwise by its sysfs
-/// path through the group API (the VMM opens the container and group before its jail).
+/// offers them (`<device>/vfio-dev/vfioN`, /dev/iommu; vgpud opens both), otherwise through the
+/// group API (/dev/vfio/<group> and the container /dev/vfio/vfio; vgpud opens both too).
 pub struct VfioSource {
     pub dev_root: PathBuf,
 }
@@ -71,14 +72,27 @@ pub fn vfio_attach(sysfs_dir: &Path, dev_root: &Path) -> AttachSpec {
             device: DeviceSpec::VfioCdev(FileArg::Path(node)),
             hold: None,
             emulated: false,
-            iommufd: Some(iommu),
+            iommu: Some(iommu),
         },
-        _ => AttachSpec {
-            device: DeviceSpec::Vfio(sysfs_dir.to_path_buf()),
-            hold: None,
-            emulated: false,
-            iommufd: None,
-        },
+        _ => {
+            let group = std::fs::read_link(sysfs_dir.join("iommu_group"))
+                .ok()
+                .and_then(|l| l.file_name()?.to_str()?.parse::<u32>().ok());
+            AttachSpec {
+                // Without a group the device cannot go through VFIO; the sysfs path makes the
+                // VMM's argument check say so.
+                device: match group {
+                    Some(g) => DeviceSpec::VfioGroup {
+                        group: FileArg::Path(group_node(dev_root, g)),
+                        dir: sysfs_dir.to_path_buf(),
+                    },
+                    None => DeviceSpec::Vfio(sysfs_dir.to_path_buf()),
+                },
+                hold: None,
+                emulated: false,
+                iommu: group.map(|_| dev_root.join("vfio/vfio")),
+            }
+        }
     }
 }
 
@@ -139,7 +153,7 @@ impl DeviceSource for SimSource {
             device: DeviceSpec::Emulated(file.into()),
             hold,
             emulated: true,
-            iommufd: None,
+            iommu: None,
         })
     }
 }
@@ -307,6 +321,7 @@ pub fn vmm_config(opts: &LaunchOptions, specs: &[AttachSpec]) -> VmmConfig {
         console: false,
         kvm: None,
         iommufd: None,
+        vfio_container: None,
         uuid: None,
         jail: None,
         seccomp: Some(None),
@@ -426,6 +441,7 @@ pub fn spawn(config: &GuestConfig, l: &Launch<'_>) -> Result<(tokio::process::Ch
     }
     vmm.serial_log = Some(FileArg::Fd(log.as_raw_fd()));
     opened.push(log.into());
+    let mut groups: Vec<(PathBuf, RawFd)> = Vec::new();
     for dev in &mut vmm.devices {
         match dev {
             DeviceSpec::Emulated(FileArg::Path(p)) => {
@@ -439,12 +455,33 @@ pub fn spawn(config: &GuestConfig, l: &Launch<'_>) -> Result<(tokio::process::Ch
                 *dev = DeviceSpec::VfioCdev(FileArg::Fd(f.as_raw_fd()));
                 opened.push(f.into());
             }
+            DeviceSpec::VfioGroup { group, .. } => {
+                if let FileArg::Path(p) = group {
+                    // A group opens once: a second device of it shares the descriptor.
+                    let fd = match groups.iter().find(|(q, _)| q == p) {
+                        Some((_, fd)) => *fd,
+                        None => {
+                            let f = open_rw(p).map_err(|e| io("cannot open the VFIO group", e))?;
+                            groups.push((p.clone(), f.as_raw_fd()));
+                            let fd = f.as_raw_fd();
+                            opened.push(f.into());
+                            fd
+                        }
+                    };
+                    *group = FileArg::Fd(fd);
+                }
+            }
             _ => {}
         }
     }
-    if let Some(iommu) = l.specs.iter().find_map(|s| s.iommufd.as_ref()) {
-        let f = open_rw(iommu).map_err(|e| io(&format!("cannot open {}", iommu.display()), e))?;
-        vmm.iommufd = Some(FileArg::Fd(f.as_raw_fd()));
+    if let Some(spec) = l.specs.iter().find(|s| s.iommu.is_some()) {
+        let path = spec.iommu.as_deref().unwrap_or(Path::new("/dev/iommu"));
+        let f = open_rw(path).map_err(|e| io(&format!("cannot open {}", path.display()), e))?;
+        let fd = Some(FileArg::Fd(f.as_raw_fd()));
+        match spec.api() {
+            "cdev" => vmm.iommufd = fd,
+            _ => vmm.vfio_container = fd,
+        }
         opened.push(f.into());
     }
     vmm.uuid = Some(l.uuid.to_string());
@@ -555,7 +592,7 @@ mod tests {
             device: DeviceSpec::Emulated("/tmp/d.json".into()),
             hold: None,
             emulated: true,
-            iommufd: None,
+            iommu: None,
         }
     }
 
@@ -665,7 +702,7 @@ mod tests {
             device: DeviceSpec::Vfio(p.into()),
             hold: None,
             emulated: false,
-            iommufd: None,
+            iommu: None,
         };
         let specs = [
             spec("/sys/bus/mdev/devices/b"),
@@ -687,10 +724,23 @@ mod tests {
         let (sys, dev) = (dir.path().join("sys/u"), dir.path().join("dev"));
         std::fs::create_dir_all(&sys).unwrap();
         std::fs::create_dir_all(dev.join("vfio/devices")).unwrap();
-        // No vfio-dev directory (Debian's 6.1, no IOMMUFD): the group API by sysfs path.
+        // No vfio-dev directory (Debian's 6.1, no IOMMUFD): the group API, group and container
+        // opened by vgpud; without an IOMMU group, the sysfs path the VMM refuses in its jail.
         let spec = vfio_attach(&sys, &dev);
         assert_eq!(spec.device, DeviceSpec::Vfio(sys.clone()));
-        assert_eq!((spec.api(), spec.iommufd), ("group", None));
+        assert_eq!((spec.api(), spec.iommu), ("group", None));
+        std::os::unix::fs::symlink("../../kernel/iommu_groups/7", sys.join("iommu_group")).unwrap();
+        let spec = vfio_attach(&sys, &dev);
+        let group = FileArg::Path(dev.join("vfio/7"));
+        let want = DeviceSpec::VfioGroup {
+            group,
+            dir: sys.clone(),
+        };
+        assert_eq!(spec.device, want);
+        assert_eq!(
+            (spec.api(), spec.iommu),
+            ("group", Some(dev.join("vfio/vfio")))
+        );
         // A cdev in sysfs and /dev, but no /dev/iommu: still the group API.
         std::fs::create_dir_all(sys.join("vfio-dev/vfio3")).unwrap();
         std::fs::write(dev.join("vfio/devices/vfio3"), b"").unwrap();
@@ -701,7 +751,7 @@ mod tests {
             spec.device,
             DeviceSpec::VfioCdev(FileArg::Path(dev.join("vfio/devices/vfio3")))
         );
-        assert_eq!(spec.iommufd, Some(dev.join("iommu")));
+        assert_eq!(spec.iommu, Some(dev.join("iommu")));
         assert_eq!(spec.api(), "cdev");
     }
 

@@ -12,22 +12,35 @@ const UUID: &str = "6c1d0000-0000-4000-8000-0000000000a1";
 
 /// A script that creates one `mdev_type` device of `parent`, runs pci-probe on it through VFIO
 /// (serial log in $SCRATCH/probe.log), and removes the device, which the kernel only allows
-/// once the VMM has closed its VFIO group.
+/// once the VMM has closed its VFIO group. The VMM runs as vgpud runs it: jailed, every file
+/// by descriptor — the container and the group opened here as vgpud opens them — and under
+/// strace, which logs every open it makes (in $SCRATCH/strace.log).
 fn probe_script(parent: &str, mdev_type: &str) -> String {
     format!(
         r#"
 insmod {parent}
 echo {UUID} > /sys/class/mdev_bus/{parent}/mdev_supported_types/{mdev_type}/create
-echo "GROUP=$(test -c /dev/vfio/$(basename $(readlink /sys/bus/mdev/devices/{UUID}/iommu_group)) && echo yes)"
-# In the jail vgpud puts it in: /dev/kvm and the log by descriptor, nobody, seccomp.
-exec 5</dev/kvm 6>"$SCRATCH/probe.log"
-timeout 120 "$VGPUD_VMM" --device vfio:/sys/bus/mdev/devices/{UUID} --payload pci-probe \
-    --serial-log fd:6 --kvm fd:5 --jail-uid 65534 --jail-gid 65534 --seccomp
-exec 5<&- 6>&-
+G=/dev/vfio/$(basename $(readlink /sys/bus/mdev/devices/{UUID}/iommu_group))
+echo "GROUP=$(test -c $G && echo yes)"
+exec 5</dev/kvm 6>"$SCRATCH/probe.log" 7<>/dev/vfio/vfio 8<>$G
+timeout 120 strace -f --seccomp-bpf -e trace=open,openat,openat2 -o "$SCRATCH/strace.log" \
+    "$VGPUD_VMM" --device vfio-group:fd:8:/sys/bus/mdev/devices/{UUID} --vfio-container fd:7 \
+    --payload pci-probe --serial-log fd:6 --kvm fd:5 --jail-uid 65534 --jail-gid 65534 --seccomp
 echo "VMM_STATUS=$?"
+exec 5<&- 6>&- 7<&- 8<&-
 timeout 20 sh -c 'echo 1 > /sys/bus/mdev/devices/{UUID}/remove' && echo "REMOVED=yes"
 "#
     )
+}
+
+/// The VMM's opens as strace logged them: some (the dynamic loader's), none of a /dev node.
+fn assert_no_dev_opened(strace: &str) {
+    assert!(
+        strace.contains("openat("),
+        "strace logged no open:\n{strace}"
+    );
+    let dev: Vec<&str> = strace.lines().filter(|l| l.contains("\"/dev/")).collect();
+    assert!(dev.is_empty(), "the VMM opened /dev nodes: {dev:?}");
 }
 
 fn assert_line(log: &str, line: &str) {
@@ -57,6 +70,7 @@ fn probe(parent: &str, mdev_type: &str) -> (GuestRun, String) {
     assert_line(&log, "target 00:01");
     assert_line(&log, "pci-probe: done");
     assert_eq!(run.value("REMOVED"), "yes", "{}", run.output);
+    assert_no_dev_opened(&run.file("strace.log"));
     (run, log)
 }
 
@@ -226,6 +240,10 @@ $C create mtty-2 --parent mtty --uuid {UUID}
 $C launch {UUID} --payload loop >/dev/null 2>&1 &
 for i in $(seq 100); do [ -f /tmp/state/guests/1.guest.json ] && break; sleep 0.1; done
 echo "PID_BEFORE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Pid)"
+VMM=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Pid | cut -d' ' -f2)
+for i in $(seq 100); do grep -q '^Seccomp:.2' /proc/$VMM/status && break; sleep 0.1; done
+echo "VMM_VFIO_FDS=$(for f in /proc/$VMM/fd/*; do echo "${{f##*/}}>$(readlink $f)"; done | grep '>/dev/vfio/' | sort -n | tr '\n' ' ')"
+echo "VMM_ARGV=$(tr '\0' ' ' </proc/$VMM/cmdline)"
 echo "UUID_BEFORE=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Uuid)"
 kill -9 $VGPUD_PID; wait $VGPUD_PID 2>/dev/null
 start_vgpud
@@ -250,6 +268,40 @@ echo "REMOVE_STATUS=$?"
     assert!(pid.starts_with("u "), "{}\n{daemon}", run.output);
     assert_eq!(run.value("PID_AFTER"), pid, "{}\n{daemon}", run.output);
     assert_eq!(run.value("UUID_AFTER"), run.value("UUID_BEFORE"));
+    // The running, jailed VMM holds the container and the group vgpud opened, at the numbers
+    // its command line gives, and no other /dev/vfio node; it was given no /dev path at all.
+    let argv = run.value("VMM_ARGV");
+    let fds: Vec<(String, String)> = run
+        .value("VMM_VFIO_FDS")
+        .split_whitespace()
+        .filter_map(|e| e.split_once('>'))
+        .map(|(n, t)| (n.to_owned(), t.to_owned()))
+        .collect();
+    let fd_of = |want: &dyn Fn(&str) -> bool| {
+        let hits: Vec<&String> = fds
+            .iter()
+            .filter(|(_, t)| want(t))
+            .map(|(n, _)| n)
+            .collect();
+        match hits.as_slice() {
+            [n] => n.to_string(),
+            _ => panic!("not one such /dev/vfio node held: {fds:?}\n{argv}"),
+        }
+    };
+    let container = fd_of(&|t| t == "/dev/vfio/vfio");
+    let group = fd_of(&|t| t[10..].bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(fds.len(), 2, "{fds:?}");
+    assert!(
+        argv.contains(&format!("--vfio-container fd:{container} ")),
+        "{argv}\n{fds:?}"
+    );
+    assert!(
+        argv.contains(&format!(
+            "--device vfio-group:fd:{group}:/sys/devices/virtual/mtty/mtty/{UUID} "
+        )),
+        "{argv}\n{fds:?}"
+    );
+    assert!(!argv.contains("/dev/"), "{argv}");
     assert_eq!(
         run.value("STATE"),
         "s \"running\"",

@@ -587,3 +587,55 @@ fn a_vfio_cdev_that_is_no_vfio_device_fails_at_the_iommufd() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_vfio_group_and_container_that_are_no_vfio_fail_at_the_container() {
+    // The group API on descriptors, as vgpud passes them: the jailed VMM opens no /dev path and
+    // gets as far as its first container ioctl on descriptors that are not VFIO's.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serial.log")).unwrap();
+    let (group, container, kvm) = (
+        std::fs::File::open("/dev/null").unwrap(),
+        std::fs::File::open("/dev/null").unwrap(),
+        open_kvm(),
+    );
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args(["--payload", "pci-probe"])
+        .arg("--device")
+        .arg(format!(
+            "vfio-group:{}:/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001",
+            inheritable(&group)
+        ))
+        .arg("--vfio-container")
+        .arg(inheritable(&container))
+        .arg("--serial-log")
+        .arg(inheritable(&log));
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("VFIO device: VFIO setup failed at container"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_jailed_vmm_refuses_a_vfio_device_by_sysfs_path() {
+    let kvm = open_kvm();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vgpud-vmm"));
+    cmd.args([
+        "--payload",
+        "pci-probe",
+        "--device",
+        "vfio:/sys/bus/mdev/devices/83b8f4f2-509f-382f-3c1e-e6bfe0fa1001",
+    ]);
+    jailed(&mut cmd, &kvm);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("a jailed VMM takes files as descriptors"),
+        "{stderr}"
+    );
+}

@@ -22,7 +22,9 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// emulated:FILE.json or emulated:fd:N (a guest PCI description),
-    /// vfio:/sys/bus/mdev/devices/UUID (group API) or vfio-cdev:fd:N (a device cdev, iommufd);
+    /// vfio:/sys/bus/mdev/devices/UUID (group API, the VMM opens /dev/vfio paths),
+    /// vfio-group:fd:N:/sys/... (the device's group as opened, with --vfio-container; the
+    /// sysfs directory only names the device) or vfio-cdev:fd:N (a device cdev, iommufd);
     /// repeat for more devices (slots 00:01.0, 00:02.0, ...; at most 4).
     #[arg(long)]
     device: Vec<DeviceSpec>,
@@ -55,6 +57,10 @@ struct Args {
     /// /dev/iommu already opened (fd:N), for vfio-cdev devices; without it the VMM opens it.
     #[arg(long)]
     iommufd: Option<FileArg>,
+    /// /dev/vfio/vfio already opened (fd:N), for vfio-group devices; without it the VMM
+    /// opens it.
+    #[arg(long)]
+    vfio_container: Option<FileArg>,
     /// The VM's UUID (given as `-uuid UUID`, as on QEMU's command line).
     #[arg(long)]
     uuid: Option<uuid::Uuid>,
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
         console: args.console,
         kvm: args.kvm,
         iommufd: args.iommufd,
+        vfio_container: args.vfio_container,
         uuid: args.uuid.map(|u| u.to_string()),
         jail: args
             .jail_uid

@@ -7,6 +7,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+/// The guest PCI function of a profile is the VMM's description type.
+pub use crate::vmm::description::{GuestBar, GuestPci};
+
 /// A host description: the `[[device]]` tables of a profile file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,34 +147,6 @@ pub struct TypeSpec {
 
 fn vfio_pci() -> String {
     "vfio-pci".to_owned()
-}
-
-/// The PCI function a guest sees when the vGPU is attached through VFIO.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct GuestPci {
-    pub vendor: u16,
-    pub device: u16,
-    #[serde(default)]
-    pub subsystem_vendor: u16,
-    #[serde(default)]
-    pub subsystem_device: u16,
-    pub class_code: u32,
-    #[serde(default)]
-    pub bars: Vec<GuestBar>,
-}
-
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct GuestBar {
-    pub index: u8,
-    pub size: u64,
-    #[serde(default)]
-    pub io: bool,
-    #[serde(default)]
-    pub prefetchable: bool,
-    #[serde(default)]
-    pub is64: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,9 +2,9 @@
 //! configuration mechanism #1 and the passthrough devices' BARs wherever the guest put them.
 
 use super::device::PassthroughDevice;
-use super::kvm::{BarSlots, IrqRouter, MSI_GSI_BASE};
 use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
 use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
+use super::seams::{Action, ExitHandler, InterruptRoutes, MemorySlots};
 use super::uart::{Uart, COM1_BASE};
 
 /// `outb` of a code here ends the guest; the VMM exits with that code.
@@ -28,19 +28,13 @@ pub fn device_slot(index: usize) -> u8 {
     DEVICE_SLOT + index as u8
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Continue,
-    Exit(u8),
-}
-
 pub struct IoBus {
     pub uart: Uart,
     bridge: ConfigSpace,
     pub devices: Vec<Box<dyn PassthroughDevice>>,
     config_address: u32,
-    router: Option<IrqRouter>,
-    slots: Option<BarSlots>,
+    routes: Option<Box<dyn InterruptRoutes>>,
+    slots: Option<Box<dyn MemorySlots>>,
     peek_select: u32,
     ram_traps: Vec<u32>,
 }
@@ -54,15 +48,15 @@ impl IoBus {
             devices,
             peek_select: 0,
             config_address: 0,
-            router: None,
+            routes: None,
             slots: None,
         }
     }
 
     /// Lets the devices' host-memory BARs become KVM memory slots that follow the guest's
     /// BAR programming and command register.
-    pub fn with_slots(mut self, slots: BarSlots) -> Self {
-        self.slots = Some(slots);
+    pub fn with_slots(mut self, slots: impl MemorySlots + 'static) -> Self {
+        self.slots = Some(Box::new(slots));
         self
     }
 
@@ -75,10 +69,9 @@ impl IoBus {
         self.devices.get_mut(index).map(|d| (index, d))
     }
 
-    /// Lets the guest's MSI programming reach KVM's GSI routing (device `i`'s MSI eventfd is
-    /// bound to `MSI_GSI_BASE + i` with KVM_IRQFD).
-    pub fn with_router(mut self, router: IrqRouter) -> Self {
-        self.router = Some(router);
+    /// Lets the guest's MSI programming reach the routes of the devices' MSI eventfds.
+    pub fn with_routes(mut self, routes: impl InterruptRoutes + 'static) -> Self {
+        self.routes = Some(Box::new(routes));
         self
     }
 
@@ -126,8 +119,8 @@ impl IoBus {
         };
         let message = d.msi_message();
         let (ram, decoding) = (d.ram_bars(), d.bar_regions());
-        if let Some(router) = self.router.as_mut() {
-            if let Err(e) = router.set_msi(MSI_GSI_BASE + index as u32, message) {
+        if let Some(routes) = self.routes.as_mut() {
+            if let Err(e) = routes.route_msi(index, message) {
                 tracing::warn!("MSI route cannot be updated: {e}");
             }
         }
@@ -137,7 +130,7 @@ impl IoBus {
                     .iter()
                     .find(|r| r.index == bar.index && !r.io)
                     .map(|r| r.base);
-                if let Err(e) = slots.place(BarSlots::slot_id(index, bar.index), &bar, base) {
+                if let Err(e) = slots.place(index, &bar, base) {
                     tracing::warn!("BAR {} cannot be mapped as memory: {e}", bar.index);
                 }
             }
@@ -183,8 +176,10 @@ impl IoBus {
                 .unwrap_or(!0),
         }
     }
+}
 
-    pub fn pio_read(&mut self, port: u16, data: &mut [u8]) {
+impl ExitHandler for IoBus {
+    fn pio_read(&mut self, port: u16, data: &mut [u8]) {
         let size = data.len() as u8;
         let value = match port {
             HOST_PEEK_PORT | HOST_TRAPS_PORT if size == 4 => self.host_read(port),
@@ -202,7 +197,7 @@ impl IoBus {
         data.copy_from_slice(&value.to_le_bytes()[..data.len().min(4)]);
     }
 
-    pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Action {
+    fn pio_write(&mut self, port: u16, data: &[u8]) -> Action {
         let size = data.len() as u8;
         let mut bytes = [0u8; 4];
         bytes[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
@@ -223,7 +218,7 @@ impl IoBus {
         Action::Continue
     }
 
-    pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
+    fn mmio_read(&mut self, addr: u64, data: &mut [u8]) {
         let hit = self.find_bar(addr, false).map(|(i, d, bar, offset)| {
             d.bar_read(bar, offset, data);
             (i, bar)
@@ -234,7 +229,7 @@ impl IoBus {
         }
     }
 
-    pub fn mmio_write(&mut self, addr: u64, data: &[u8]) {
+    fn mmio_write(&mut self, addr: u64, data: &[u8]) {
         let hit = self.find_bar(addr, false).map(|(i, d, bar, offset)| {
             d.bar_write(bar, offset, data);
             (i, bar)
@@ -259,7 +254,8 @@ pub fn config_lane(dword: u32, port: u16, size: u8) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::device::{parse_description, EmulatedDevice};
+    use crate::vmm::description::parse_description;
+    use crate::vmm::device::EmulatedDevice;
 
     fn bus() -> IoBus {
         let desc = parse_description(
@@ -392,5 +388,71 @@ mod tests {
         let mut b = bus();
         assert_eq!(b.pio_write(DEBUG_EXIT_PORT, &[3]), Action::Exit(3));
         assert_eq!(b.pio_write(0x80, &[3]), Action::Continue);
+    }
+
+    /// Records what the bus asks of the hypervisor side, in order.
+    #[derive(Clone, Default)]
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Recorder {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    impl InterruptRoutes for Recorder {
+        fn route_msi(
+            &mut self,
+            device: usize,
+            message: Option<crate::vmm::msi::MsiMessage>,
+        ) -> Result<(), crate::vmm::VmmError> {
+            let m = message.map(|m| format!("{:#x}/{:#x}", m.address, m.data));
+            self.0.lock().unwrap().push(format!("msi {device} {m:?}"));
+            Ok(())
+        }
+    }
+
+    impl MemorySlots for Recorder {
+        fn place(
+            &mut self,
+            device: usize,
+            ram: &crate::vmm::seams::RamBar,
+            base: Option<u64>,
+        ) -> Result<(), crate::vmm::VmmError> {
+            let line = format!("slot {device}.{} {base:x?}", ram.index);
+            self.0.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn guest_programming_reaches_the_routes_and_slots_seams() {
+        let desc = parse_description(
+            "t4",
+            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":4096},
+               {"index":1,"size":8192,"prefetchable":true}]}"#,
+        )
+        .unwrap();
+        let dev = EmulatedDevice::new(&desc).unwrap();
+        let (routes, slots) = (Recorder::default(), Recorder::default());
+        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)])
+            .with_routes(routes.clone())
+            .with_slots(slots.clone());
+        cfg_write(&mut b, DEVICE_SLOT, 0x14, 0xe000_0000);
+        cfg_write(&mut b, DEVICE_SLOT, 0x04, 2);
+        assert_eq!(
+            slots.take().last().map(String::as_str),
+            Some("slot 0.1 Some(e0000000)")
+        );
+        cfg_write(&mut b, DEVICE_SLOT, 0x54, 0xfee0_0000);
+        cfg_write(&mut b, DEVICE_SLOT, 0x5c, 0x40);
+        assert_eq!(routes.take().last().map(String::as_str), Some("msi 0 None"));
+        cfg_write(&mut b, DEVICE_SLOT, 0x50, 1 << 16);
+        assert_eq!(routes.take(), ["msi 0 Some(\"0xfee00000/0x40\")"]);
+        cfg_write(&mut b, DEVICE_SLOT, 0x04, 0);
+        assert_eq!(
+            slots.take().last().map(String::as_str),
+            Some("slot 0.1 None")
+        );
     }
 }

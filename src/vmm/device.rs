@@ -1,14 +1,14 @@
 //! The passthrough device seam: what the VMM needs from the PCI function it gives a guest,
 //! and the emulated implementation used where no VFIO exists (and in tests).
 
-use std::io;
-
 use vm_memory::mmap::MmapRegion;
 use vm_memory::{Bytes, VolatileMemory};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::pci::{BarRegion, Bars, ConfigSpace, MsiMessage, PciIds};
-use crate::sim::profile::GuestPci;
+use super::description::{DescriptionError, GuestPci};
+use super::msi::MsiMessage;
+use super::pci::{BarRegion, Bars, ConfigSpace, PciIds};
+use super::seams::RamBar;
 
 /// Register offsets inside BAR0 of the emulated device.
 pub const REG_SCRATCH: u64 = 0;
@@ -30,15 +30,6 @@ pub const VENDOR_CAP_OFFSET: u16 = 0x70;
 pub const EMULATED_SIGNATURE: u32 = u32::from_le_bytes(*b"vgpd");
 const CAP_ID_VENDOR: u32 = 0x09;
 const CAP_POINTER: u16 = 0x34;
-
-/// A BAR backed by host memory, which the VMM maps into the guest as a KVM memory slot
-/// wherever the guest puts the BAR (no exits on access).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RamBar {
-    pub index: usize,
-    pub host_addr: u64,
-    pub size: u64,
-}
 
 /// A PCI function attached to a guest: an emulated one or a VFIO device.
 pub trait PassthroughDevice: Send {
@@ -85,50 +76,6 @@ pub trait PassthroughDevice: Send {
     }
     /// The BAR layout, for firmware-style initial placement.
     fn bars(&self) -> &Bars;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DescriptionError {
-    #[error("cannot read device description {path}")]
-    Read { path: String, source: io::Error },
-    #[error("device description {path} is not valid JSON for a guest PCI function")]
-    Parse {
-        path: String,
-        source: serde_json::Error,
-    },
-    #[error("device description has bad BARs")]
-    Bars(#[from] super::pci::BarError),
-    #[error("device description has class code {0:#x}, more than 24 bits")]
-    Class(u32),
-    #[error("host memory for BAR {0} cannot be mapped")]
-    RamBar(usize),
-}
-
-/// Parses a description in the format `vgpud-sim ctl DIR guest-pci UUID` prints.
-pub fn parse_description(path: &str, text: &str) -> Result<GuestPci, DescriptionError> {
-    let desc: GuestPci = serde_json::from_str(text).map_err(|source| DescriptionError::Parse {
-        path: path.to_owned(),
-        source,
-    })?;
-    if desc.class_code > 0xff_ffff {
-        return Err(DescriptionError::Class(desc.class_code));
-    }
-    Bars::new(&desc.bars)?;
-    Ok(desc)
-}
-
-pub fn load_description(file: &super::FileArg) -> Result<GuestPci, DescriptionError> {
-    let path = file.to_string();
-    let read_error = |source| DescriptionError::Read {
-        path: path.clone(),
-        source,
-    };
-    let mut text = String::new();
-    let mut f = file.open().map_err(read_error)?;
-    // A descriptor may have been read before (it shares its offset with the sender's).
-    std::io::Seek::rewind(&mut f).map_err(read_error)?;
-    std::io::Read::read_to_string(&mut f, &mut text).map_err(read_error)?;
-    parse_description(&path, &text)
 }
 
 /// A PCI function built from a description, with one device register block in BAR0, an MSI
@@ -232,13 +179,14 @@ impl EmulatedDevice {
     /// MSI while MSI is enabled, INTx otherwise.
     fn raise(&mut self) {
         self.irq_count = self.irq_count.wrapping_add(1);
-        let fd = if let Some(msix) = self.config.msix.as_mut().filter(|m| m.enabled()) {
+        let interrupts = &mut self.config.interrupts;
+        let fd = if let Some(msix) = interrupts.msix.as_mut().filter(|m| m.enabled()) {
             if !msix.raise() {
                 return;
             }
             self.msi_count = self.msi_count.wrapping_add(1);
             &self.msi
-        } else if self.config.msi.is_some_and(|m| m.enabled()) {
+        } else if interrupts.msi.is_some_and(|m| m.enabled()) {
             self.msi_count = self.msi_count.wrapping_add(1);
             &self.msi
         } else {
@@ -311,10 +259,15 @@ impl PassthroughDevice for EmulatedDevice {
                 return;
             }
         }
-        let msix = self.config.msix.as_ref().filter(|_| bar == 0);
-        let value = if let Some(m) = msix.filter(|_| crate::vmm::msix::Msix::owns(offset)) {
-            m.bar_read(offset & !3) >> ((offset & 3) * 8)
-        } else if bar == 0 {
+        if let Some(m) = self.config.interrupts.msix.as_ref() {
+            if m.owns(bar, offset) {
+                return m.table_read(offset, data);
+            }
+            if m.owns_pba(bar, offset) {
+                return m.pba_read(offset, data);
+            }
+        }
+        let value = if bar == 0 {
             self.register_read(offset & !3) >> ((offset & 3) * 8)
         } else {
             0
@@ -335,15 +288,16 @@ impl PassthroughDevice for EmulatedDevice {
                 return;
             }
         }
-        if bar != 0 {
-            return;
-        }
-        if let Some(m) = self.config.msix.as_mut() {
-            if crate::vmm::msix::Msix::owns(offset) {
-                // Table entries are written a dword at a time (6.8.2).
-                m.bar_write(offset & !3, le_value(data));
+        if let Some(m) = self.config.interrupts.msix.as_mut() {
+            if m.owns(bar, offset) {
+                return m.table_write(offset, data);
+            }
+            if m.owns_pba(bar, offset) {
                 return;
             }
+        }
+        if bar != 0 {
+            return;
         }
         match offset {
             REG_SCRATCH => self.scratch = le_value(data),
@@ -361,10 +315,7 @@ impl PassthroughDevice for EmulatedDevice {
     }
 
     fn msi_message(&self) -> Option<MsiMessage> {
-        match self.config.msix.as_ref().filter(|m| m.enabled()) {
-            Some(msix) => msix.message(),
-            None => self.config.msi.and_then(|m| m.message()),
-        }
+        self.config.interrupts.message()
     }
 
     fn ram_bars(&self) -> Vec<RamBar> {
@@ -386,6 +337,7 @@ impl PassthroughDevice for EmulatedDevice {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::description::parse_description;
 
     const T4: &str = r#"{"vendor":4318,"device":7864,"subsystem_vendor":4318,"subsystem_device":4873,
         "class_code":197120,"bars":[{"index":0,"size":16777216},
@@ -482,7 +434,8 @@ mod tests {
 
     #[test]
     fn vendor_capability_heads_the_list_and_signs_the_device() {
-        use crate::vmm::pci::{find_capability, CAP_ID_MSI, MSI_CAP_OFFSET};
+        use crate::vmm::msi::{CAP_ID_MSI, MSI_CAP_OFFSET};
+        use crate::vmm::pci::find_capability;
         let desc = parse_description("t4.json", T4).unwrap();
         let mut dev = EmulatedDevice::new(&desc).unwrap();
         let mut read = |o: u16| dev.config_read(o, 4);
@@ -499,7 +452,7 @@ mod tests {
 
     #[test]
     fn enabled_msi_takes_the_interrupt_from_intx() {
-        use crate::vmm::pci::MSI_CAP_OFFSET;
+        use crate::vmm::msi::MSI_CAP_OFFSET;
         let desc = parse_description("t4.json", T4).unwrap();
         let mut dev = EmulatedDevice::new(&desc).unwrap();
         dev.config_write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0000);

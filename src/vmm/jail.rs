@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
 use std::path::PathBuf;
 
 /// A file the VMM reads or writes: a path (run by hand) or a descriptor it inherited.
@@ -70,6 +70,24 @@ impl FileArg {
         match self {
             Self::Path(p) => File::create(p),
             Self::Fd(n) => inherited(*n),
+        }
+    }
+
+    /// The file itself for reading and writing: a path is opened, an inherited descriptor is
+    /// taken over rather than copied (so the process holds only what it was given). Call it at
+    /// most once per descriptor: the returned `File` closes it.
+    pub fn adopt(&self) -> std::io::Result<File> {
+        match self {
+            Self::Path(p) => std::fs::OpenOptions::new().read(true).write(true).open(p),
+            Self::Fd(n) => {
+                // SAFETY: F_GETFD only reads the descriptor's flags; EBADF if it is not open.
+                if unsafe { libc::fcntl(*n, libc::F_GETFD) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // SAFETY: `n` is open and was inherited; nothing else in the process owns it
+                // (the caller adopts each descriptor once), so the `File` may close it.
+                Ok(unsafe { File::from_raw_fd(*n) })
+            }
         }
     }
 
@@ -266,6 +284,20 @@ mod tests {
     fn a_closed_descriptor_is_an_error() {
         let err = FileArg::Fd(999_999).open().unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
+
+    #[test]
+    fn an_adopted_descriptor_is_the_one_given_not_a_copy() {
+        use std::io::Read;
+        use std::os::fd::{AsRawFd, IntoRawFd};
+        let (mut read, write) = std::io::pipe().unwrap();
+        let fd = write.into_raw_fd();
+        let file = FileArg::Fd(fd).adopt().unwrap();
+        assert_eq!(file.as_raw_fd(), fd);
+        drop(file);
+        // The pipe's only write end was the adopted one: its File closed it.
+        let mut rest = Vec::new();
+        assert_eq!(read.read_to_end(&mut rest).unwrap(), 0);
     }
 
     #[test]

@@ -20,11 +20,10 @@ use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::bus::{Action, IoBus};
-use super::device::RamBar;
 use super::linux::{LinuxEntry, BOOT_STACK, PML4};
+use super::msi::MsiMessage;
 use super::payload::Payload;
-use super::pci::MsiMessage;
+use super::seams::{Action, ExitHandler, InterruptRoutes, MemorySlots, RamBar};
 use super::VmmError;
 
 const GDT_ADDR: u64 = 0x500;
@@ -111,6 +110,11 @@ pub struct StopPoint {
 
 /// GSIs 0..24 are the in-kernel PICs and IOAPIC; MSI routes start after them.
 pub const MSI_GSI_BASE: u32 = 24;
+
+/// The GSI of device `device`'s MSI eventfd (bound with KVM_IRQFD, routed by `IrqRouter`).
+pub fn msi_gsi(device: usize) -> u32 {
+    MSI_GSI_BASE + device as u32
+}
 const IOAPIC_PINS: u32 = 24;
 const PIC_LINES: u32 = 16;
 
@@ -187,6 +191,12 @@ impl IrqRouter {
     }
 }
 
+impl InterruptRoutes for IrqRouter {
+    fn route_msi(&mut self, device: usize, message: Option<MsiMessage>) -> Result<(), VmmError> {
+        self.set_msi(msi_gsi(device), message)
+    }
+}
+
 /// Maps host-memory BARs into the guest as KVM memory slots and moves a slot when the
 /// guest moves its BAR (or drops it when the BAR stops decoding).
 pub struct BarSlots {
@@ -235,6 +245,12 @@ impl BarSlots {
             self.mapped.insert(slot, new);
         }
         Ok(())
+    }
+}
+
+impl MemorySlots for BarSlots {
+    fn place(&mut self, device: usize, ram: &RamBar, base: Option<u64>) -> Result<(), VmmError> {
+        BarSlots::place(self, Self::slot_id(device, ram.index), ram, base)
     }
 }
 
@@ -440,9 +456,9 @@ impl Machine {
     }
 
     /// Runs all vCPUs until the guest ends or `stop` is set; joins every vCPU thread.
-    pub fn run(
+    pub fn run<H: ExitHandler + 'static>(
         &mut self,
-        bus: Arc<Mutex<IoBus>>,
+        bus: Arc<Mutex<H>>,
         stop: &AtomicBool,
     ) -> Result<GuestExit, VmmError> {
         extern "C" fn kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -510,10 +526,10 @@ fn stop_threads(threads: &[JoinHandle<()>]) {
 /// `Some(result)` ends the guest; `None` means this vCPU stopped because it was told to.
 type VcpuResult = Option<Result<GuestExit, VmmError>>;
 
-fn vcpu_loop(
+fn vcpu_loop<H: ExitHandler>(
     id: usize,
     mut vcpu: VcpuFd,
-    bus: &Mutex<IoBus>,
+    bus: &Mutex<H>,
     halt_all: &AtomicBool,
     stop_point: Option<Arc<Mutex<Option<StopPoint>>>>,
 ) -> VcpuResult {

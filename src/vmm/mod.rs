@@ -3,13 +3,16 @@
 //! slot each) behind the `PassthroughDevice` seam (emulated here, VFIO where the host has it).
 
 pub mod bus;
+pub mod description;
 pub mod device;
 pub mod jail;
 pub mod kvm;
 pub mod linux;
+pub mod msi;
 pub mod msix;
 pub mod payload;
 pub mod pci;
+pub mod seams;
 pub mod seccomp;
 pub mod uart;
 pub mod vfio;
@@ -70,7 +73,7 @@ pub enum VmmError {
         source: std::io::Error,
     },
     #[error("device description")]
-    Description(#[from] device::DescriptionError),
+    Description(#[from] description::DescriptionError),
     #[error("VFIO device")]
     Vfio(#[from] vfio::VfioError),
     #[error("device BARs do not fit the 32-bit PCI windows (IO {IO_WINDOW:#x}.., memory 0xc0000000..0xe0000000)")]
@@ -86,8 +89,13 @@ pub enum VmmError {
 pub enum DeviceSpec {
     /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
     Emulated(FileArg),
-    /// A VFIO device by sysfs path (the group API; the VMM opens its group before the jail).
+    /// A VFIO device by sysfs path (the group API; the VMM opens its group and the container
+    /// by their /dev paths: run by hand, never jailed).
     Vfio(PathBuf),
+    /// A VFIO device of a group (/dev/vfio/<group> as vgpud opened it) attached to
+    /// `--vfio-container`; `dir`, its sysfs directory, only names it (its last element is what
+    /// VFIO_GROUP_GET_DEVICE_FD takes) and is never opened.
+    VfioGroup { group: FileArg, dir: PathBuf },
     /// A VFIO device cdev (/dev/vfio/devices/vfioN) as vgpud opened it, bound to `--iommufd`.
     VfioCdev(FileArg),
 }
@@ -98,7 +106,7 @@ impl std::str::FromStr for DeviceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             VmmError::InvalidArgument(format!(
-                "device {s:?} must be emulated:FILE.json, vfio:/sys/bus/mdev/devices/UUID or vfio-cdev:fd:N"
+                "device {s:?} must be emulated:FILE.json, vfio:/sys/bus/mdev/devices/UUID, vfio-group:fd:N:/sys/... or vfio-cdev:fd:N"
             ))
         };
         let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
@@ -109,6 +117,13 @@ impl std::str::FromStr for DeviceSpec {
             "emulated" => Ok(Self::Emulated(rest.parse().map_err(|_| bad())?)),
             "vfio" => Ok(Self::Vfio(rest.into())),
             "vfio-cdev" => Ok(Self::VfioCdev(rest.parse().map_err(|_| bad())?)),
+            "vfio-group" => {
+                let (group, dir) = rest.split_once(":/sys/").ok_or_else(bad)?;
+                Ok(Self::VfioGroup {
+                    group: group.parse().map_err(|_| bad())?,
+                    dir: format!("/sys/{dir}").into(),
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -121,8 +136,14 @@ impl DeviceSpec {
             Self::Emulated(f) => format!("emulated:{f}"),
             Self::Vfio(p) => format!("vfio:{}", p.display()),
             Self::VfioCdev(f) => format!("vfio-cdev:{f}"),
+            Self::VfioGroup { group, dir } => format!("vfio-group:{group}:{}", dir.display()),
         }
     }
+}
+
+/// The descriptor vgpud gave for a shared VFIO node, or its /dev path (a VMM run by hand).
+fn given_or(given: &Option<FileArg>, path: &str) -> FileArg {
+    given.clone().unwrap_or_else(|| path.into())
 }
 
 /// What to run in the guest.
@@ -151,6 +172,8 @@ pub struct VmmConfig {
     pub kvm: Option<FileArg>,
     /// /dev/iommu as vgpud opened it, for `DeviceSpec::VfioCdev` devices.
     pub iommufd: Option<FileArg>,
+    /// /dev/vfio/vfio as vgpud opened it, for `DeviceSpec::VfioGroup` devices.
+    pub vfio_container: Option<FileArg>,
     /// The VM's UUID (`-uuid`, as QEMU's command line carries it).
     pub uuid: Option<String>,
     /// Who the VMM becomes once its devices are open; `None` runs it as started.
@@ -196,7 +219,7 @@ impl VmmConfig {
     }
 
     /// A jailed VMM takes its files as descriptors: it must not open what a caller names with
-    /// the root it starts as (VFIO devices, by sysfs path from vgpud, are the exception).
+    /// the root it starts as, nor any /dev node.
     fn descriptors_only(&self) -> Result<(), VmmError> {
         let mut files: Vec<FileArg> = Vec::new();
         match &self.boot {
@@ -212,9 +235,21 @@ impl VmmConfig {
         files.extend(self.serial_log.clone());
         files.extend(self.kvm.clone());
         files.extend(self.iommufd.clone());
+        let groups = self
+            .devices
+            .iter()
+            .any(|d| matches!(d, DeviceSpec::VfioGroup { .. }));
+        match &self.vfio_container {
+            Some(f) => files.push(f.clone()),
+            None if groups => files.push("/dev/vfio/vfio".into()),
+            None => {}
+        }
         for d in &self.devices {
-            if let DeviceSpec::Emulated(f) | DeviceSpec::VfioCdev(f) = d {
-                files.push(f.clone());
+            match d {
+                DeviceSpec::Emulated(f)
+                | DeviceSpec::VfioCdev(f)
+                | DeviceSpec::VfioGroup { group: f, .. } => files.push(f.clone()),
+                DeviceSpec::Vfio(p) => files.push(FileArg::Path(p.clone())),
             }
         }
         match files.iter().find(|f| matches!(f, FileArg::Path(_))) {
@@ -260,6 +295,9 @@ impl VmmConfig {
         }
         if let Some(kvm) = &self.kvm {
             cmd.arg("--kvm").arg(kvm.to_string());
+        }
+        if let Some(container) = &self.vfio_container {
+            cmd.arg("--vfio-container").arg(container.to_string());
         }
         if let Some(iommufd) = &self.iommufd {
             cmd.arg("--iommufd").arg(iommufd.to_string());
@@ -409,10 +447,11 @@ pub fn launch(
     let mut machine = kvm::Machine::new(kvm_file, config.memory_mib, config.vcpus)?;
     let mut devices: Vec<Box<dyn PassthroughDevice>> = Vec::new();
     let mut vfio = None;
+    let mut adopted: Vec<&FileArg> = Vec::new();
     for spec in &config.devices {
         devices.push(match spec {
             DeviceSpec::Emulated(file) => {
-                let desc = device::load_description(file)?;
+                let desc = description::load_description(file)?;
                 Box::new(EmulatedDevice::new(&desc)?)
             }
             DeviceSpec::Vfio(path) => Box::new(VfioPassthrough::open(
@@ -421,15 +460,29 @@ pub fn launch(
                 &machine.vm,
                 &machine.mem,
             )?),
+            DeviceSpec::VfioGroup { group, dir } => {
+                // The descriptors themselves, not copies: the VMM holds just what it was
+                // given. A group named again (a second device of it) goes as a copy, which
+                // the container drops.
+                let file = match adopted.contains(&group) {
+                    true => group.open(),
+                    false => group.adopt(),
+                };
+                adopted.push(group);
+                let group = file.map_err(|e| VfioError::Open(group.to_string(), e))?;
+                let container = || given_or(&config.vfio_container, "/dev/vfio/vfio").adopt();
+                Box::new(VfioPassthrough::open_group(
+                    group,
+                    dir,
+                    container,
+                    &mut vfio,
+                    &machine.vm,
+                    &machine.mem,
+                )?)
+            }
             DeviceSpec::VfioCdev(file) => {
                 let cdev = file.open().map_err(VfioError::Iommufd)?;
-                let iommufd = || match &config.iommufd {
-                    Some(f) => f.open(),
-                    None => std::fs::OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open("/dev/iommu"),
-                };
+                let iommufd = || given_or(&config.iommufd, "/dev/iommu").adopt();
                 Box::new(VfioPassthrough::open_cdev(
                     cdev,
                     format!("cdev {file}"),
@@ -464,7 +517,7 @@ pub fn launch(
             // Routed to the guest's MSI message once the guest programs and enables it.
             machine
                 .vm
-                .register_irqfd(fd, kvm::MSI_GSI_BASE + i as u32)
+                .register_irqfd(fd, kvm::msi_gsi(i))
                 .map_err(VmmError::Irqfd)?;
             msi = true;
         }
@@ -492,7 +545,7 @@ pub fn launch(
         io = io.with_slots(kvm::BarSlots::new(machine.vm.clone()));
     }
     if msi {
-        io = io.with_router(kvm::IrqRouter::new(machine.vm.clone()));
+        io = io.with_routes(kvm::IrqRouter::new(machine.vm.clone()));
     }
     let io = Arc::new(Mutex::new(io));
     if let Some(without) = &config.seccomp {
@@ -500,9 +553,9 @@ pub fn launch(
     }
     let exit = machine.run(io.clone(), stop);
     if config.jail.is_some() {
-        // vfio-ioctls finds a device's group again by its sysfs path when the device is
-        // dropped, and panics where sysfs is unreachable: in the jail the devices are left to
-        // the kernel, which releases them when the VMM exits, right after this returns.
+        // vfio-ioctls' cdev devices unwrap their detach ioctls when dropped: in the jail the
+        // devices are left to the kernel, which releases them when the VMM exits, right after
+        // this returns.
         std::mem::forget(io);
         std::mem::forget(vfio);
     }
@@ -537,7 +590,17 @@ mod tests {
             DeviceSpec::VfioCdev(FileArg::Fd(9))
         );
         assert_eq!(DeviceSpec::VfioCdev(FileArg::Fd(9)).arg(), "vfio-cdev:fd:9");
+        let group = "vfio-group:fd:8:/sys/bus/pci/devices/0000:41:00.4";
+        let spec = DeviceSpec::VfioGroup {
+            group: FileArg::Fd(8),
+            dir: "/sys/bus/pci/devices/0000:41:00.4".into(),
+        };
+        assert_eq!(group.parse::<DeviceSpec>().unwrap(), spec);
+        assert_eq!(spec.arg(), group);
         for bad in [
+            "vfio-group:fd:8",
+            "vfio-group:fd:x:/sys/bus/mdev/devices/u",
+            "vfio-group::/sys/bus/mdev/devices/u",
             "",
             "emulated",
             "emulated:",
@@ -559,10 +622,32 @@ mod tests {
             console: true,
             kvm: None,
             iommufd: None,
+            vfio_container: None,
             uuid: None,
             jail: None,
             seccomp: None,
         }
+    }
+
+    #[test]
+    fn a_jailed_vmm_takes_vfio_groups_and_their_container_by_descriptor() {
+        let mut c = config();
+        c.devices = vec![DeviceSpec::VfioGroup {
+            group: FileArg::Fd(8),
+            dir: "/sys/bus/mdev/devices/u".into(),
+        }];
+        (c.serial_log, c.kvm) = (Some(FileArg::Fd(6)), Some(FileArg::Fd(5)));
+        c.jail = Some(Jail { uid: 1, gid: 1 });
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("/dev/vfio/vfio: a jailed VMM"), "{err}");
+        c.vfio_container = Some(FileArg::Fd(7));
+        assert!(c.validate().is_ok());
+        c.devices = vec![DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("/sys/bus/mdev/devices/u: a jailed VMM"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -610,7 +695,7 @@ mod tests {
 
     #[test]
     fn firmware_places_t4_bars_and_line() {
-        let desc = device::parse_description(
+        let desc = description::parse_description(
             "t4",
             r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216},
             {"index":1,"size":268435456,"prefetchable":true,"is64":true}]}"#,
@@ -626,12 +711,12 @@ mod tests {
 
     #[test]
     fn firmware_places_two_devices_apart_with_their_own_lines() {
-        let t4 = device::parse_description(
+        let t4 = description::parse_description(
             "t4",
             r#"{"vendor":4318,"device":7864,"class_code":197120,"bars":[{"index":0,"size":16777216}]}"#,
         )
         .unwrap();
-        let mtty = device::parse_description(
+        let mtty = description::parse_description(
             "mtty",
             r#"{"vendor":17224,"device":12883,"class_code":458754,"bars":[{"index":0,"size":8,"io":true}]}"#,
         )

@@ -2,7 +2,9 @@
 //! a type-0 header, the host bridge, and configuration mechanism #1 (0xCF8/0xCFC).
 //! Everything here is pure so the rules are unit-tested without KVM.
 
-use crate::sim::profile::GuestBar;
+use super::description::GuestBar;
+use super::msi::{MessageInterrupts, Msi, MSI_CAP_OFFSET};
+use super::msix::{Msix, MSIX_CAP_OFFSET};
 
 /// Port of the CONFIG_ADDRESS register of configuration mechanism #1.
 pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
@@ -214,110 +216,8 @@ pub fn merge(old: u32, offset: u16, size: u8, value: u32) -> u32 {
     (old & !(mask << shift)) | ((value & mask) << shift)
 }
 
-/// Capability ID of MSI (PCI Local Bus 3.0, 6.8.1).
-pub const CAP_ID_MSI: u8 = 0x05;
-/// Where the emulated device's MSI capability sits.
-pub const MSI_CAP_OFFSET: u16 = 0x50;
 const STATUS_CAP_LIST: u32 = 1 << 20; // status bit 4, seen in dword 1
 const CAP_POINTER: usize = 0x34 / 4;
-const MSI_ENABLE: u16 = 1 << 0;
-const MSI_64BIT: u16 = 1 << 7;
-const MSI_PER_VECTOR_MASK: u16 = 1 << 8;
-
-/// An MSI message as the guest programmed it: what the device writes to raise its interrupt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MsiMessage {
-    pub address: u64,
-    pub data: u32,
-}
-
-/// An MSI capability with one vector, as the guest sees it: the guest writes the address, the
-/// data and the enable bit; only what the spec makes writable changes. 64-bit (the emulated
-/// device's) or 32-bit layout; a device's per-vector mask registers, after the data, are not
-/// part of it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MsiCap {
-    pub(super) next: u8,
-    control: u16,
-    address_lo: u32,
-    address_hi: u32,
-    data: u16,
-}
-
-impl MsiCap {
-    /// A 64-bit capability (the emulated device's).
-    pub fn new(next: u8) -> Self {
-        Self {
-            next,
-            control: MSI_64BIT,
-            ..Self::default()
-        }
-    }
-
-    /// The guest's view of a device's capability with message control `control`: its
-    /// layout (64-bit, masking) kept, one vector offered, disabled.
-    pub fn from_control(next: u8, control: u16) -> Self {
-        Self {
-            next,
-            control: control & (MSI_64BIT | MSI_PER_VECTOR_MASK),
-            ..Self::default()
-        }
-    }
-
-    fn is64(&self) -> bool {
-        self.control & MSI_64BIT != 0
-    }
-
-    /// Bytes from the capability's start that this model owns (header, address, data).
-    pub fn window(&self) -> u16 {
-        if self.is64() {
-            0x10
-        } else {
-            0x0c
-        }
-    }
-
-    /// Dword `index` of the capability.
-    pub fn dword(&self, index: usize) -> u32 {
-        let header =
-            u32::from(CAP_ID_MSI) | (u32::from(self.next) << 8) | (u32::from(self.control) << 16);
-        match (index, self.is64()) {
-            (0, _) => header,
-            (1, _) => self.address_lo,
-            (2, true) => self.address_hi,
-            (3, true) | (2, false) => u32::from(self.data),
-            _ => 0,
-        }
-    }
-
-    /// Applies a `size`-byte write at `offset` inside the capability.
-    pub fn write(&mut self, offset: u16, size: u8, value: u32) {
-        let index = usize::from(offset / 4);
-        let merged = merge(self.dword(index), offset, size, value);
-        match (index, self.is64()) {
-            // One vector: Multiple Message Enable stays 0; only the enable bit is writable.
-            (0, _) => {
-                self.control = (self.control & !MSI_ENABLE) | ((merged >> 16) as u16 & MSI_ENABLE)
-            }
-            (1, _) => self.address_lo = merged & !0x3,
-            (2, true) => self.address_hi = merged,
-            (3, true) | (2, false) => self.data = merged as u16,
-            _ => {}
-        }
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.control & MSI_ENABLE != 0
-    }
-
-    /// The message to send, while MSI is enabled.
-    pub fn message(&self) -> Option<MsiMessage> {
-        self.enabled().then(|| MsiMessage {
-            address: (u64::from(self.address_hi) << 32) | u64::from(self.address_lo),
-            data: u32::from(self.data),
-        })
-    }
-}
 
 /// Walks the capability list of a function whose config space `read` returns by dword
 /// offset; the offset of the first capability with `id`. Bounded, so a looping list ends.
@@ -345,8 +245,8 @@ pub fn find_capability(read: impl Fn(u16) -> u32, id: u8) -> Option<u16> {
 pub struct ConfigSpace {
     dwords: [u32; 64],
     pub bars: Bars,
-    pub msi: Option<MsiCap>,
-    pub msix: Option<super::msix::Msix>,
+    /// MSI and MSI-X, where the function has them.
+    pub interrupts: MessageInterrupts,
 }
 
 /// Identity of a PCI function.
@@ -370,56 +270,38 @@ impl ConfigSpace {
         Self {
             dwords,
             bars,
-            msi: None,
-            msix: None,
+            interrupts: MessageInterrupts::default(),
         }
     }
 
     /// Adds an MSI-X capability at `MSIX_CAP_OFFSET` after the MSI one (table and PBA in
     /// BAR0, which the device decodes).
     pub fn with_msix(mut self) -> Self {
-        use super::msix::{Msix, MSIX_CAP_OFFSET};
         self.dwords[1] |= STATUS_CAP_LIST;
-        match self.msi.as_mut() {
+        match self.interrupts.msi.as_mut() {
             Some(msi) => msi.next = MSIX_CAP_OFFSET as u8,
             None => self.dwords[CAP_POINTER] = u32::from(MSIX_CAP_OFFSET),
         }
-        self.msix = Some(Msix::new(0));
+        self.interrupts.msix = Some(Msix::emulated(0));
         self
-    }
-
-    fn msix_index(&self, index: usize) -> Option<usize> {
-        use super::msix::{Msix, MSIX_CAP_OFFSET};
-        self.msix.as_ref()?;
-        let first = usize::from(MSIX_CAP_OFFSET / 4);
-        let range = first..first + usize::from(Msix::LEN / 4);
-        range.contains(&index).then(|| index - first)
     }
 
     /// Adds an MSI capability at `MSI_CAP_OFFSET` as the only entry of the capability list.
     pub fn with_msi(mut self) -> Self {
         self.dwords[1] |= STATUS_CAP_LIST;
         self.dwords[CAP_POINTER] = u32::from(MSI_CAP_OFFSET);
-        self.msi = Some(MsiCap::new(0));
+        self.interrupts.msi = Some(Msi::emulated(0));
         self
     }
 
-    fn msi_index(&self, index: usize) -> Option<usize> {
-        let first = usize::from(MSI_CAP_OFFSET / 4);
-        let msi = self.msi.as_ref()?;
-        let range = first..first + usize::from(msi.window() / 4);
-        range.contains(&index).then(|| index - first)
-    }
-
     pub fn read(&self, offset: u16, size: u8) -> u32 {
+        if let Some(value) = self.interrupts.config_read(offset, size) {
+            return value;
+        }
         let index = usize::from(offset / 4);
-        let dword = match (index, self.msi_index(index), &self.msi) {
-            (4..=9, _, _) => self.bars.read(index - 4),
-            (_, Some(i), Some(msi)) => msi.dword(i),
-            _ => match (self.msix_index(index), &self.msix) {
-                (Some(i), Some(msix)) => msix.cap_dword(i),
-                _ => self.dwords.get(index).copied().unwrap_or(0),
-            },
+        let dword = match index {
+            4..=9 => self.bars.read(index - 4),
+            _ => self.dwords.get(index).copied().unwrap_or(0),
         };
         extract(dword, offset, size)
     }
@@ -427,15 +309,10 @@ impl ConfigSpace {
     /// Applies a guest write; only the command register, BARs, cache line size, latency
     /// timer and interrupt line are writable, as on real hardware.
     pub fn write(&mut self, offset: u16, size: u8, value: u32) {
+        if self.interrupts.config_write(offset, size, value).is_some() {
+            return;
+        }
         let index = usize::from(offset / 4);
-        if let (Some(_), Some(msi)) = (self.msi_index(index), self.msi.as_mut()) {
-            msi.write(offset - MSI_CAP_OFFSET, size, value);
-            return;
-        }
-        if let (Some(_), Some(msix)) = (self.msix_index(index), self.msix.as_mut()) {
-            msix.cap_write(offset - super::msix::MSIX_CAP_OFFSET, size, value);
-            return;
-        }
         match index {
             1 => {
                 let old = self.dwords[1];
@@ -523,6 +400,7 @@ pub fn assign_addresses(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::msi::{MsiMessage, CAP_ID_MSI, MSI_64BIT};
 
     fn bar(index: u8, size: u64, io: bool, pf: bool, is64: bool) -> GuestBar {
         GuestBar {
@@ -716,7 +594,7 @@ mod tests {
 
     #[test]
     fn msix_follows_msi_in_the_capability_list() {
-        use crate::vmm::msix::{CAP_ID_MSIX, MSIX_CAP_OFFSET};
+        use crate::vmm::msix::CAP_ID_MSIX;
         let mut c = device_with_msi().with_msix();
         assert_eq!(
             find_capability(|o| c.read(o, 4), CAP_ID_MSIX),
@@ -724,7 +602,7 @@ mod tests {
         );
         assert_eq!(c.read(MSI_CAP_OFFSET + 1, 1), u32::from(MSIX_CAP_OFFSET));
         c.write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
-        assert!(c.msix.as_ref().unwrap().enabled());
+        assert!(c.interrupts.msix.as_ref().unwrap().enabled());
         assert_eq!(c.read(MSIX_CAP_OFFSET + 4, 4), 0x800);
     }
 
@@ -746,15 +624,12 @@ mod tests {
         c.write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0003);
         c.write(MSI_CAP_OFFSET + 8, 4, 0);
         c.write(MSI_CAP_OFFSET + 12, 2, 0x40);
-        assert_eq!(c.msi.unwrap().message(), None);
+        assert_eq!(c.interrupts.msi.unwrap().message(), None);
         // Enable, and try to set Multiple Message Enable (read-only 0 with one vector).
         c.write(MSI_CAP_OFFSET + 2, 2, 0x0071);
+        assert_eq!(c.read(MSI_CAP_OFFSET + 2, 2), u32::from(MSI_64BIT | 1));
         assert_eq!(
-            c.read(MSI_CAP_OFFSET + 2, 2),
-            u32::from(MSI_64BIT | MSI_ENABLE)
-        );
-        assert_eq!(
-            c.msi.unwrap().message(),
+            c.interrupts.msi.unwrap().message(),
             Some(MsiMessage {
                 address: 0xfee0_0000,
                 data: 0x40
@@ -763,25 +638,6 @@ mod tests {
         // The capability header (id, next) is read-only.
         c.write(MSI_CAP_OFFSET, 2, 0xffff);
         assert_eq!(c.read(MSI_CAP_OFFSET, 2), u32::from(CAP_ID_MSI));
-    }
-
-    #[test]
-    fn a_32_bit_capability_keeps_its_layout() {
-        // Device control: 32-bit, masking, 4 vectors capable -> guest sees one vector.
-        let mut m = MsiCap::from_control(0x60, 0x0104);
-        assert_eq!(m.window(), 0x0c);
-        assert_eq!(m.dword(0) >> 16, u32::from(MSI_PER_VECTOR_MASK));
-        m.write(4, 4, 0xfee0_1000);
-        m.write(8, 2, 0x45);
-        m.write(0, 4, 0x0001_0000);
-        assert_eq!(
-            m.message(),
-            Some(MsiMessage {
-                address: 0xfee0_1000,
-                data: 0x45
-            })
-        );
-        assert_eq!(m.dword(0) & 0xffff, 0x6005, "id and next kept");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! the pure helpers are unit-tested here.
 
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,22 +14,23 @@ use vfio_ioctls::{VfioDevice, VfioOps, VfioRegionInfoCap};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-mod caps;
 mod context;
+mod group;
 
 pub use context::VfioContext;
 
-pub use caps::{msi_change, MsiChange, VirtualMsi, VirtualMsix};
-
-use super::device::{PassthroughDevice, RamBar};
-use super::pci::{
-    find_capability, BarRegion, Bars, MsiMessage, CAP_ID_MSI, COMMAND_IO, COMMAND_MEMORY,
-};
-use crate::sim::profile::GuestBar;
+use super::description::GuestBar;
+use super::device::PassthroughDevice;
+use super::msi::{MessageInterrupts, Msi, MsiChange, MsiMessage, Switched, CAP_ID_MSI};
+use super::msix::{Msix, CAP_ID_MSIX};
+use super::pci::{find_capability, BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
+use super::seams::RamBar;
 
 /// vfio-pci region indexes: BARs 0..=5, then ROM (6) and config space (7).
 pub const CONFIG_REGION: u32 = 7;
 pub const INTX_IRQ: u32 = 0;
+const MSI_IRQ: u32 = 1;
+const MSIX_IRQ: u32 = 2;
 /// VFIO_IRQ_INFO_AUTOMASKED (linux/vfio.h): the device masks INTx after each interrupt.
 const IRQ_INFO_AUTOMASKED: u32 = 1 << 2;
 const REGION_FLAG_IO_HINT: u32 = 1 << 31; // not a kernel flag: marks IO BARs in `bar_layout`
@@ -81,6 +82,12 @@ pub enum VfioError {
     NoVfio,
     #[error("VFIO setup failed at {0}")]
     Setup(&'static str, #[source] vfio_ioctls::VfioError),
+    #[error("VFIO setup failed at {0}")]
+    Group(&'static str, #[source] std::io::Error),
+    #[error("{0} has no IOMMU group")]
+    NoGroup(PathBuf),
+    #[error("cannot open {0}")]
+    Open(String, #[source] std::io::Error),
     #[error("KVM-VFIO device cannot be created")]
     KvmDevice(#[source] kvm_ioctls::Error),
     #[error("guest memory has no host mapping")]
@@ -149,10 +156,87 @@ pub fn is_virtualized(offset: u16) -> bool {
         || (0x3c..0x3d).contains(&offset)
 }
 
+/// What `VfioPassthrough` asks of a VFIO device descriptor: regions and interrupts. Two
+/// implementations: vfio-ioctls' `VfioDevice` (a cdev bound to an iommufd) and
+/// `group::GroupDevice` (a device of a group, by our own ioctls on descriptors vgpud passed).
+pub trait DeviceFd: Send {
+    fn region_read(&self, index: u32, buf: &mut [u8], offset: u64);
+    fn region_write(&self, index: u32, buf: &[u8], offset: u64);
+    fn region_size(&self, index: u32) -> u64;
+    fn region_flags(&self, index: u32) -> u32;
+    fn region_offset(&self, index: u32) -> u64;
+    fn region_caps(&self, index: u32) -> Vec<VfioRegionInfoCap>;
+    /// Count and flags of IRQ index `index`, where the device has it.
+    fn irq(&self, index: u32) -> Option<(u32, u32)>;
+    /// VFIO_DEVICE_SET_IRQS: `fds` signal the interrupts of `index`.
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()>;
+    /// VFIO_DEVICE_SET_IRQS: a signal on `fds` unmasks `index` (an automasked INTx).
+    fn set_irq_resample(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()>;
+    fn disable_irq(&self, index: u32) -> std::io::Result<()>;
+    fn raw_fd(&self) -> RawFd;
+}
+
+fn io_error(e: vfio_ioctls::VfioError) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl DeviceFd for VfioDevice {
+    fn region_read(&self, index: u32, buf: &mut [u8], offset: u64) {
+        VfioDevice::region_read(self, index, buf, offset)
+    }
+    fn region_write(&self, index: u32, buf: &[u8], offset: u64) {
+        VfioDevice::region_write(self, index, buf, offset)
+    }
+    fn region_size(&self, index: u32) -> u64 {
+        self.get_region_size(index)
+    }
+    fn region_flags(&self, index: u32) -> u32 {
+        self.get_region_flags(index)
+    }
+    fn region_offset(&self, index: u32) -> u64 {
+        self.get_region_offset(index)
+    }
+    fn region_caps(&self, index: u32) -> Vec<VfioRegionInfoCap> {
+        self.get_region_caps(index)
+    }
+    fn irq(&self, index: u32) -> Option<(u32, u32)> {
+        self.get_irq_info(index).map(|i| (i.count, i.flags))
+    }
+    fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()> {
+        VfioDevice::enable_irq(self, index, fds.to_vec()).map_err(io_error)
+    }
+    fn set_irq_resample(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()> {
+        self.set_irq_resample_fd(index, fds.to_vec())
+            .map_err(io_error)
+    }
+    fn disable_irq(&self, index: u32) -> std::io::Result<()> {
+        VfioDevice::disable_irq(self, index).map_err(io_error)
+    }
+    fn raw_fd(&self) -> RawFd {
+        self.as_raw_fd()
+    }
+}
+
+/// The group of the device at sysfs `path` (its `iommu_group` link's name).
+fn group_id(path: &Path) -> Result<u32, VfioError> {
+    std::fs::read_link(path.join("iommu_group"))
+        .ok()
+        .and_then(|l| l.file_name()?.to_str()?.parse().ok())
+        .ok_or_else(|| VfioError::NoGroup(path.to_owned()))
+}
+
+fn open_rw(path: &str) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+}
+
 /// VFIO passthrough of an mdev or a PCI function.
 pub struct VfioPassthrough {
-    device: VfioDevice,
-    _ops: Arc<dyn VfioOps>,
+    device: Box<dyn DeviceFd>,
+    /// The iommufd a cdev is bound to, kept as long as the device.
+    _ops: Option<Arc<dyn VfioOps>>,
     /// How messages name it: its sysfs path, or `cdev fd:N`.
     name: String,
     bars: Bars,
@@ -161,15 +245,16 @@ pub struct VfioPassthrough {
     interrupt_line: u8,
     irq: Option<EventFd>,
     irq_resample: Option<EventFd>,
-    msi: Option<VirtualMsi>,
+    /// MSI and MSI-X as the guest sees them: vfio-pci programs the real capabilities on
+    /// VFIO_DEVICE_SET_IRQS; the guest's values only say where KVM routes `msi_irq`.
+    interrupts: MessageInterrupts,
     msi_irq: EventFd,
     mapped: Vec<MappedBar>,
-    msix: Option<VirtualMsix>,
 }
 
 impl VfioPassthrough {
-    /// Opens the device (creating the guest's VFIO context with the first one), tells KVM
-    /// about its group, maps guest RAM for DMA, enables INTx where the device has it.
+    /// Opens the device by its sysfs path, its group and the container by their /dev paths
+    /// (a VMM run by hand; vgpud passes descriptors, see `open_group`).
     pub fn open(
         path: &Path,
         context: &mut Option<VfioContext>,
@@ -177,18 +262,44 @@ impl VfioPassthrough {
         mem: &GuestMemoryMmap,
     ) -> Result<Self, VfioError> {
         check_sysfs_path(path)?;
+        if !Path::new("/dev/vfio/vfio").exists() {
+            return Err(VfioError::NoVfio);
+        }
+        let node = format!("/dev/vfio/{}", group_id(path)?);
+        let group = open_rw(&node).map_err(|e| VfioError::Open(node, e))?;
+        let container = || open_rw("/dev/vfio/vfio");
+        Self::open_group(group, path, container, context, vm, mem)
+    }
+
+    /// Opens device `dir` (its sysfs directory, which names it: an mdev's UUID, a PCI
+    /// address) of `group` (/dev/vfio/<group> as vgpud opened it), attaching the group to the
+    /// guest's container (`container` opens it with the first device) and telling KVM about
+    /// it; maps guest RAM for DMA, enables INTx where the device has it.
+    pub fn open_group(
+        group: File,
+        dir: &Path,
+        container: impl FnOnce() -> std::io::Result<File>,
+        context: &mut Option<VfioContext>,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Self, VfioError> {
+        check_sysfs_path(dir)?;
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| VfioError::NotADevice(dir.to_owned()))?;
         let context = match context {
             Some(c) => c,
-            None => context.insert(VfioContext::new(vm)?),
+            None => {
+                let file = container().map_err(|e| VfioError::Group("container", e))?;
+                context.insert(VfioContext::with_container(vm, file)?)
+            }
         };
-        if context.iommufd().is_some() {
-            return Err(VfioError::MixedApis);
-        }
-        let ops = context.ops();
+        let group = context.attach_group(group)?;
         let device =
-            VfioDevice::new(path, ops.clone(), false).map_err(|e| VfioError::Setup("device", e))?;
+            group::GroupDevice::open(group, name).map_err(|e| VfioError::Group("device", e))?;
         context.map_ram(mem)?;
-        Self::with_device(device, ops, path.display().to_string())
+        Self::with_device(Box::new(device), None, dir.display().to_string())
     }
 
     /// Opens a device by its cdev (/dev/vfio/devices/vfioN as vgpud opened it), bound to the
@@ -214,13 +325,13 @@ impl VfioPassthrough {
         let device = VfioDevice::new_from_fd(cdev, vfio.clone(), true)
             .map_err(|e| VfioError::Setup("device cdev", e))?;
         context.map_ram(mem)?;
-        Self::with_device(device, vfio, name)
+        Self::with_device(Box::new(device), Some(vfio), name)
     }
 
     /// The device's BARs, interrupts, MSI and MSI-X capabilities and mmappable regions.
     fn with_device(
-        device: VfioDevice,
-        ops: Arc<dyn VfioOps>,
+        device: Box<dyn DeviceFd>,
+        ops: Option<Arc<dyn VfioOps>>,
         name: String,
     ) -> Result<Self, VfioError> {
         let mut regs = [0u32; 6];
@@ -230,24 +341,24 @@ impl VfioPassthrough {
             *reg = u32::from_le_bytes(buf);
         }
         let regions: Vec<(u64, u32)> = (0..6)
-            .map(|i| (device.get_region_size(i), device.get_region_flags(i)))
+            .map(|i| (device.region_size(i), device.region_flags(i)))
             .collect();
         let bars = Bars::new(&bar_layout(&regions, &regs))?;
         // INTx only where the device has it: the display samples (mdpy, mbochs) report no
         // interrupts and refuse VFIO_DEVICE_SET_IRQS.
-        let (irq, irq_resample) = match device.get_irq_info(INTX_IRQ) {
-            Some(info) if info.count > 0 => {
+        let (irq, irq_resample) = match device.irq(INTX_IRQ) {
+            Some((count, flags)) if count > 0 => {
                 let irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
                 device
-                    .enable_irq(INTX_IRQ, vec![&irq])
-                    .map_err(|e| VfioError::Setup("INTx", e))?;
+                    .enable_irq(INTX_IRQ, &[&irq])
+                    .map_err(|e| VfioError::Group("INTx", e))?;
                 // An automasked INTx stays masked after each interrupt until unmasked: the
                 // guest's acknowledgement does it, through KVM's resample eventfd.
-                let resample = if info.flags & IRQ_INFO_AUTOMASKED != 0 {
+                let resample = if flags & IRQ_INFO_AUTOMASKED != 0 {
                     let fd = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
                     device
-                        .set_irq_resample_fd(INTX_IRQ, vec![&fd])
-                        .map_err(|e| VfioError::Setup("INTx unmask", e))?;
+                        .set_irq_resample(INTX_IRQ, &[&fd])
+                        .map_err(|e| VfioError::Group("INTx unmask", e))?;
                     Some(fd)
                 } else {
                     None
@@ -262,9 +373,9 @@ impl VfioPassthrough {
             u32::from_le_bytes(buf)
         };
         let msi = find_capability(config_dword, CAP_ID_MSI)
-            .map(|at| VirtualMsi::from_header(at, config_dword(at)));
-        let msix = find_capability(config_dword, crate::vmm::msix::CAP_ID_MSIX).map(|at| {
-            VirtualMsix::new(
+            .map(|at| Msi::from_header(at, config_dword(at)));
+        let msix = find_capability(config_dword, CAP_ID_MSIX).map(|at| {
+            Msix::new(
                 at,
                 config_dword(at),
                 config_dword(at + 4),
@@ -275,18 +386,14 @@ impl VfioPassthrough {
         let mut mapped = Vec::new();
         // The BAR holding the MSI-X table stays trapped: the guest's table writes must reach
         // the virtual table, not the device's.
-        let table_bar = msix.as_ref().map(VirtualMsix::table_bar);
+        let table_bar = msix.as_ref().map(Msix::table_bar);
         for r in bars
             .regions()
             .filter(|r| !r.io && Some(r.index) != table_bar)
         {
             let index = r.index as u32;
-            let size = device.get_region_size(index);
-            if !maps_whole(
-                device.get_region_flags(index),
-                size,
-                &device.get_region_caps(index),
-            ) {
+            let size = device.region_size(index);
+            if !maps_whole(device.region_flags(index), size, &device.region_caps(index)) {
                 continue;
             }
             // SAFETY: a new shared mapping of the device fd at the region's offset, as VFIO
@@ -297,8 +404,8 @@ impl VfioPassthrough {
                     size as usize,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_SHARED,
-                    device.as_raw_fd(),
-                    device.get_region_offset(index) as libc::off_t,
+                    device.raw_fd(),
+                    device.region_offset(index) as libc::off_t,
                 )
             };
             if addr == libc::MAP_FAILED {
@@ -324,10 +431,9 @@ impl VfioPassthrough {
             interrupt_line: 0,
             irq,
             irq_resample,
-            msi,
+            interrupts: MessageInterrupts { msi, msix },
             msi_irq,
             mapped,
-            msix,
         })
     }
 }
@@ -338,15 +444,10 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        if let Some(value) = self.interrupts.config_read(offset, size) {
+            return value;
+        }
         let dword = offset & !3;
-        if let Some(rel) = self.msix.as_ref().and_then(|m| m.inside(dword)) {
-            let value = self.msix.as_ref().map(|m| m.read(rel)).unwrap_or_default();
-            return super::pci::extract(value, offset, size);
-        }
-        if let Some(rel) = self.msi.and_then(|m| m.inside(dword)) {
-            let cap = self.msi.map(|m| m.cap).unwrap_or_default();
-            return super::pci::extract(cap.dword(usize::from(rel / 4)), offset, size);
-        }
         let value = match dword {
             0x10..=0x24 => self.virtual_bars.read(usize::from((dword - 0x10) / 4)),
             0x30 => 0, // no expansion ROM exposed
@@ -366,35 +467,25 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        if let Some(switched) = self.interrupts.config_write(offset, size, value) {
+            let device = &self.device;
+            let result = match switched {
+                Switched::Msi(MsiChange::Enable) => device.enable_irq(MSI_IRQ, &[&self.msi_irq]),
+                Switched::Msi(MsiChange::Disable) => device.disable_irq(MSI_IRQ),
+                Switched::Msix(MsiChange::Enable) => device.enable_irq(MSIX_IRQ, &[&self.msi_irq]),
+                Switched::Msix(MsiChange::Disable) => device.disable_irq(MSIX_IRQ),
+                Switched::Msi(MsiChange::None) | Switched::Msix(MsiChange::None) => Ok(()),
+            };
+            if let Err(e) = result {
+                let what = match switched {
+                    Switched::Msi(_) => "MSI",
+                    Switched::Msix(_) => "MSI-X",
+                };
+                tracing::warn!("VFIO {what} of {} cannot be switched: {e}", self.name);
+            }
+            return;
+        }
         let dword = offset & !3;
-        if let Some(msix) = self.msix.as_mut() {
-            if let Some(rel) = msix.inside(dword) {
-                let result = match msix.write(rel | (offset & 3), size, value) {
-                    MsiChange::Enable => self.device.enable_msix(vec![&self.msi_irq]),
-                    MsiChange::Disable => self.device.disable_msix(),
-                    MsiChange::None => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::warn!("VFIO MSI-X of {} cannot be switched: {e}", self.name);
-                }
-                return;
-            }
-        }
-        if let Some(msi) = self.msi.as_mut() {
-            if let Some(rel) = msi.inside(dword) {
-                let before = msi.cap.enabled();
-                msi.cap.write(rel | (offset & 3), size, value);
-                let result = match msi_change(before, msi.cap.enabled()) {
-                    MsiChange::Enable => self.device.enable_msi(vec![&self.msi_irq]),
-                    MsiChange::Disable => self.device.disable_msi(),
-                    MsiChange::None => Ok(()),
-                };
-                if let Err(e) = result {
-                    tracing::warn!("VFIO MSI of {} cannot be switched: {e}", self.name);
-                }
-                return;
-            }
-        }
         match dword {
             0x10..=0x24 => {
                 let i = usize::from((dword - 0x10) / 4);
@@ -425,14 +516,14 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
-        match &self.msix {
+        match &self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_read(offset, data),
             _ => self.device.region_read(bar as u32, data, offset),
         }
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
-        match &mut self.msix {
+        match &mut self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_write(offset, data),
             _ => self.device.region_write(bar as u32, data, offset),
         }
@@ -447,15 +538,11 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn msi_eventfd(&self) -> Option<&EventFd> {
-        (self.msi.is_some() || self.msix.is_some()).then_some(&self.msi_irq)
+        self.interrupts.any().then_some(&self.msi_irq)
     }
 
-    /// MSI-X when the guest turned it on (it takes precedence, as on hardware), else MSI.
     fn msi_message(&self) -> Option<MsiMessage> {
-        match &self.msix {
-            Some(m) if m.enabled() => m.message(),
-            _ => self.msi.and_then(|m| m.cap.message()),
-        }
+        self.interrupts.message()
     }
 
     fn ram_bars(&self) -> Vec<RamBar> {

@@ -4,20 +4,25 @@
 //! type fails with EBUSY).
 
 use std::fs::File;
-use std::path::Path;
+use std::os::unix::io::RawFd;
 use std::sync::Arc;
 
 use iommufd_ioctls::IommuFd;
-use kvm_bindings::{kvm_create_device, kvm_device_type_KVM_DEV_TYPE_VFIO};
-use kvm_ioctls::VmFd;
-use vfio_ioctls::{VfioContainer, VfioDeviceFd, VfioIommufd, VfioOps};
+use kvm_bindings::{kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_VFIO};
+use kvm_ioctls::{DeviceFd, VmFd};
+use vfio_ioctls::{VfioDeviceFd, VfioIommufd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use super::group::Container;
 use super::VfioError;
 
+/// KVM_DEV_VFIO_FILE / KVM_DEV_VFIO_FILE_ADD (KVM_DEV_VFIO_GROUP / _GROUP_ADD before 6.6).
+const KVM_DEV_VFIO_FILE: u32 = 1;
+const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
+
 enum Backend {
-    /// /dev/vfio/vfio with the devices' groups.
-    Group(Arc<VfioContainer>),
+    /// /dev/vfio/vfio with the devices' groups, and KVM's VFIO device told about each group.
+    Group(Container, DeviceFd),
     /// /dev/iommu (as vgpud opened it) with device cdevs bound to it.
     Iommufd(Arc<VfioIommufd>),
 }
@@ -27,37 +32,51 @@ pub struct VfioContext {
     ram_mapped: bool,
 }
 
-fn kvm_vfio_device(vm: &VmFd) -> Result<Arc<VfioDeviceFd>, VfioError> {
+fn kvm_vfio_device(vm: &VmFd) -> Result<DeviceFd, VfioError> {
     let mut kvm_vfio = kvm_create_device {
         type_: kvm_device_type_KVM_DEV_TYPE_VFIO,
         fd: 0,
         flags: 0,
     };
-    let fd = vm
-        .create_device(&mut kvm_vfio)
-        .map_err(VfioError::KvmDevice)?;
-    Ok(Arc::new(VfioDeviceFd::new_from_kvm(fd)))
+    vm.create_device(&mut kvm_vfio)
+        .map_err(VfioError::KvmDevice)
 }
 
 impl VfioContext {
-    /// The group API: opens the container /dev/vfio/vfio.
-    pub fn new(vm: &VmFd) -> Result<Self, VfioError> {
-        if !Path::new("/dev/vfio/vfio").exists() {
-            return Err(VfioError::NoVfio);
-        }
-        let handle = kvm_vfio_device(vm)?;
-        let container = Arc::new(
-            VfioContainer::new(Some(handle)).map_err(|e| VfioError::Setup("container", e))?,
-        );
+    /// The group API on a container someone else opened (/dev/vfio/vfio, passed by vgpud).
+    pub fn with_container(vm: &VmFd, container: File) -> Result<Self, VfioError> {
+        let kvm_vfio = kvm_vfio_device(vm)?;
+        let container = Container::new(container).map_err(|e| VfioError::Group("container", e))?;
         Ok(Self {
-            backend: Backend::Group(container),
+            backend: Backend::Group(container, kvm_vfio),
             ram_mapped: false,
         })
     }
 
+    /// Attaches a device's group to the container and tells KVM about it; the descriptor
+    /// the group goes by (the first one given for it).
+    pub fn attach_group(&mut self, group: File) -> Result<RawFd, VfioError> {
+        let Backend::Group(container, kvm_vfio) = &mut self.backend else {
+            return Err(VfioError::MixedApis);
+        };
+        let fd = container
+            .attach(group)
+            .map_err(|e| VfioError::Group("group", e))?;
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_DEV_VFIO_FILE,
+            attr: KVM_DEV_VFIO_FILE_ADD,
+            addr: &fd as *const RawFd as u64,
+        };
+        kvm_vfio
+            .set_device_attr(&attr)
+            .map_err(|e| VfioError::Group("KVM-VFIO", e.into()))?;
+        Ok(fd)
+    }
+
     /// The cdev API on an iommufd someone else opened (/dev/iommu, passed by vgpud).
     pub fn with_iommufd(vm: &VmFd, iommufd: File) -> Result<Self, VfioError> {
-        let handle = kvm_vfio_device(vm)?;
+        let handle = Arc::new(VfioDeviceFd::new_from_kvm(kvm_vfio_device(vm)?));
         let iommufd = Arc::new(IommuFd::new_from_fd(iommufd));
         let vfio = VfioIommufd::new(iommufd, None, Some(handle))
             .map_err(|e| VfioError::Setup("iommufd", e))?;
@@ -67,17 +86,10 @@ impl VfioContext {
         })
     }
 
-    pub fn ops(&self) -> Arc<dyn VfioOps> {
-        match &self.backend {
-            Backend::Group(c) => c.clone(),
-            Backend::Iommufd(i) => i.clone(),
-        }
-    }
-
     /// The iommufd a device cdev binds to; `None` for the group API.
     pub fn iommufd(&self) -> Option<Arc<VfioIommufd>> {
         match &self.backend {
-            Backend::Group(_) => None,
+            Backend::Group(..) => None,
             Backend::Iommufd(i) => Some(i.clone()),
         }
     }
@@ -88,15 +100,21 @@ impl VfioContext {
         if self.ram_mapped {
             return Ok(());
         }
-        let ops = self.ops();
         for region in mem.iter() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VfioError::GuestMemory)?;
-            // SAFETY: `host` is the start of a live mapping of `region.len()` bytes owned by
+            let (iova, size) = (region.start_addr().0, region.len());
+            // SAFETY (both): `host` is the start of a live mapping of `size` bytes owned by
             // the guest memory, which outlives the context (both live until the VMM exits).
-            unsafe { ops.vfio_dma_map(region.start_addr().0, region.len() as usize, host) }
-                .map_err(|e| VfioError::Setup("dma map", e))?;
+            match &self.backend {
+                Backend::Group(container, _) => {
+                    unsafe { container.map_dma(iova, size, host as u64) }
+                        .map_err(|e| VfioError::Group("dma map", e))?
+                }
+                Backend::Iommufd(i) => unsafe { i.vfio_dma_map(iova, size as usize, host) }
+                    .map_err(|e| VfioError::Setup("dma map", e))?,
+            }
         }
         self.ram_mapped = true;
         Ok(())
