@@ -485,7 +485,13 @@ fn a_daemon_that_does_not_answer_exits_10() {
         )
         .expect("continues vgpud");
         assert_eq!(r.code, 10, "{}", r.stderr);
-        assert!(r.stderr.contains("did not answer"), "{}", r.stderr);
+        // The bound covers connecting too: on a loaded machine it can run out while the bus
+        // connection is still being set up (seen in CI), which is reported as a timeout.
+        assert!(
+            r.stderr.contains("did not answer") || r.stderr.contains("timed out"),
+            "{}",
+            r.stderr
+        );
     });
 }
 
