@@ -366,6 +366,14 @@ pub struct MdevType {
     pub parent: ParentName,
 }
 
+impl Parent {
+    /// The physical GPU this parent belongs to: its PF for an SR-IOV VF, else itself. What runs
+    /// one vGPU type at a time is the physical GPU (every VF of an L40S in time-sliced mode).
+    pub fn physical_gpu(&self) -> &ParentName {
+        self.physfn.as_ref().unwrap_or(&self.name)
+    }
+}
+
 impl MdevType {
     /// Whether `id_or_name` is exactly this type's id or exactly its name.
     pub fn matches(&self, id_or_name: &str) -> bool {

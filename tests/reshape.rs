@@ -8,7 +8,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::Daemon;
+use common::{within, Daemon};
 use serde_json::Value;
 
 const T4: &str = "0000:20:00.0";
@@ -68,14 +68,10 @@ fn devices(d: &Daemon, parent: &str, type_id: &str) -> Vec<String> {
 fn serve_4q(d: &Daemon) -> String {
     // The rule's creates at start run in the background: let them land first, or one could
     // arrive after the removals below and hold the GPU for GRID T4-2Q (seen in CI).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while devices(d, T4, "nvidia-231").len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ensure rule never made its two devices"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(
+        within(20, || devices(d, T4, "nvidia-231").len() == 2),
+        "the ensure rule never made its two devices"
+    );
     for u in devices(d, T4, "nvidia-231") {
         json(d, &["remove", &u]);
     }
@@ -89,14 +85,10 @@ fn serve_4q(d: &Daemon) -> String {
 fn the_plan_is_empty_when_the_rules_are_met_and_names_what_is_in_the_way() {
     let (d, _config) = start();
     // At start the rule makes two 2Q on each T4 (in the background).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while devices(&d, T4, "nvidia-231").len() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ensure rule never made its two devices"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    assert!(
+        within(20, || devices(&d, T4, "nvidia-231").len() == 2),
+        "the ensure rule never made its two devices"
+    );
     assert_eq!(devices(&d, T4, "nvidia-231").len(), 2);
     assert_eq!(json(&d, &["plan"])["plan"], serde_json::json!([]));
     let four = serve_4q(&d);

@@ -7,35 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{within, Daemon};
 
 const U: &str = "c0ffee00-0000-4000-8000-0000000000e1";
 
-fn problems(d: &Daemon) -> String {
-    let out = d.busctl(&[
-        "get-property",
-        "org.vgpud",
-        "/org/vgpud",
-        "org.vgpud1.Manager",
-        "Problems",
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn live(d: &Daemon) -> bool {
     d.sys("bus/mdev/devices").join(U).exists()
-}
-
-/// Waits up to `secs` for `check`; returns whether it came true.
-fn within(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 /// An autostart definition on mtty, with mtty unplugged; `fails` creates will answer `errno`.
@@ -75,23 +52,23 @@ fn autostart_is_retried_until_the_vendor_side_is_ready() {
     let started = Instant::now();
     d.ctl_ok(&["plug", "--parent", "mtty"]);
     assert!(
-        within(10, || problems(&d).contains("vendor side not ready")),
+        within(10, || d.problems().contains("vendor side not ready")),
         "no pending retry in Problems: {}",
-        problems(&d)
+        d.problems()
     );
-    let shown = problems(&d);
+    let shown = d.problems();
     assert!(shown.contains(U) && shown.contains("mtty"), "{shown}");
     // Three EAGAINs: retried after ~0.5, ~1 and ~2 s (±25 %), then it starts.
-    assert!(within(20, || live(&d)), "never started: {}", problems(&d));
+    assert!(within(20, || live(&d)), "never started: {}", d.problems());
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(1500),
         "three retries cannot take only {took:?}"
     );
     assert!(
-        within(5, || !problems(&d).contains("vendor side not ready")),
+        within(5, || !d.problems().contains("vendor side not ready")),
         "the retry stayed in Problems: {}",
-        problems(&d)
+        d.problems()
     );
     d.stop();
 }
@@ -100,12 +77,14 @@ fn autostart_is_retried_until_the_vendor_side_is_ready() {
 fn retries_stop_when_the_parent_goes() {
     let (d, _defs) = prepared("EAGAIN", 1000);
     d.ctl_ok(&["plug", "--parent", "mtty"]);
-    assert!(within(10, || problems(&d).contains("vendor side not ready")));
+    assert!(within(10, || d
+        .problems()
+        .contains("vendor side not ready")));
     d.ctl_ok(&["unplug", "mtty"]);
     assert!(
-        within(5, || !problems(&d).contains("vendor side not ready")),
+        within(5, || !d.problems().contains("vendor side not ready")),
         "{}",
-        problems(&d)
+        d.problems()
     );
     assert!(!live(&d));
     d.stop();
@@ -117,9 +96,9 @@ fn a_refusal_that_will_not_pass_is_not_retried() {
     d.ctl_ok(&["plug", "--parent", "mtty"]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
-        !problems(&d).contains("vendor side not ready"),
+        !d.problems().contains("vendor side not ready"),
         "{}",
-        problems(&d)
+        d.problems()
     );
     assert!(!live(&d));
     d.stop();

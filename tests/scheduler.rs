@@ -7,9 +7,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{within, Daemon};
 
 const RULES: &str = r#"
 [[scheduler]]
@@ -24,17 +23,6 @@ parents = { vendor = "0x10de" }
 policy = "fixed-share"
 "#;
 
-fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
         .arg(format!("--address={}", d.address))
@@ -48,17 +36,6 @@ fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn problems(d: &Daemon) -> String {
-    let out = d.busctl(&[
-        "get-property",
-        "org.vgpud",
-        "/org/vgpud",
-        "org.vgpud1.Manager",
-        "Problems",
-    ]);
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -78,7 +55,7 @@ fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
         ],
     );
     let file = modprobe.path().join("vgpud-nvidia-scheduler.conf");
-    assert!(wait_for(10, || file.exists()), "no {}", file.display());
+    assert!(within(10, || file.exists()), "no {}", file.display());
     let text = std::fs::read_to_string(&file).unwrap();
     let options: Vec<&str> = text
         .lines()
@@ -112,15 +89,15 @@ fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
         "one entry per physical GPU: {text}"
     );
     assert!(
-        problems(&d).contains("reload the NVIDIA driver"),
+        d.problems().contains("reload the NVIDIA driver"),
         "{}",
-        problems(&d)
+        d.problems()
     );
 
     // Without rules the file goes (best effort is the driver's default).
     std::fs::remove_file(&rules).unwrap();
     json(&d, &["reload"]);
-    assert!(wait_for(10, || !file.exists()), "{} stayed", file.display());
+    assert!(within(10, || !file.exists()), "{} stayed", file.display());
     d.stop();
 }
 

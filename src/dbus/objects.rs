@@ -227,15 +227,10 @@ impl ManagerObj {
                     parent: parent.to_string(),
                     type_id: type_spec.clone(),
                 })?;
-            // The physical GPU is what runs one type at a time: on SR-IOV GPUs (an L40S in
-            // time-sliced mode) that spans every VF of the same physical function.
-            let gpu_of =
-                |p: &crate::model::Parent| p.physfn.clone().unwrap_or_else(|| p.name.clone());
-            let gpu = gpu_of(p);
             let same_gpu: Vec<_> = snap
                 .parents
                 .iter()
-                .filter(|q| gpu_of(q) == gpu)
+                .filter(|q| q.physical_gpu() == p.physical_gpu())
                 .map(|q| q.name.clone())
                 .collect();
             let in_the_way: Vec<_> = snap

@@ -85,8 +85,7 @@ impl Manager {
         let gpu_of = |name: &ParentName| {
             self.parents
                 .get(name)
-                .and_then(|p| p.physfn.clone())
-                .unwrap_or_else(|| name.clone())
+                .map_or_else(|| name.clone(), |p| p.physical_gpu().clone())
         };
         let gpu = gpu_of(parent);
         self.live

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 
 use super::state::Manager;
 use super::Change;
-use crate::model::Parent;
 
 pub(super) const FILE: &str = "vgpud-nvidia-scheduler.conf";
 const NVIDIA: u16 = 0x10de;
@@ -37,11 +36,6 @@ pub(super) fn contents(wanted: &BTreeMap<String, (String, u32)>) -> Option<Strin
     Some(text)
 }
 
-/// The physical GPU a parent belongs to: its PF for an SR-IOV VF, else itself.
-fn gpu_of(p: &Parent) -> String {
-    p.physfn.as_ref().unwrap_or(&p.name).to_string()
-}
-
 impl Manager {
     /// Brings the scheduler file in line with the policy and the NVIDIA GPUs present.
     pub(super) fn apply_scheduler(&mut self) {
@@ -55,7 +49,7 @@ impl Manager {
             }
             if let Some((rule, policy, slice)) = self.policy.scheduler_for(p) {
                 wanted
-                    .entry(gpu_of(p))
+                    .entry(p.physical_gpu().to_string())
                     .or_insert_with(|| (rule.to_owned(), policy.rmpvmrl(slice)));
             }
         }

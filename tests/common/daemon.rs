@@ -190,3 +190,29 @@ pub async fn eventually(secs: u64, mut check: impl AsyncFnMut() -> bool) -> bool
     }
     false
 }
+
+/// Polls `check` until it is true or `secs` pass (for tests without an async runtime).
+pub fn within(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+impl Daemon {
+    /// Manager.Problems as busctl prints it.
+    pub fn problems(&self) -> String {
+        let out = self.busctl(&[
+            "get-property",
+            "org.vgpud",
+            "/org/vgpud",
+            "org.vgpud1.Manager",
+            "Problems",
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
