@@ -29,6 +29,9 @@ pub fn subject(bus_name: &str) -> (&'static str, HashMap<&'static str, Value<'_>
 pub struct Authority {
     conn: Connection,
     warned_missing: AtomicBool,
+    /// Whether an authority is there, as last asked (None: ask the bus); forgotten whenever
+    /// polkit's name changes owner.
+    present: std::sync::Mutex<Option<bool>>,
 }
 
 impl Authority {
@@ -36,11 +39,27 @@ impl Authority {
         Self {
             conn,
             warned_missing: AtomicBool::new(false),
+            present: std::sync::Mutex::new(None),
         }
     }
 
-    /// Is an authority there (running, or activatable on demand)?
+    /// polkit's name changed owner: ask the bus again next time.
+    pub fn forget_presence(&self) {
+        *self.present.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Is an authority there (running, or activatable on demand)? Asked of the bus once, then
+    /// remembered until polkit's name changes owner.
     async fn present(&self) -> bool {
+        if let Some(known) = *self.present.lock().unwrap_or_else(|p| p.into_inner()) {
+            return known;
+        }
+        let present = self.ask_present().await;
+        *self.present.lock().unwrap_or_else(|p| p.into_inner()) = Some(present);
+        present
+    }
+
+    async fn ask_present(&self) -> bool {
         let Ok(dbus) = zbus::fdo::DBusProxy::new(&self.conn).await else {
             return false;
         };

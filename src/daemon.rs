@@ -220,6 +220,10 @@ pub async fn run(
     if let Some(server) = metrics_server {
         server.abort();
     }
+    // Giving the name back stops zbus's watch on it, which would otherwise log a failed read
+    // of the closed socket; a bus that is gone already answers at once.
+    let release = conn.release_name(crate::dbus::names::BUS_NAME);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), release).await;
     drop(conn);
     result
 }

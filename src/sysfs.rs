@@ -270,6 +270,12 @@ impl SysfsRoot {
         }
     }
 
+    /// A path `resolve` returned (a real directory under the root, no link on the way), to
+    /// build on without walking links again; `None` for anything outside the root.
+    pub fn resolved(&self, real: &Path) -> Option<SysPath> {
+        self.contains(real).then(|| SysPath(real.to_path_buf()))
+    }
+
     /// Whether `path` exists (after resolving links inside the root).
     pub fn exists(&self, path: &SysPath) -> Result<bool> {
         Ok(self.resolve(path)?.is_some())
@@ -277,16 +283,23 @@ impl SysfsRoot {
 
     /// The text of an attribute without its trailing newline(s); `None` when it does not exist.
     pub fn read_attr(&self, path: &SysPath) -> Result<Option<String>> {
-        let file = match self.open_beneath(&path.0, OFlag::O_RDONLY) {
+        let mut file = match self.open_beneath(&path.0, OFlag::O_RDONLY) {
             Ok(Beneath::Opened(f)) => f,
             Ok(Beneath::Missing) => return Ok(None),
             Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
             Err(e) => return Err(Error::io(&path.0, e)),
         };
-        let mut bytes = Vec::new();
-        file.take(ATTR_MAX as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(&path.0, e))?;
+        // A sysfs attribute is shown whole by its first read (at most a page): a short first
+        // read is all of it, which saves the read that would only find the end (a round trip
+        // each on a FUSE tree). Anything longer is read on to the end.
+        let mut page = [0; PAGE];
+        let first = read_retrying(&mut file, &mut page).map_err(|e| Error::io(&path.0, e))?;
+        let mut bytes = page[..first].to_vec();
+        if first == PAGE {
+            file.take(ATTR_MAX as u64 + 1 - PAGE as u64)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Error::io(&path.0, e))?;
+        }
         if bytes.len() > ATTR_MAX {
             return Err(Error::bad_attribute(&path.0, "longer than 64 KiB"));
         }
@@ -466,6 +479,19 @@ fn clip(s: &str) -> String {
     match s.char_indices().nth(64) {
         Some((cut, _)) => format!("{}...", &s[..cut]),
         None => s.to_owned(),
+    }
+}
+
+/// What one read of a sysfs attribute returns at most.
+const PAGE: usize = 4096;
+
+/// One read, retried on EINTR.
+fn read_retrying(file: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 

@@ -134,16 +134,17 @@ impl Backend for MdevBackend {
     /// A parent that cannot be read is skipped with a warning, so one broken driver does not
     /// hide every other GPU; `parent()` reports its error.
     fn parents(&self) -> Result<Vec<Parent>> {
-        let mut parents = Vec::new();
+        let mut names = Vec::new();
         for entry in self.root.list_dir(&self.root.at("class/mdev_bus"))? {
-            let name = match ParentName::new(entry) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "skipping an mdev_bus entry");
-                    continue;
-                }
-            };
-            match self.parent(&name) {
+            match ParentName::new(entry) {
+                Ok(n) => names.push(n),
+                Err(e) => tracing::warn!(error = %e, "skipping an mdev_bus entry"),
+            }
+        }
+        let read = super::read_in_parallel(&names, |name| self.parent(name));
+        let mut parents = Vec::new();
+        for (name, result) in names.iter().zip(read) {
+            match result {
                 Ok(Some(p)) => parents.push(p),
                 Ok(None) => {} // unregistered while we listed
                 Err(e) => {
@@ -165,10 +166,14 @@ impl Backend for MdevBackend {
 
     fn refresh_availability(&self, known: &Parent) -> Result<Option<Parent>> {
         let mut fresh = known.clone();
+        // From the parent's own directory, as resolved when it was read: no walk through the
+        // class/mdev_bus link (a readlink per read on a FUSE tree).
+        let types = match self.root.resolved(&known.sysfs_path) {
+            Some(dir) => dir.join("mdev_supported_types"),
+            None => self.parent_dir(&known.name).join("mdev_supported_types"),
+        };
         for t in &mut fresh.types {
-            let path = self
-                .type_dir(&known.name, &t.id)
-                .join("available_instances");
+            let path = types.join(t.id.clone()).join("available_instances");
             match self.root.read_u32(&path) {
                 Ok(Some(n)) => t.available_instances = n,
                 // The type (or the whole parent) went away: read everything that is left.

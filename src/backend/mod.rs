@@ -45,6 +45,40 @@ pub trait Backend: Send + Sync {
     fn remove(&self, uuid: &MdevUuid) -> Result<()>;
 }
 
+/// How many threads read parents at start-up: reads of sysfs wait on the kernel (or on a FUSE
+/// server), so a few more than the cores hide that wait.
+const READERS: usize = 8;
+
+/// `read` of every item, in order, by up to [`READERS`] threads taking items in turn.
+pub(crate) fn read_in_parallel<T: Sync, R: Send>(
+    items: &[T],
+    read: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let threads = READERS.min(items.len() / 8).max(1);
+    if threads == 1 {
+        return items.iter().map(read).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = Vec::with_capacity(items.len());
+    slots.resize_with(items.len(), || None);
+    let done = std::sync::Mutex::new(slots);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = read(item);
+                done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    done.into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every item was read"))
+        .collect()
+}
+
 /// Both backends over one sysfs root.
 #[derive(Debug, Clone)]
 pub struct Host {

@@ -290,9 +290,11 @@ impl Backend for NvidiaBackend {
     }
 
     fn parents(&self) -> Result<Vec<Parent>> {
+        let vfs = self.vendor_vfs()?;
+        let read = super::read_in_parallel(&vfs, |vf| self.parent(vf));
         let mut parents = Vec::new();
-        for vf in self.vendor_vfs()? {
-            match self.parent(&vf) {
+        for (vf, result) in vfs.iter().zip(read) {
+            match result {
                 Ok(Some(p)) => parents.push(p),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(parent = %vf, error = %e, "skipping an unreadable VF"),

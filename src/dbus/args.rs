@@ -5,13 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use zbus::message::Header;
 use zbus::zvariant::{OwnedValue, Value};
-use zbus::Connection;
 
 use super::error::VgpudError;
 use crate::error::Error;
-use crate::manager::{Caller, CreateRequest, DefineRequest, RemoveRequest};
+use crate::manager::{CreateRequest, DefineRequest, RemoveRequest};
 use crate::model::{MdevUuid, ParentName};
 
 pub type Options = HashMap<String, OwnedValue>;
@@ -257,40 +255,8 @@ pub fn autostart_option(options: &Options) -> Result<bool, VgpudError> {
 
 /// Who sent this message: its unique name and, from the bus, its uid; then the user's name
 /// and groups from the system's user database.
-pub async fn caller(hdr: &Header<'_>, conn: &Connection) -> Caller {
-    let bus_name = hdr.sender().map(|s| s.to_string());
-    let mut uid = None;
-    if let Some(sender) = hdr.sender() {
-        if let Ok(proxy) = zbus::fdo::DBusProxy::new(conn).await {
-            uid = proxy
-                .get_connection_unix_user(sender.clone().into())
-                .await
-                .ok();
-        }
-    }
-    let interactive = hdr
-        .primary()
-        .flags()
-        .contains(zbus::message::Flags::AllowInteractiveAuth);
-    let (user, groups) = match uid {
-        Some(u) => tokio::task::spawn_blocking(move || user_and_groups(u))
-            .await
-            .unwrap_or_default(),
-        None => (None, Vec::new()),
-    };
-    let origin = format!("dbus:{}", bus_name.as_deref().unwrap_or("?"));
-    Caller {
-        bus_name,
-        uid,
-        user,
-        groups,
-        interactive,
-        origin,
-    }
-}
-
 /// NSS lookups block, so this runs on a blocking thread.
-fn user_and_groups(uid: u32) -> (Option<String>, Vec<String>) {
+pub(super) fn user_and_groups(uid: u32) -> (Option<String>, Vec<String>) {
     use nix::unistd::{getgrouplist, Group, Uid, User};
     let Ok(Some(user)) = User::from_uid(Uid::from_raw(uid)) else {
         return (None, Vec::new());

@@ -3,17 +3,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedObjectPath;
-use zbus::{interface, Connection};
 
-use super::args::{autostart_option, bad, caller, remove_request, Options};
+use super::args::{autostart_option, bad, remove_request, Options};
 use super::error::VgpudError;
 use super::names;
 use super::objects::{locked, Ctx};
 use crate::manager::{Caller, DefineRequest, DeviceView};
-use crate::policy::Action;
 
 pub struct DeviceObj {
     pub view: Mutex<DeviceView>,
@@ -25,22 +24,12 @@ impl DeviceObj {
         locked(&self.view).uuid
     }
 
-    /// The caller, once polkit allows it `action`.
-    async fn authorized(
-        &self,
-        hdr: &Header<'_>,
-        conn: &Connection,
-        action: Action,
-    ) -> Result<Caller, VgpudError> {
-        let who = caller(hdr, conn).await;
-        self.ctx.authority.check(&who, action).await?;
-        Ok(who)
-    }
-
-    /// Returns once what the manager did is on the bus, so a reply never overtakes it.
-    async fn done(&self) -> Result<(), VgpudError> {
-        self.ctx.manager.published().await?;
-        Ok(())
+    /// The caller, once the bouncer admits it to `method`.
+    async fn authorized(&self, hdr: &Header<'_>, method: &str) -> Result<Caller, VgpudError> {
+        self.ctx
+            .bouncer
+            .admit(hdr, "org.vgpud1.Device", method)
+            .await
     }
 }
 
@@ -51,30 +40,23 @@ impl DeviceObj {
     async fn remove(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Remove", async {
             let req = remove_request(&options)?;
-            let who = self.authorized(&hdr, conn, Action::RemoveDevice).await?;
+            let who = self.authorized(&hdr, "Remove").await?;
             self.ctx.manager.remove(who, self.id(), req).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
 
     /// Creates the device from its definition.
-    async fn start(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), VgpudError> {
+    async fn start(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Start", async {
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "Start").await?;
             self.ctx.manager.start(who, self.id()).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
@@ -83,7 +65,6 @@ impl DeviceObj {
     async fn stop(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Stop", async {
@@ -91,11 +72,9 @@ impl DeviceObj {
             if !locked(&self.view).defined {
                 return Err(bad("this device has no definition: use Remove".into()));
             }
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "Stop").await?;
             self.ctx.manager.remove(who, self.id(), req).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
@@ -104,7 +83,6 @@ impl DeviceObj {
     async fn define(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Define", async {
@@ -115,9 +93,7 @@ impl DeviceObj {
             };
             let type_id =
                 type_id.ok_or_else(|| bad("the device's type is not known yet; retry".into()))?;
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "Define").await?;
             let req = DefineRequest {
                 type_spec: type_id.to_string(),
                 parent,
@@ -126,23 +102,17 @@ impl DeviceObj {
                 autostart,
             };
             self.ctx.manager.define(who, req).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
 
     /// Deletes the persistent definition (a live device stays).
-    async fn undefine(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), VgpudError> {
+    async fn undefine(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Undefine", async {
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "Undefine").await?;
             self.ctx.manager.undefine(who, self.id()).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
@@ -153,17 +123,14 @@ impl DeviceObj {
     async fn modify(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         attrs: Vec<(String, String)>,
         options: Options,
     ) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.Modify", async {
             let req = super::args::modify_request(attrs, &options)?;
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "Modify").await?;
             self.ctx.manager.modify(who, self.id(), req).await?;
-            self.done().await
+            Ok(())
         })
         .await
     }
@@ -172,18 +139,15 @@ impl DeviceObj {
     async fn set_autostart(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         autostart: bool,
     ) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Device.SetAutostart", async {
-            let who = self
-                .authorized(&hdr, conn, Action::ManageDefinitions)
-                .await?;
+            let who = self.authorized(&hdr, "SetAutostart").await?;
             self.ctx
                 .manager
                 .set_autostart(who, self.id(), autostart)
                 .await?;
-            self.done().await
+            Ok(())
         })
         .await
     }

@@ -3,17 +3,17 @@
 
 use std::sync::{Arc, Mutex};
 
+use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedObjectPath;
-use zbus::{interface, Connection};
 
-use super::args::caller;
 use super::error::VgpudError;
 use super::names;
 use super::objects::{locked, Ctx};
 use crate::guests::GuestView;
-use crate::policy::Action;
+
+const GUEST: &str = "org.vgpud1.Guest";
 
 pub struct GuestObj {
     pub view: Mutex<GuestView>,
@@ -23,18 +23,11 @@ pub struct GuestObj {
 #[interface(name = "org.vgpud1.Guest")]
 impl GuestObj {
     /// Stops the guest (SIGTERM to its VMM, SIGKILL after 5 s); returns once it has ended.
-    async fn stop(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), VgpudError> {
+    async fn stop(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), VgpudError> {
         super::objects::timed(&self.ctx, "Guest.Stop", async {
-            let who = caller(&hdr, conn).await;
-            self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+            let who = self.ctx.bouncer.admit(&hdr, GUEST, "Stop").await?;
             let id = locked(&self.view).id;
-            let view = self.ctx.manager.stop_guest(who, id).await?;
-            self.ctx.manager.published().await?;
-            self.ctx.publisher.guest_changed(&view).await;
+            self.ctx.manager.stop_guest(who, id).await?;
             Ok(())
         })
         .await
@@ -42,16 +35,10 @@ impl GuestObj {
 
     /// Removes the ended guest from the bus, with its serial log (Busy while it runs). Ended
     /// guests also leave by themselves after the daemon's retention (10 minutes by default).
-    async fn forget(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<(), VgpudError> {
-        let who = caller(&hdr, conn).await;
-        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+    async fn forget(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), VgpudError> {
+        let who = self.ctx.bouncer.admit(&hdr, GUEST, "Forget").await?;
         let id = locked(&self.view).id;
         self.ctx.manager.forget_guest(who, id).await?;
-        self.ctx.manager.published().await?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! well-known name is requested last, so a client activated by the name finds every object.
 
 mod args;
+pub mod bouncer;
 mod device;
 pub mod error;
 mod guest;
@@ -51,17 +52,15 @@ pub async fn serve(
     metrics: Arc<crate::metrics::Metrics>,
 ) -> zbus::Result<(Publisher, tokio::task::JoinHandle<()>)> {
     let publisher = Publisher::new(conn.clone());
-    let authority = crate::authz::Authority::new(conn.clone());
+    let bouncer = Arc::new(bouncer::Bouncer::new(conn.clone()));
+    tokio::spawn(bouncer.clone().watch());
     let ctx = Arc::new(Ctx {
         manager,
         publisher: publisher.clone(),
-        authority,
+        bouncer,
         metrics,
     });
     publisher.set_ctx(&ctx);
-    conn.object_server()
-        .at(names::ROOT_PATH, zbus::fdo::ObjectManager)
-        .await?;
     conn.object_server()
         .at(
             names::ROOT_PATH,
@@ -71,10 +70,15 @@ pub async fn serve(
             },
         )
         .await?;
-    // Everything the manager adopted at start is already queued: publish it before the name.
+    // Everything the manager adopted at start is already queued: publish it before the name,
+    // and before the ObjectManager, so registering thousands of objects sends no
+    // InterfacesAdded that nobody can hear yet.
     while let Ok(update) = changes.try_recv() {
         publisher.update(update).await;
     }
+    conn.object_server()
+        .at(names::ROOT_PATH, zbus::fdo::ObjectManager)
+        .await?;
     conn.request_name(names::BUS_NAME).await?;
     tracing::info!("serving {} on the bus", names::BUS_NAME);
     let applier = publisher.clone();

@@ -3,29 +3,31 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use zbus::interface;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedObjectPath;
-use zbus::{interface, Connection};
 
 use super::args::{
-    caller, capacity_filter, create_request, define_request, device_of_path, launch_options,
+    capacity_filter, create_request, define_request, device_of_path, launch_options,
     reshape_options, Options,
 };
+use super::bouncer::Bouncer;
 use super::error::VgpudError;
 use super::names;
 use super::publisher::Publisher;
-use crate::authz::Authority;
 use crate::error::Error;
 use crate::manager::{Caller, CreateRequest, ManagerHandle};
 use crate::model::{MdevType, MdevUuid, Parent};
-use crate::policy::Action;
+
+const MANAGER: &str = "org.vgpud1.Manager";
+const MDEV_TYPE: &str = "org.vgpud1.MdevType";
 
 /// What every object needs to act.
 pub struct Ctx {
     pub manager: ManagerHandle,
     pub publisher: Publisher,
-    pub authority: Authority,
+    pub bouncer: Arc<Bouncer>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -45,21 +47,18 @@ pub async fn timed<T>(
     result
 }
 
+/// A create `interface.method` was admitted for; a persistent one needs its second action too.
 async fn create(
     ctx: &Ctx,
     caller: Caller,
     req: CreateRequest,
+    (interface, method): (&str, &str),
 ) -> Result<OwnedObjectPath, VgpudError> {
-    ctx.authority.check(&caller, Action::CreateDevice).await?;
-    if req.persistent {
-        ctx.authority
-            .check(&caller, Action::ManageDefinitions)
-            .await?;
+    if req.persistent || req.autostart {
+        ctx.bouncer.admit_more(&caller, interface, method).await?;
     }
+    // Answered once the device and the new counts are on the bus.
     let view = ctx.manager.create(caller, req).await?;
-    // The reply names an object and implies new counts: publish them before replying.
-    ctx.manager.published().await?;
-    ctx.publisher.device_changed(&view).await;
     Ok(names::device_path(&view.uuid))
 }
 
@@ -75,13 +74,17 @@ impl ManagerObj {
     async fn create_device(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         type_spec: String,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
         timed(&self.ctx, "CreateDevice", async {
             let req = create_request(type_spec, &options, None)?;
-            create(&self.ctx, caller(&hdr, conn).await, req).await
+            let who = self
+                .ctx
+                .bouncer
+                .admit(&hdr, MANAGER, "CreateDevice")
+                .await?;
+            create(&self.ctx, who, req, (MANAGER, "CreateDevice")).await
         })
         .await
     }
@@ -91,20 +94,17 @@ impl ManagerObj {
     async fn define_device(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         type_spec: String,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
         timed(&self.ctx, "DefineDevice", async {
             let req = define_request(type_spec, &options)?;
-            let who = caller(&hdr, conn).await;
-            self.ctx
-                .authority
-                .check(&who, Action::ManageDefinitions)
+            let who = self
+                .ctx
+                .bouncer
+                .admit(&hdr, MANAGER, "DefineDevice")
                 .await?;
             let view = self.ctx.manager.define(who, req).await?;
-            self.ctx.manager.published().await?;
-            self.ctx.publisher.device_changed(&view).await;
             Ok(names::device_path(&view.uuid))
         })
         .await
@@ -117,7 +117,6 @@ impl ManagerObj {
     async fn launch_guest(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         devices: Vec<OwnedObjectPath>,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
@@ -126,11 +125,8 @@ impl ManagerObj {
             .iter()
             .map(|p| device_of_path(p.as_str()))
             .collect::<Result<Vec<_>, _>>()?;
-        let who = caller(&hdr, conn).await;
-        self.ctx.authority.check(&who, Action::LaunchGuest).await?;
+        let who = self.ctx.bouncer.admit(&hdr, MANAGER, "LaunchGuest").await?;
         let view = self.ctx.manager.launch_guest(who, uuids, opts).await?;
-        self.ctx.manager.published().await?;
-        self.ctx.publisher.guest_changed(&view).await;
         Ok(names::guest_path(view.id))
     }
 
@@ -142,12 +138,11 @@ impl ManagerObj {
     async fn get_capacity(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         filter: Options,
     ) -> Result<Vec<(String, u32, Vec<(String, String, i32, u32)>)>, VgpudError> {
         timed(&self.ctx, "GetCapacity", async {
             let filter = capacity_filter(&filter)?;
-            let who = caller(&hdr, conn).await;
+            let who = self.ctx.bouncer.admit(&hdr, MANAGER, "GetCapacity").await?;
             let caps = self.ctx.manager.capacity(who, filter).await?;
             Ok(caps
                 .into_iter()
@@ -204,7 +199,6 @@ impl ManagerObj {
     async fn reshape(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         parent: String,
         type_spec: String,
         options: Options,
@@ -212,7 +206,7 @@ impl ManagerObj {
         timed(&self.ctx, "Reshape", async {
             let (count, drain) = reshape_options(&options)?;
             let parent = crate::model::ParentName::new(parent)?;
-            let who = caller(&hdr, conn).await;
+            let who = self.ctx.bouncer.admit(&hdr, MANAGER, "Reshape").await?;
             let snap = self.ctx.manager.snapshot().await?;
             let p = snap
                 .parents
@@ -268,7 +262,10 @@ impl ManagerObj {
                     ))
                     .into());
                 }
-                self.ctx.authority.check(&who, Action::RemoveDevice).await?;
+                self.ctx
+                    .bouncer
+                    .admit_more(&who, MANAGER, "Reshape")
+                    .await?;
                 for d in &in_the_way {
                     self.ctx
                         .manager
@@ -287,7 +284,7 @@ impl ManagerObj {
                     parent: Some(parent.clone()),
                     ..CreateRequest::default()
                 };
-                made.push(create(&self.ctx, who.clone(), req).await?);
+                made.push(create(&self.ctx, who.clone(), req, (MANAGER, "Reshape")).await?);
             }
             Ok(made)
         })
@@ -298,27 +295,21 @@ impl ManagerObj {
     async fn get_device(&self, uuid: String) -> Result<OwnedObjectPath, VgpudError> {
         let uuid = MdevUuid::parse(&uuid)?;
         match self.ctx.manager.device(uuid).await? {
-            Some(view) => {
-                self.ctx.publisher.device_changed(&view).await;
-                Ok(names::device_path(&uuid))
-            }
+            Some(view) => Ok(names::device_path(&view.uuid)),
             None => Err(Error::UnknownDevice(uuid.to_string()).into()),
         }
     }
 
     /// Re-reads the policy files (keeping the last good policy if they are invalid) and the
     /// definitions; returns a summary of the policy in force.
-    async fn reload_policy(
-        &self,
-        #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
-    ) -> Result<String, VgpudError> {
+    async fn reload_policy(&self, #[zbus(header)] hdr: Header<'_>) -> Result<String, VgpudError> {
         timed(&self.ctx, "ReloadPolicy", async {
-            let who = caller(&hdr, conn).await;
-            self.ctx.authority.check(&who, Action::ReloadPolicy).await?;
-            let summary = self.ctx.manager.reload(who).await?;
-            self.ctx.manager.published().await?;
-            Ok(summary)
+            let who = self
+                .ctx
+                .bouncer
+                .admit(&hdr, MANAGER, "ReloadPolicy")
+                .await?;
+            Ok(self.ctx.manager.reload(who).await?)
         })
         .await
     }
@@ -469,7 +460,6 @@ impl TypeObj {
     async fn create(
         &self,
         #[zbus(header)] hdr: Header<'_>,
-        #[zbus(connection)] conn: &Connection,
         options: Options,
     ) -> Result<OwnedObjectPath, VgpudError> {
         let (id, parent) = {
@@ -478,7 +468,8 @@ impl TypeObj {
         };
         timed(&self.ctx, "MdevType.Create", async {
             let req = create_request(id, &options, Some(parent))?;
-            create(&self.ctx, caller(&hdr, conn).await, req).await
+            let who = self.ctx.bouncer.admit(&hdr, MDEV_TYPE, "Create").await?;
+            create(&self.ctx, who, req, (MDEV_TYPE, "Create")).await
         })
         .await
     }

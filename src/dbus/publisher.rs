@@ -52,9 +52,7 @@ impl Publisher {
     pub async fn update(&self, update: Update) {
         match update {
             Update::Change(c) => self.apply(c).await,
-            Update::Barrier(done) => {
-                let _ = done.send(());
-            }
+            Update::Answer(answer) => answer(),
         }
     }
 
@@ -65,11 +63,6 @@ impl Publisher {
         }
     }
 
-    /// Adds or updates a device now (used before replying with its path).
-    pub async fn device_changed(&self, view: &DeviceView) {
-        self.apply(Change::DeviceUpdated(view.clone())).await;
-    }
-
     /// What is on the bus now, for a metrics scrape.
     pub async fn metrics_view(&self) -> crate::metrics::View {
         let state = self.state.lock().await;
@@ -78,11 +71,6 @@ impl Publisher {
             devices: state.devices.values().cloned().collect(),
             guests: state.guests.values().copied().collect(),
         }
-    }
-
-    /// Adds or updates a guest now (used before replying with its path).
-    pub async fn guest_changed(&self, view: &crate::guests::GuestView) {
-        self.apply(Change::Guest(view.clone())).await;
     }
 
     async fn apply_locked(&self, state: &mut Published, change: Change) -> zbus::Result<()> {

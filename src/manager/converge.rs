@@ -230,7 +230,7 @@ impl Manager {
                 .filter(|u| !self.live.contains_key(u) && !busy.contains(u))
                 .collect();
             for uuid in autostart {
-                let (tx, rx) = tokio::sync::oneshot::channel();
+                let (tx, rx) = self.internal_reply();
                 self.start_defined(Caller::internal("autostart"), uuid, tx);
                 self.report_later(rx, parent, format!("autostart of {uuid}"));
             }
@@ -266,7 +266,7 @@ impl Manager {
                             parent: Some(step.parent.clone()),
                             ..CreateRequest::default()
                         };
-                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let (tx, rx) = self.internal_reply();
                         self.start_create(
                             Caller::internal(format!("ensure:{}", step.rule)),
                             req,

@@ -17,7 +17,7 @@ use crate::holders::{group_node, holders_of};
 use crate::model::MdevUuid;
 use crate::policy::Action;
 
-type Reply<T> = oneshot::Sender<Result<T>>;
+use super::Reply;
 
 /// How long a stopped VMM gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);

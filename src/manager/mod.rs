@@ -8,6 +8,7 @@ mod modify;
 mod ops;
 mod owners;
 mod plan;
+mod readings;
 mod retry;
 mod scheduler;
 mod state;
@@ -112,13 +113,53 @@ pub enum Change {
     Problems(Vec<String>),
 }
 
-/// What the manager sends its publisher: changes, and barriers that are answered once every
-/// change before them has been applied (so a reply never overtakes the state it reports).
-#[derive(Debug)]
+/// What the manager sends its publisher: changes, and answers to callers, in the order the
+/// manager made them. The publisher applies each change and delivers each answer only once every
+/// change before it is on the bus, so a reply never overtakes the state it reports.
 #[allow(clippy::large_enum_variant)] // each update is moved once through a channel; boxing buys nothing
 pub enum Update {
     Change(Change),
-    Barrier(oneshot::Sender<()>),
+    Answer(Box<dyn FnOnce() + Send>),
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Update::Change(c) => f.debug_tuple("Change").field(c).finish(),
+            Update::Answer(_) => f.write_str("Answer"),
+        }
+    }
+}
+
+/// Where the answer to a request goes: through the publisher, behind every change the manager
+/// published before answering (see [`Update`]).
+pub(crate) struct Reply<T> {
+    tx: oneshot::Sender<Result<T>>,
+    updates: mpsc::UnboundedSender<Update>,
+}
+
+impl<T: Send + 'static> Reply<T> {
+    /// A reply and where its answer arrives.
+    pub(crate) fn channel(
+        updates: &mpsc::UnboundedSender<Update>,
+    ) -> (Self, oneshot::Receiver<Result<T>>) {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            tx,
+            updates: updates.clone(),
+        };
+        (reply, rx)
+    }
+
+    /// Queues the answer behind the changes published so far; Err when the daemon is stopping.
+    pub(crate) fn send(self, result: Result<T>) -> std::result::Result<(), ()> {
+        let tx = self.tx;
+        self.updates
+            .send(Update::Answer(Box::new(move || {
+                let _ = tx.send(result);
+            })))
+            .map_err(|_| ())
+    }
 }
 
 /// Who asks, as the front end established it (for policy and logs).
@@ -202,8 +243,6 @@ pub struct Snapshot {
     pub problems: Vec<String>,
 }
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
 pub(crate) enum Command {
     Snapshot(oneshot::Sender<Snapshot>),
     Plan(oneshot::Sender<Vec<PlanStep>>),
@@ -219,7 +258,7 @@ pub(crate) enum Command {
     Start(Caller, MdevUuid, Reply<DeviceView>),
     SetAutostart(Caller, MdevUuid, bool, Reply<()>),
     ReloadPolicy(Caller, Reply<String>),
-    Device(MdevUuid, oneshot::Sender<Option<DeviceView>>),
+    Device(MdevUuid, Reply<Option<DeviceView>>),
     Event(UEvent),
     /// Something wrote to the definitions tree: read it again.
     DefinitionsChanged,
@@ -246,7 +285,6 @@ pub(crate) enum Command {
     RetrySucceeded(ParentName),
     /// A scheduled retry of a parent is due (with its generation).
     RetryDue(ParentName, u64),
-    Barrier(oneshot::Sender<()>),
     LaunchGuest(
         Caller,
         Vec<MdevUuid>,
@@ -264,6 +302,8 @@ pub(crate) enum Command {
 #[derive(Clone)]
 pub struct ManagerHandle {
     tx: mpsc::UnboundedSender<Command>,
+    /// The publisher's queue, which answers go through.
+    updates: mpsc::UnboundedSender<Update>,
 }
 
 fn gone() -> Error {
@@ -277,14 +317,24 @@ impl ManagerHandle {
         rx.await.map_err(|_| gone())
     }
 
+    /// Asks for a change: answered once what it changed is published.
+    async fn request<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T> {
+        let (reply, rx) = Reply::channel(&self.updates);
+        self.tx.send(make(reply)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
     pub async fn snapshot(&self) -> Result<Snapshot> {
         self.ask(Command::Snapshot).await
     }
 
     /// Changes a device's vendor attributes live, in its definition, or both.
     pub async fn modify(&self, caller: Caller, uuid: MdevUuid, req: ModifyRequest) -> Result<()> {
-        self.ask(|tx| Command::Modify(caller, uuid, req, tx))
-            .await?
+        self.request(|tx| Command::Modify(caller, uuid, req, tx))
+            .await
     }
 
     /// What the ensure rules would do now, without doing it.
@@ -302,38 +352,40 @@ impl ManagerHandle {
     }
 
     pub async fn create(&self, caller: Caller, req: CreateRequest) -> Result<DeviceView> {
-        self.ask(|tx| Command::Create(caller, req, tx)).await?
+        self.request(|tx| Command::Create(caller, req, tx)).await
     }
 
     pub async fn remove(&self, caller: Caller, uuid: MdevUuid, req: RemoveRequest) -> Result<()> {
-        self.ask(|tx| Command::Remove(caller, uuid, req, tx))
-            .await?
+        self.request(|tx| Command::Remove(caller, uuid, req, tx))
+            .await
     }
 
     pub async fn define(&self, caller: Caller, req: DefineRequest) -> Result<DeviceView> {
-        self.ask(|tx| Command::Define(caller, req, tx)).await?
+        self.request(|tx| Command::Define(caller, req, tx)).await
     }
 
     pub async fn undefine(&self, caller: Caller, uuid: MdevUuid) -> Result<()> {
-        self.ask(|tx| Command::Undefine(caller, uuid, tx)).await?
+        self.request(|tx| Command::Undefine(caller, uuid, tx)).await
     }
 
     pub async fn start(&self, caller: Caller, uuid: MdevUuid) -> Result<DeviceView> {
-        self.ask(|tx| Command::Start(caller, uuid, tx)).await?
+        self.request(|tx| Command::Start(caller, uuid, tx)).await
     }
 
     pub async fn set_autostart(&self, caller: Caller, uuid: MdevUuid, on: bool) -> Result<()> {
-        self.ask(|tx| Command::SetAutostart(caller, uuid, on, tx))
-            .await?
+        self.request(|tx| Command::SetAutostart(caller, uuid, on, tx))
+            .await
     }
 
     /// Re-reads the policy files and the definitions; returns the policy summary.
     pub async fn reload(&self, caller: Caller) -> Result<String> {
-        self.ask(|tx| Command::ReloadPolicy(caller, tx)).await?
+        self.request(|tx| Command::ReloadPolicy(caller, tx)).await
     }
 
+    /// The device with this UUID, read from sysfs if the model does not know it yet (and then
+    /// published before the answer).
     pub async fn device(&self, uuid: MdevUuid) -> Result<Option<DeviceView>> {
-        self.ask(|tx| Command::Device(uuid, tx)).await
+        self.request(|tx| Command::Device(uuid, tx)).await
     }
 
     /// Starts a guest with these devices (one, for now).
@@ -343,24 +395,19 @@ impl ManagerHandle {
         devices: Vec<MdevUuid>,
         opts: crate::guests::LaunchOptions,
     ) -> Result<crate::guests::GuestView> {
-        self.ask(|tx| Command::LaunchGuest(caller, devices, opts, tx))
-            .await?
+        self.request(|tx| Command::LaunchGuest(caller, devices, opts, tx))
+            .await
     }
 
     /// Stops a guest (SIGTERM, then SIGKILL after 5 s); answers once it has ended.
     pub async fn stop_guest(&self, caller: Caller, id: u64) -> Result<crate::guests::GuestView> {
-        self.ask(|tx| Command::StopGuest(caller, id, tx)).await?
+        self.request(|tx| Command::StopGuest(caller, id, tx)).await
     }
 
     /// Removes an ended guest (Busy while it runs).
     pub async fn forget_guest(&self, caller: Caller, id: u64) -> Result<()> {
-        self.ask(|tx| Command::ForgetGuest(Some(caller), id, Some(tx)))
-            .await?
-    }
-
-    /// Returns once every change the manager made so far is published.
-    pub async fn published(&self) -> Result<()> {
-        self.ask(Command::Barrier).await
+        self.request(|tx| Command::ForgetGuest(Some(caller), id, Some(tx)))
+            .await
     }
 
     /// Tells the manager the definitions tree changed (the inotify watch, debounced).
@@ -385,6 +432,7 @@ pub async fn spawn(
     let (tx, rx) = mpsc::unbounded_channel();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
     let me = tx.clone();
+    let changes_tx_handle = changes_tx.clone();
     let manager = tokio::task::spawn_blocking(move || {
         let mut manager = state::Manager::new(config, me, changes_tx)?;
         manager.scan()?;
@@ -394,5 +442,11 @@ pub async fn spawn(
     .await
     .map_err(|e| Error::Failed(format!("the start-up scan failed: {e}")))??;
     tokio::spawn(manager.run(rx));
-    Ok((ManagerHandle { tx }, changes_rx))
+    Ok((
+        ManagerHandle {
+            tx,
+            updates: changes_tx_handle,
+        },
+        changes_rx,
+    ))
 }

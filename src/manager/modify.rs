@@ -4,8 +4,6 @@
 //! change is all or nothing: each attribute's old value is read first, and a failed write
 //! restores the ones already written, in reverse order. The writes run off the manager's loop.
 
-use tokio::sync::oneshot;
-
 use super::ops::decision;
 use super::state::Manager;
 use super::{Caller, Command};
@@ -25,7 +23,7 @@ pub struct ModifyRequest {
 pub(crate) struct ModifyDone {
     pub(super) uuid: MdevUuid,
     pub(super) result: Result<()>,
-    pub(super) reply: oneshot::Sender<Result<()>>,
+    pub(super) reply: super::Reply<()>,
 }
 
 /// Writes `attrs` to the live device in order; on a failure restores what was written.
@@ -59,7 +57,7 @@ impl Manager {
         caller: Caller,
         uuid: MdevUuid,
         req: ModifyRequest,
-        reply: oneshot::Sender<Result<()>>,
+        reply: super::Reply<()>,
     ) {
         match self.check_modify(&caller, &uuid, &req) {
             Ok(()) => {}

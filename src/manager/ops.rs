@@ -5,25 +5,26 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
-
 use super::owners::Owner;
+use super::readings::{stamp, Reading};
 use super::state::{Manager, Pending, LINK_RETRIES};
 use super::{Caller, Command, CreateRequest, DeviceView, RemoveRequest};
 use crate::backend::{vf_device_uuid, Host};
 use crate::error::{Error, Result};
 use crate::holders::{group_node, holders_of};
-use crate::model::{BackendKind, Device, MdevUuid, ParentName, TypeId};
+use crate::model::{BackendKind, Device, MdevUuid, Parent, ParentName, TypeId};
 use crate::policy::{Action, Decision, Denial, DenialKind, Owned};
 use crate::store::{Definition, Meta, Start, Store};
 
-type Reply<T> = oneshot::Sender<Result<T>>;
+use super::Reply;
 
 /// Everything a blocking create needs.
 struct CreateJob {
     /// Where to try, best first; the next is tried when the kernel says "no room".
     candidates: Vec<(ParentName, TypeId, BackendKind)>,
     uuid: Option<MdevUuid>,
+    /// The UUID of a device on an mdev parent when the caller gave none.
+    generated: MdevUuid,
     attrs: Vec<(String, String)>,
     /// Store a definition too (with this start mode and metadata).
     define: Option<(Start, Meta)>,
@@ -37,15 +38,19 @@ pub(crate) struct CreateDone {
     pending: u64,
     /// A definition was stored with the device: re-read the definitions.
     defined: bool,
-    tried: Vec<ParentName>,
+    /// The owner's record is written (by the job).
     owner: Owner,
+    /// The device as read right after the create, and the capacity of every parent written to.
     result: Result<(ParentName, Device)>,
+    reading: Reading,
     reply: Reply<DeviceView>,
 }
 
 pub(crate) struct RemoveDone {
     uuid: MdevUuid,
-    parent: ParentName,
+    /// The device and its parent's capacity (with every parent sharing it), read after the write.
+    device: Result<Option<Device>>,
+    reading: Reading,
     /// Some process held the device's group open when the remove was tried.
     held: bool,
     result: Result<()>,
@@ -88,15 +93,11 @@ fn run_create(
     job: CreateJob,
     tried: &mut Vec<ParentName>,
 ) -> Result<(ParentName, Device)> {
-    let generated = MdevUuid::new_v4();
+    let generated = job.generated;
     let mut last = Error::NoCapacityAnywhere("the requested type".into());
     for (parent, type_id, backend) in &job.candidates {
         tried.push(parent.clone());
-        let uuid = match (job.uuid, backend) {
-            (Some(u), _) => u,
-            (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
-            (None, BackendKind::Mdev) => generated,
-        };
+        let uuid = candidate_uuid(job.uuid, generated, parent, *backend);
         let attempt = || create_one(host, store, &job, parent, type_id, uuid);
         let result = match &job.callouts {
             Some(callouts) => {
@@ -118,6 +119,36 @@ fn run_create(
         }
     }
     Err(last)
+}
+
+/// The UUID a create on `parent` makes: the caller's, an NVIDIA VF's own, or `generated`.
+fn candidate_uuid(
+    asked: Option<MdevUuid>,
+    generated: MdevUuid,
+    parent: &ParentName,
+    backend: BackendKind,
+) -> MdevUuid {
+    match (asked, backend) {
+        (Some(u), _) => u,
+        (None, BackendKind::NvidiaVendor) => vf_device_uuid(parent),
+        (None, BackendKind::Mdev) => generated,
+    }
+}
+
+/// Snapshots of `names`' parents as the model has them, each once.
+fn snapshots(
+    names: impl IntoIterator<Item = ParentName>,
+    known: &[(ParentName, Vec<Parent>)],
+) -> Vec<Parent> {
+    let mut out: Vec<Parent> = Vec::new();
+    for n in names {
+        for p in known.iter().filter(|(k, _)| *k == n).flat_map(|(_, g)| g) {
+            if !out.iter().any(|o| o.name == p.name) {
+                out.push(p.clone());
+            }
+        }
+    }
+    out
 }
 
 /// One attempt on one parent: the create, its attributes in order, and the definition if asked
@@ -308,6 +339,7 @@ impl Manager {
         let job = CreateJob {
             candidates,
             uuid: req.uuid,
+            generated: MdevUuid::new_v4(),
             attrs: req.attrs,
             define: (req.persistent || req.autostart)
                 .then(|| (start, Meta::now(owner.uid, owner.origin.clone()))),
@@ -373,6 +405,7 @@ impl Manager {
                 self.backend_of(&def.parent),
             )],
             uuid: Some(uuid),
+            generated: uuid,
             attrs: def.attrs.clone(),
             define: None,
             callouts: self.config.callouts.clone(),
@@ -380,6 +413,22 @@ impl Manager {
         };
         tracing::info!(caller = %caller.origin, %uuid, parent = %def.parent, "starting a defined device");
         self.launch_create(def.parent, job, owner, reply);
+    }
+
+    /// Each candidate with the snapshots of its parent and every parent sharing its capacity,
+    /// so the job can read back what its write changed.
+    fn capacity_groups(&self, candidates: &[ParentName]) -> Vec<(ParentName, Vec<Parent>)> {
+        candidates
+            .iter()
+            .map(|c| {
+                let group = self
+                    .with_siblings(c)
+                    .iter()
+                    .filter_map(|n| self.parents.get(n).cloned())
+                    .collect();
+                (c.clone(), group)
+            })
+            .collect()
     }
 
     fn launch_create(
@@ -397,9 +446,16 @@ impl Manager {
             .find(|(p, _, _)| *p == first)
             .map(|(_, t, _)| t.clone())
             .unwrap_or_else(|| job.candidates[0].1.clone());
+        let uuids: Vec<MdevUuid> = job
+            .candidates
+            .iter()
+            .map(|(p, _, b)| candidate_uuid(job.uuid, job.generated, p, *b))
+            .collect();
         self.pending.insert(
             id,
             Pending {
+                stamp: stamp(),
+                uuids,
                 parent: first,
                 type_id,
                 uuid: job.uuid,
@@ -409,16 +465,25 @@ impl Manager {
         );
         let host = self.config.host.clone();
         let store = self.config.store.clone();
+        let owners_dir = self.owners.dir().map(|d| d.to_path_buf());
         let me = self.me.clone();
         let bound = self.config.create_timeout;
         let defined = job.define.is_some();
         // If the bound runs out we do not know how far it got: re-read every candidate then.
         let candidates: Vec<ParentName> =
             job.candidates.iter().map(|(p, _, _)| p.clone()).collect();
+        let groups = self.capacity_groups(&candidates);
+        let reader = host.clone();
         tokio::spawn(async move {
+            let record = owner.clone();
             let work = tokio::task::spawn_blocking(move || {
                 let mut tried = Vec::new();
                 let result = run_create(&host, store.as_ref(), job, &mut tried);
+                if let (Ok((_, device)), Some(dir)) = (&result, &owners_dir) {
+                    if let Err(e) = super::owners::write_record(dir, &device.uuid, &record) {
+                        tracing::warn!("cannot record the owner of {}: {e}", device.uuid);
+                    }
+                }
                 (tried, result)
             });
             let (tried, result) = match tokio::time::timeout(bound, work).await {
@@ -434,42 +499,57 @@ impl Manager {
                     }),
                 ),
             };
+            let reading = tokio::task::spawn_blocking(move || {
+                Reading::parents(&reader, &snapshots(tried, &groups))
+            })
+            .await
+            .unwrap_or(Reading {
+                stamp: 0,
+                parents: Vec::new(),
+            });
             let _ = me.send(Command::CreateDone(CreateDone {
                 pending: id,
                 defined,
-                tried,
                 owner,
                 result,
+                reading,
                 reply,
             }));
         });
     }
 
+    /// Applies what a job read after its write.
+    fn take_reading(&mut self, reading: Reading) {
+        for (name, parent) in reading.parents {
+            self.take_parent(name, reading.stamp, parent);
+        }
+    }
+
     pub(super) fn finish_create(&mut self, done: CreateDone) {
-        self.pending.remove(&done.pending);
-        self.refresh_availability(&done.tried);
+        let uuids = self
+            .pending
+            .remove(&done.pending)
+            .map(|p| p.uuids)
+            .unwrap_or_default();
+        let stamp = done.reading.stamp;
+        self.take_reading(done.reading);
         let result = done.result.and_then(|(parent, created)| {
             let uuid = created.uuid;
-            if let Err(e) = self.owners.set(uuid, done.owner.clone()) {
-                tracing::warn!("cannot record the owner of {uuid}: {e}");
-            }
+            self.owners.insert(uuid, done.owner.clone());
             if done.defined {
                 self.load_definitions();
             }
-            if self.refresh_device(&uuid) {
+            let unlinked = created.type_id.is_none();
+            self.take_device(&uuid, stamp, Ok(Some(created)));
+            if unlinked {
                 self.retry_link(uuid, LINK_RETRIES);
-            }
-            if let std::collections::btree_map::Entry::Vacant(e) = self.live.entry(uuid) {
-                // The kernel accepted it and it was read back a moment ago: keep that reading
-                // (if it is really gone, its remove uevent will say so).
-                e.insert(created);
-                self.recompose(&uuid);
             }
             tracing::info!(%uuid, %parent, "device created");
             self.devices.get(&uuid).cloned().ok_or_else(|| {
                 Error::Failed(format!("device {uuid} vanished right after it was created"))
             })
         });
+        self.job_landed(&uuids);
         if let Err(e) = &result {
             tracing::error!("create failed: {e}");
         }
@@ -509,7 +589,7 @@ impl Manager {
             let _ = reply.send(Err(e));
             return;
         }
-        if self.removing.contains(&uuid) {
+        if self.removing.contains_key(&uuid) {
             let _ = reply.send(Err(Error::Busy(format!(
                 "device {uuid} is busy: a remove is already in progress"
             ))));
@@ -525,12 +605,16 @@ impl Manager {
             return;
         }
         tracing::info!(caller = %caller.origin, uid = ?caller.uid, %uuid, force = req.force, "removing a device");
-        self.removing.insert(uuid);
+        self.removing.insert(uuid, stamp());
         self.recompose(&uuid);
         let host = self.config.host.clone();
         let me = self.me.clone();
         let bound = req.timeout.unwrap_or(self.config.remove_timeout);
-        let parent = dev.parent.clone();
+        let group = snapshots(
+            [dev.parent.clone()],
+            &self.capacity_groups(std::slice::from_ref(&dev.parent)),
+        );
+        let reader = host.clone();
         // Who holds the group open is asked off the loop (a walk of /proc); a group without a
         // device node cannot be held.
         let node = dev
@@ -578,9 +662,25 @@ impl Manager {
                     (joined(work.await), None)
                 }
             };
+            let (device, reading) = tokio::task::spawn_blocking(move || {
+                let reading = Reading::parents(&reader, &group);
+                (reader.device(&uuid), reading)
+            })
+            .await
+            .unwrap_or_else(|join| {
+                let e = Error::Failed(format!("the read-back thread failed: {join}"));
+                (
+                    Err(e),
+                    Reading {
+                        stamp: 0,
+                        parents: Vec::new(),
+                    },
+                )
+            });
             let _ = me.send(Command::RemoveDone(RemoveDone {
                 uuid,
-                parent,
+                device,
+                reading,
                 held: held.load(Ordering::Relaxed),
                 result,
                 reply,
@@ -591,8 +691,10 @@ impl Manager {
     pub(super) fn finish_remove(&mut self, done: RemoveDone) {
         self.removing.remove(&done.uuid);
         self.apply_holders(vec![(done.uuid, done.held)]);
-        self.refresh_device(&done.uuid);
-        self.refresh_availability(std::slice::from_ref(&done.parent));
+        let stamp = done.reading.stamp;
+        self.take_device(&done.uuid, stamp, done.device);
+        self.take_reading(done.reading);
+        self.job_landed(&[done.uuid]);
         match &done.result {
             Ok(()) => tracing::info!(uuid = %done.uuid, "device removed"),
             Err(e) => tracing::error!(uuid = %done.uuid, "remove failed: {e}"),

@@ -22,6 +22,14 @@ pub struct Owner {
     pub rule: String,
 }
 
+/// Writes the record of `uuid` under `dir` atomically, off the manager's loop by the job that
+/// made the device. Not synced: the record is about a transient device, which a machine crash
+/// removes too; a crash of vgpud leaves the old record or the new one.
+pub fn write_record(dir: &Path, uuid: &MdevUuid, owner: &Owner) -> Result<()> {
+    let json = serde_json::to_vec_pretty(owner).map_err(|e| Error::Failed(e.to_string()))?;
+    crate::store::write_file_transient(dir, &format!("{uuid}.json"), &json, 0o600)
+}
+
 #[derive(Default)]
 pub struct Owners {
     dir: Option<PathBuf>,
@@ -70,16 +78,14 @@ impl Owners {
         self.map.get(uuid)
     }
 
-    /// Records the owner atomically. Not synced: the record is about a transient device, which
-    /// a machine crash removes too; a crash of vgpud leaves the old record or the new one.
-    pub fn set(&mut self, uuid: MdevUuid, owner: Owner) -> Result<()> {
-        if let Some(dir) = &self.dir {
-            let json =
-                serde_json::to_vec_pretty(&owner).map_err(|e| Error::Failed(e.to_string()))?;
-            crate::store::write_file_transient(dir, &format!("{uuid}.json"), &json, 0o600)?;
-        }
+    /// Where records are kept (None: not kept).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Takes an owner whose record a job already wrote (see [`write_record`]).
+    pub fn insert(&mut self, uuid: MdevUuid, owner: Owner) {
         self.map.insert(uuid, owner);
-        Ok(())
     }
 
     pub fn forget(&mut self, uuid: &MdevUuid) {

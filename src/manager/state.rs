@@ -28,6 +28,10 @@ const HOLDERS_POLL: Duration = Duration::from_secs(2);
 /// A create sent to the kernel and not answered yet (counts against limits and capacity).
 #[derive(Debug, Clone)]
 pub(super) struct Pending {
+    /// Stamped when the job started: its reading is newer than this.
+    pub stamp: u64,
+    /// Every UUID the job may create (one per candidate parent): their events wait for it.
+    pub uuids: Vec<MdevUuid>,
     pub parent: ParentName,
     pub type_id: crate::model::TypeId,
     pub uuid: Option<MdevUuid>,
@@ -50,7 +54,12 @@ pub(crate) struct Manager {
     pub(super) policy: Policy,
     pub(super) pending: BTreeMap<u64, Pending>,
     pub(super) next_pending: u64,
-    pub(super) removing: BTreeSet<MdevUuid>,
+    /// Removes in flight, with the stamp taken when each started.
+    pub(super) removing: BTreeMap<MdevUuid, u64>,
+    /// The stamp of the last reading applied per parent and device.
+    pub(super) stamps: super::readings::Stamps,
+    /// Events about devices with a job in flight, checked against the job's reading when it lands.
+    pub(super) deferred: BTreeMap<MdevUuid, Vec<UEvent>>,
     /// Parents that appeared since the last convergence (autostart, ensure rules).
     pub(super) appeared: Vec<ParentName>,
     /// What ensure rules cannot meet.
@@ -103,7 +112,9 @@ impl Manager {
             policy,
             pending: BTreeMap::new(),
             next_pending: 0,
-            removing: BTreeSet::new(),
+            removing: BTreeMap::new(),
+            stamps: Default::default(),
+            deferred: BTreeMap::new(),
             appeared: Vec::new(),
             problems: Vec::new(),
             definition_problems: Vec::new(),
@@ -124,6 +135,13 @@ impl Manager {
         all.extend(self.retry_problems());
         all.extend(self.scheduler_problem.iter().cloned());
         all
+    }
+
+    /// A reply for vgpud's own requests (autostart, ensure rules).
+    pub(super) fn internal_reply<T: Send + 'static>(
+        &self,
+    ) -> (super::Reply<T>, tokio::sync::oneshot::Receiver<Result<T>>) {
+        super::Reply::channel(&self.changes)
     }
 
     pub(super) fn publish(&self, change: Change) {
@@ -233,7 +251,7 @@ impl Manager {
                 if !self.devices.contains_key(&uuid) {
                     self.refresh_device(&uuid);
                 }
-                let _ = reply.send(self.devices.get(&uuid).cloned());
+                let _ = reply.send(Ok(self.devices.get(&uuid).cloned()));
             }
             Command::Create(caller, req, reply) => self.start_create(caller, req, reply),
             Command::Remove(caller, uuid, req, reply) => {
@@ -285,9 +303,6 @@ impl Manager {
             Command::ModifyDone(done) => self.finish_modify(done),
             Command::CreateDone(done) => self.finish_create(done),
             Command::RemoveDone(done) => self.finish_remove(done),
-            Command::Barrier(reply) => {
-                let _ = self.changes.send(Update::Barrier(reply));
-            }
             Command::LaunchGuest(caller, devices, opts, reply) => {
                 let r = self.launch_guest(&caller, &devices, opts);
                 let _ = reply.send(r);
@@ -360,7 +375,7 @@ impl Manager {
                     autostart: def.as_ref().is_some_and(|(d, _)| d.start == Start::Auto),
                     live,
                     in_use,
-                    removing: self.removing.contains(uuid),
+                    removing: self.removing.contains_key(uuid),
                     owner_uid: owner
                         .and_then(|o| o.uid)
                         .or_else(|| meta.and_then(|m| m.owner_uid)),
@@ -391,7 +406,7 @@ impl Manager {
     }
 
     /// `name` and every parent sharing its capacity (the VFs of one GPU).
-    fn with_siblings(&self, name: &ParentName) -> Vec<ParentName> {
+    pub(super) fn with_siblings(&self, name: &ParentName) -> Vec<ParentName> {
         let mut names = vec![name.clone()];
         // A parent not in the model (yet, or any more) has its siblings found from sysfs.
         let physfn = match self.parents.get(name) {
@@ -421,10 +436,26 @@ impl Manager {
         all.sort();
         all.dedup();
         for n in all {
-            match self.config.host.parent(&n) {
-                Ok(p) => self.set_parent(n, p),
-                Err(e) => tracing::warn!("cannot read parent {n}: {e}"),
+            let stamp = super::readings::stamp();
+            let reading = self.config.host.parent(&n);
+            self.take_parent(n, stamp, reading);
+        }
+    }
+
+    /// Applies a reading of a parent unless a newer one was applied already.
+    pub(super) fn take_parent(
+        &mut self,
+        name: ParentName,
+        stamp: u64,
+        reading: Result<Option<Parent>>,
+    ) {
+        match reading {
+            Ok(p) => {
+                if self.stamps.parent_fresh(&name, stamp) {
+                    self.set_parent(name, p);
+                }
             }
+            Err(e) => tracing::warn!("cannot read parent {name}: {e}"),
         }
     }
 
@@ -436,20 +467,34 @@ impl Manager {
         all.sort();
         all.dedup();
         for n in all {
+            let stamp = super::readings::stamp();
             let fresh = match self.parents.get(&n) {
                 Some(known) => self.config.host.refresh_availability(known),
                 None => self.config.host.parent(&n),
             };
-            match fresh {
-                Ok(p) => self.set_parent(n, p),
-                Err(e) => tracing::warn!("cannot read parent {n}: {e}"),
-            }
+            self.take_parent(n, stamp, fresh);
         }
     }
 
     /// Re-reads one device; true when it exists but its type link is not there yet.
     pub(super) fn refresh_device(&mut self, uuid: &MdevUuid) -> bool {
-        let unlinked = match self.config.host.device(uuid) {
+        let stamp = super::readings::stamp();
+        let reading = self.config.host.device(uuid);
+        self.take_device(uuid, stamp, reading)
+    }
+
+    /// Applies a reading of a device unless a newer one was applied already; true when it
+    /// exists but its type link is not there yet.
+    pub(super) fn take_device(
+        &mut self,
+        uuid: &MdevUuid,
+        stamp: u64,
+        reading: Result<Option<Device>>,
+    ) -> bool {
+        if reading.is_ok() && !self.stamps.device_fresh(uuid, stamp) {
+            return false;
+        }
+        let unlinked = match reading {
             Ok(Some(d)) => {
                 let unlinked = d.type_id.is_none();
                 self.live.insert(*uuid, d);
@@ -542,6 +587,39 @@ impl Manager {
 
     // ---- events ------------------------------------------------------------------------------
 
+    /// A create or remove of this device is in flight.
+    pub(super) fn in_flight(&self, uuid: &MdevUuid) -> bool {
+        self.removing.contains_key(uuid) || self.pending.values().any(|p| p.uuids.contains(uuid))
+    }
+
+    /// A job landed: its held events that its reading does not explain are read now, and
+    /// stamps no reading still to come can contest are forgotten.
+    pub(super) fn job_landed(&mut self, uuids: &[MdevUuid]) {
+        let mut unexplained = Vec::new();
+        for uuid in uuids {
+            if self.in_flight(uuid) {
+                continue;
+            }
+            for e in self.deferred.remove(uuid).unwrap_or_default() {
+                if !super::readings::explained(&e, self.live.get(uuid)) {
+                    unexplained.push(e);
+                }
+            }
+        }
+        if !unexplained.is_empty() {
+            self.on_events(&unexplained);
+        }
+        let oldest = self
+            .pending
+            .values()
+            .map(|p| p.stamp)
+            .chain(self.removing.values().copied())
+            .min();
+        if oldest.is_none() || self.stamps.len() > 4096 {
+            self.stamps.prune(oldest);
+        }
+    }
+
     fn on_events(&mut self, events: &[UEvent]) {
         let mut devices: Vec<(MdevUuid, Option<ParentName>)> = Vec::new();
         // Parents whose own events came (read in full) and parents of devices that came or
@@ -552,7 +630,14 @@ impl Manager {
         for e in events {
             tracing::debug!(action = %e.action, devpath = %e.devpath, seqnum = e.seqnum, "uevent");
             match e.affected() {
-                Affected::Device { uuid, parent } => devices.push((uuid, parent)),
+                Affected::Device { uuid, parent } => {
+                    if self.in_flight(&uuid) {
+                        // The job's own reading, taken after its write, will tell.
+                        self.deferred.entry(uuid).or_default().push(e.clone());
+                    } else if !super::readings::explained(e, self.live.get(&uuid)) {
+                        devices.push((uuid, parent));
+                    }
+                }
                 Affected::Parent { name, registered } => {
                     // A parent (re)registering is when autostart and ensure rules apply, even if
                     // the model did not see it go: events can be handled after the state has

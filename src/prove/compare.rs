@@ -40,7 +40,34 @@ pub struct HostFigures {
     pub ways: Vec<Way>,
     /// (devices already live, vgpud create + remove p50 ms).
     pub growth: Vec<(usize, f64)>,
+    /// Someone else's create and remove, as a client hears of them.
+    pub heard: Option<super::throughput::Heard>,
+    pub concurrent: Option<Result<super::throughput::Concurrent, String>>,
+    /// GetManagedObjects on the simulator: how long, how many objects.
+    pub fetch_all: Option<Result<(Duration, usize), String>>,
+    /// `cp -a` of the simulated tree.
+    pub copy: Option<Result<Duration, String>>,
+    /// vgpud on a plain copy of the tree: start-up to the bus name, RSS, GetManagedObjects.
+    pub plain: Option<Result<(Duration, u64, Duration), String>>,
 }
+
+/// The first type of up to `n` NVIDIA parents.
+fn targets(sys: &Path, n: usize) -> Result<Vec<(String, String)>, String> {
+    let pic = super::check::sysfs_picture(sys).map_err(|e| e.to_string())?;
+    Ok(pic
+        .parents
+        .iter()
+        .filter_map(|(p, types)| {
+            let t = types.keys().find(|id| id.starts_with("nvidia-"))?;
+            Some((p.clone(), t.clone()))
+        })
+        .take(n)
+        .collect())
+}
+
+/// Clients of the concurrent run, and how long it lasts.
+pub const CLIENTS: usize = 16;
+const CONCURRENT_FOR: Duration = Duration::from_secs(3);
 
 fn uuid(tag: u32, i: usize) -> String {
     format!("c0de{tag:04x}-0000-4000-8000-{i:012x}")
@@ -268,7 +295,7 @@ pub async fn host(
     growth_steps: &[usize],
 ) -> Result<HostFigures, String> {
     let profiles = vec![format!("nvidia-t4:{gpus}")];
-    let rig = Rig::start(bins, &profiles).await?;
+    let mut rig = Rig::start(bins, &profiles).await?;
     let mut fig = HostFigures {
         gpus,
         startup: rig.startup,
@@ -288,6 +315,12 @@ pub async fn host(
         &type_id,
         n,
     ));
+    fig.heard = Some(super::throughput::external(&rig, &parent, &type_id, n.min(50)).await);
+    fig.concurrent = Some(match targets(&rig.sim.mount, CLIENTS) {
+        Ok(t) => super::throughput::concurrent(&rig, &t, CLIENTS, CONCURRENT_FOR).await,
+        Err(e) => Err(e),
+    });
+    fig.fetch_all = Some(super::throughput::fetch_all(&rig).await);
     let mut live = 0;
     for &step in growth_steps {
         if step > live {
@@ -303,6 +336,21 @@ pub async fn host(
         fig.growth.push((live, both.ms(0.5)));
     }
     fig.rss_end_kib = rig.daemon_rss_kib().unwrap_or(0);
+    let plain = rig.sim.dir().join("plain-sysfs");
+    fig.copy = Some(super::throughput::copy_tree(&rig.sim.mount, &plain));
+    if matches!(fig.copy, Some(Ok(_))) {
+        rig.stop_daemon();
+        rig.sysfs = plain;
+        fig.plain = Some(match rig.start_daemon().await {
+            Ok(startup) => {
+                let rss = rig.daemon_rss_kib().unwrap_or(0);
+                super::throughput::fetch_all(&rig)
+                    .await
+                    .map(|(took, _)| (startup, rss, took))
+            }
+            Err(e) => Err(e),
+        });
+    }
     Ok(fig)
 }
 
@@ -329,6 +377,49 @@ impl HostFigures {
                 line.push_str(&format!("   ERROR: {e}"));
             }
             out.push(line);
+        }
+        if let Some(h) = &self.heard {
+            let mut line = format!(
+                "  someone else's create -> InterfacesAdded {}   remove -> InterfacesRemoved {}   (n={})",
+                h.added.p50_p99(),
+                h.removed.p50_p99(),
+                h.added.len()
+            );
+            if let Some(e) = &h.error {
+                line.push_str(&format!("   ERROR: {e}"));
+            }
+            out.push(line);
+        }
+        match &self.concurrent {
+            Some(Ok(c)) => out.push(c.line()),
+            Some(Err(e)) => out.push(format!("  concurrent clients: ERROR: {e}")),
+            None => {}
+        }
+        match &self.fetch_all {
+            Some(Ok((took, n))) => out.push(format!(
+                "  GetManagedObjects of {n} objects to a zbus client: {:.1} ms",
+                took.as_secs_f64() * 1e3
+            )),
+            Some(Err(e)) => out.push(format!("  GetManagedObjects: ERROR: {e}")),
+            None => {}
+        }
+        match &self.copy {
+            Some(Ok(took)) => out.push(format!(
+                "  cp -a of the simulated tree: {:.2} s",
+                took.as_secs_f64()
+            )),
+            Some(Err(e)) => out.push(format!("  cp -a of the simulated tree: ERROR: {e}")),
+            None => {}
+        }
+        match &self.plain {
+            Some(Ok((startup, rss, fetch))) => out.push(format!(
+                "  on a plain copy of the tree: start-up to the bus name {:.0} ms, RSS {:.1} MiB, GetManagedObjects {:.1} ms",
+                startup.as_secs_f64() * 1e3,
+                mib(*rss),
+                fetch.as_secs_f64() * 1e3
+            )),
+            Some(Err(e)) => out.push(format!("  on a plain copy of the tree: ERROR: {e}")),
+            None => {}
         }
         for (live, p50) in &self.growth {
             out.push(format!(

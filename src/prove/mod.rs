@@ -18,6 +18,7 @@ pub mod fuzz;
 pub mod load;
 pub mod rig;
 pub mod stats;
+pub mod throughput;
 
 /// One line of the summary table.
 #[derive(Debug, Clone)]

@@ -174,6 +174,8 @@ pub struct Rig {
     conn: zbus::Connection,
     bus: PrivateBus,
     pub sim: Sim,
+    /// The sysfs root vgpud is started on: the simulator's mount, or a plain copy of it.
+    pub sysfs: PathBuf,
     bins: Bins,
     pub definitions: PathBuf,
     pub state: PathBuf,
@@ -219,6 +221,7 @@ impl Rig {
             conn,
             bus,
             log: sim.dir().join("vgpud.log"),
+            sysfs: sim.mount.clone(),
             sim,
             bins: bins.clone(),
             definitions,
@@ -271,7 +274,7 @@ impl Rig {
             .arg("--address")
             .arg(self.bus.address())
             .arg("--sysfs")
-            .arg(&self.sim.mount)
+            .arg(&self.sysfs)
             .arg("--events")
             .arg(format!("sim:{}", self.sim.uevents.display()))
             .arg("--dev")
