@@ -29,6 +29,21 @@ struct Args {
     /// Crash rounds (default 10 with --quick, 120 otherwise).
     #[arg(long)]
     crash_rounds: Option<u32>,
+    /// Hosts of the comparison, as GPUS or GPUS:ROUNDS (default 64:20 with --quick, 64:200 and
+    /// 512:100 otherwise).
+    #[arg(long, value_delimiter = ',', value_parser = parse_host)]
+    compare_hosts: Vec<(u32, usize)>,
+}
+
+fn parse_host(s: &str) -> Result<(u32, usize), String> {
+    let (gpus, rounds) = s.split_once(':').unwrap_or((s, "50"));
+    let gpus = gpus
+        .parse()
+        .map_err(|_| format!("{gpus:?} is not a number of GPUs"))?;
+    let rounds = rounds
+        .parse()
+        .map_err(|_| format!("{rounds:?} is not a number of rounds"))?;
+    Ok((gpus, rounds))
 }
 
 /// `vgpud-prove abi`: the kernel-ABI scenarios of the sample drivers against one sysfs root,
@@ -386,7 +401,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let p = plan(&args);
+    let mut p = plan(&args);
+    if !args.compare_hosts.is_empty() {
+        p.hosts = args.compare_hosts.clone();
+    }
     println!(
         "vgpud-prove {} run, seed {seed} (--seed {seed} replays it)",
         if args.quick { "quick" } else { "full" }

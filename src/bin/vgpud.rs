@@ -85,6 +85,13 @@ enum Sub {
 const DEFAULT_SIMULATED_HOST: &[&str] = &["nvidia-t4:2", "nvidia-a100", "nvidia-l40s", "mtty"];
 
 fn main() -> ExitCode {
+    // Start-up reads sysfs from several threads and the runtime has one per core: glibc would
+    // give each its own arena and keep what they freed. Two arenas hold a daemon that mostly
+    // waits.
+    // SAFETY: mallopt only tunes glibc's allocator; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("VGPUD_LOG")

@@ -86,8 +86,20 @@ pub async fn serve(
         publisher,
         tokio::spawn(async move {
             let _ctx = ctx;
-            while let Some(update) = changes.recv().await {
-                applier.update(update).await;
+            while let Some(first) = changes.recv().await {
+                // Under load changes queue up: take what is there and skip the updates a later
+                // change of the same object supersedes (each parent update is a signal per
+                // type whose availability changed). Answers keep their place.
+                let mut batch = vec![first];
+                while batch.len() < 256 {
+                    match changes.try_recv() {
+                        Ok(u) => batch.push(u),
+                        Err(_) => break,
+                    }
+                }
+                for update in publisher::superseded_dropped(batch) {
+                    applier.update(update).await;
+                }
             }
         }),
     ))

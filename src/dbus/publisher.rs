@@ -251,6 +251,56 @@ impl Publisher {
     }
 }
 
+/// What an update changes, for telling which later one supersedes it.
+#[derive(PartialEq, Eq, Hash)]
+enum Key {
+    Parent(ParentName),
+    Device(MdevUuid),
+}
+
+fn key(update: &Update) -> Option<Key> {
+    match update {
+        Update::Change(Change::ParentAdded(p) | Change::ParentUpdated(p)) => {
+            Some(Key::Parent(p.name.clone()))
+        }
+        Update::Change(Change::ParentRemoved(n)) => Some(Key::Parent(n.clone())),
+        Update::Change(Change::DeviceAdded(d) | Change::DeviceUpdated(d)) => {
+            Some(Key::Device(d.uuid))
+        }
+        Update::Change(Change::DeviceRemoved(u)) => Some(Key::Device(*u)),
+        _ => None,
+    }
+}
+
+/// `batch` without the parent and device updates that a later change of the same object in it
+/// makes moot (additions and removals are kept: they make and unmake objects), as long as no
+/// answer lies between the two: an answer is delivered once what came before it is on the bus.
+/// Applying the rest in order ends in the same tree. Event storms (an unplug, a driver
+/// reloading) are what this saves.
+pub(super) fn superseded_dropped(batch: Vec<Update>) -> Vec<Update> {
+    let mut later: std::collections::HashSet<Key> = std::collections::HashSet::new();
+    let mut kept: Vec<Update> = Vec::with_capacity(batch.len());
+    for update in batch.into_iter().rev() {
+        if matches!(update, Update::Answer(_)) {
+            later.clear();
+        }
+        let k = key(&update);
+        let is_update = matches!(
+            update,
+            Update::Change(Change::ParentUpdated(_) | Change::DeviceUpdated(_))
+        );
+        if let Some(k) = k {
+            if is_update && later.contains(&k) {
+                continue;
+            }
+            later.insert(k);
+        }
+        kept.push(update);
+    }
+    kept.reverse();
+    kept
+}
+
 fn type_devices(state: &Published, parent: &ParentName, type_id: &TypeId) -> Vec<OwnedObjectPath> {
     state
         .devices
@@ -258,4 +308,75 @@ fn type_devices(state: &Published, parent: &ParentName, type_id: &TypeId) -> Vec
         .filter(|d| d.parent == *parent && d.type_id.as_ref() == Some(type_id))
         .map(|d| names::device_path(&d.uuid))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{BackendKind, MdevType};
+
+    fn parent(name: &str, free: u32) -> Parent {
+        Parent {
+            name: ParentName::new(name).unwrap(),
+            sysfs_path: format!("/sys/devices/{name}").into(),
+            backend: BackendKind::Mdev,
+            pci: None,
+            driver: None,
+            numa_node: None,
+            iommu_group: None,
+            physfn: None,
+            virtfns: Vec::new(),
+            types: vec![MdevType {
+                id: TypeId::new("mtty-1".to_owned()).unwrap(),
+                parent: ParentName::new(name).unwrap(),
+                name: None,
+                description: None,
+                device_api: "vfio-pci".into(),
+                available_instances: free,
+            }],
+        }
+    }
+
+    fn updated(name: &str, free: u32) -> Update {
+        Update::Change(Change::ParentUpdated(parent(name, free)))
+    }
+
+    fn shown(batch: &[Update]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|u| match u {
+                Update::Change(Change::ParentUpdated(p)) => {
+                    format!("{}={}", p.name, p.types[0].available_instances)
+                }
+                Update::Change(c) => format!("{c:?}"),
+                Update::Answer(_) => "answer".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn later_updates_of_the_same_parent_supersede_earlier_ones() {
+        let batch = vec![updated("mtty", 3), updated("mdpy", 1), updated("mtty", 2)];
+        assert_eq!(shown(&superseded_dropped(batch)), ["mdpy=1", "mtty=2"]);
+    }
+
+    #[test]
+    fn an_answer_keeps_the_state_before_it() {
+        let answer = Update::Answer(Box::new(|| {}));
+        let batch = vec![updated("mtty", 3), answer, updated("mtty", 2)];
+        assert_eq!(
+            shown(&superseded_dropped(batch)),
+            ["mtty=3", "answer", "mtty=2"]
+        );
+    }
+
+    #[test]
+    fn additions_and_removals_are_kept() {
+        let batch = vec![
+            Update::Change(Change::ParentAdded(parent("mtty", 3))),
+            updated("mtty", 2),
+            Update::Change(Change::ParentRemoved(ParentName::new("mtty").unwrap())),
+        ];
+        assert_eq!(superseded_dropped(batch).len(), 2);
+    }
 }

@@ -290,7 +290,7 @@ impl Manager {
             )));
             return;
         }
-        let parents: Vec<_> = self.parents.values().cloned().collect();
+        let parents: Vec<&crate::model::Parent> = self.parents.values().collect();
         let plan = self.policy.plan_create(
             &caller.subject(),
             &req.type_spec,

@@ -232,7 +232,7 @@ impl Manager {
                 let _ = reply.send(self.plan());
             }
             Command::Capacity(caller, filter, reply) => {
-                let parents: Vec<_> = self.parents.values().cloned().collect();
+                let parents: Vec<&crate::model::Parent> = self.parents.values().collect();
                 let _ = reply.send(self.policy.capacity(
                     &caller.subject(),
                     &parents,

@@ -44,7 +44,7 @@ impl Policy {
     pub fn capacity(
         &self,
         subject: &Subject,
-        parents: &[Parent],
+        parents: &[impl std::borrow::Borrow<Parent>],
         devices: &[Owned],
         filter: &CapacityFilter,
     ) -> Vec<TypeCapacity> {
@@ -52,7 +52,7 @@ impl Policy {
         // type label -> rule name -> (shares, the rule's remaining per-user/group quota)
         let mut by_type: BTreeMap<String, BTreeMap<String, (Vec<ParentCapacity>, u32)>> =
             BTreeMap::new();
-        for p in parents {
+        for p in parents.iter().map(|p| p.borrow()) {
             if filter.parent.as_ref().is_some_and(|f| *f != p.name)
                 || filter.numa_node.is_some_and(|n| p.numa_node != Some(n))
             {

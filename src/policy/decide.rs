@@ -3,6 +3,7 @@
 //! parent decides, and only its limits apply; reservations then hide instances from subjects
 //! they are not for; the strategy orders what is left.
 
+use std::borrow::Borrow;
 use std::cmp::{Ordering, Reverse};
 use std::collections::HashMap;
 
@@ -17,9 +18,15 @@ pub(super) struct Snapshot<'a> {
 }
 
 impl<'a> Snapshot<'a> {
-    pub(super) fn new(parents: &'a [Parent], devices: &'a [Owned]) -> Self {
+    pub(super) fn new<P: Borrow<Parent>>(parents: &'a [P], devices: &'a [Owned]) -> Self {
         Snapshot {
-            parents: parents.iter().map(|p| (&p.name, p)).collect(),
+            parents: parents
+                .iter()
+                .map(|p| {
+                    let p = p.borrow();
+                    (&p.name, p)
+                })
+                .collect(),
             devices,
         }
     }
@@ -85,7 +92,7 @@ impl Policy {
         type_spec: &str,
         parent: Option<&ParentName>,
         numa_node: Option<i32>,
-        parents: &[Parent],
+        parents: &[impl Borrow<Parent>],
         devices: &[Owned],
     ) -> Result<CreatePlan, Denial> {
         let mut offers = offers(type_spec, parent, parents)?;
@@ -362,13 +369,14 @@ fn no_free(parent: &Parent, ty: &MdevType) -> Denial {
 }
 
 /// The (parent, type) pairs offering `type_spec`, by parent name; NotFound when there are none.
-fn offers<'a>(
+fn offers<'a, P: Borrow<Parent>>(
     type_spec: &str,
     parent: Option<&ParentName>,
-    parents: &'a [Parent],
+    parents: &'a [P],
 ) -> Result<Vec<(&'a Parent, &'a MdevType)>, Denial> {
+    let mut parents = parents.iter().map(|p| p.borrow());
     if let Some(name) = parent {
-        let p = parents.iter().find(|p| p.name == *name).ok_or_else(|| {
+        let p = parents.find(|p| p.name == *name).ok_or_else(|| {
             Denial::new(
                 DenialKind::NotFound,
                 "",
@@ -389,7 +397,6 @@ fn offers<'a>(
         return Ok(vec![(p, t)]);
     }
     let mut found: Vec<(&Parent, &MdevType)> = parents
-        .iter()
         .flat_map(|p| {
             p.types
                 .iter()
