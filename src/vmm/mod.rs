@@ -481,7 +481,15 @@ pub fn launch(
                 )?)
             }
             DeviceSpec::VfioCdev(file) => {
-                let cdev = file.open().map_err(VfioError::Iommufd)?;
+                // Taken over, as a group is: the VMM holds the very descriptor it was given
+                // (a copy, as `open` would make, stayed open beside it). Named twice, the
+                // second is a copy, which the kernel refuses to bind again.
+                let cdev = match adopted.contains(&file) {
+                    true => file.open(),
+                    false => file.adopt(),
+                };
+                adopted.push(file);
+                let cdev = cdev.map_err(|e| VfioError::Open(file.to_string(), e))?;
                 let iommufd = || given_or(&config.iommufd, "/dev/iommu").adopt();
                 Box::new(VfioPassthrough::open_cdev(
                     cdev,

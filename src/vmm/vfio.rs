@@ -172,6 +172,8 @@ pub trait DeviceFd: Send {
     fn enable_irq(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()>;
     /// VFIO_DEVICE_SET_IRQS: a signal on `fds` unmasks `index` (an automasked INTx).
     fn set_irq_resample(&self, index: u32, fds: &[&EventFd]) -> std::io::Result<()>;
+    /// VFIO_DEVICE_SET_IRQS: unmask `index` now.
+    fn unmask_irq(&self, index: u32) -> std::io::Result<()>;
     fn disable_irq(&self, index: u32) -> std::io::Result<()>;
     fn raw_fd(&self) -> RawFd;
 }
@@ -209,6 +211,9 @@ impl DeviceFd for VfioDevice {
         self.set_irq_resample_fd(index, fds.to_vec())
             .map_err(io_error)
     }
+    fn unmask_irq(&self, index: u32) -> std::io::Result<()> {
+        VfioDevice::unmask_irq(self, index).map_err(io_error)
+    }
     fn disable_irq(&self, index: u32) -> std::io::Result<()> {
         VfioDevice::disable_irq(self, index).map_err(io_error)
     }
@@ -245,6 +250,9 @@ pub struct VfioPassthrough {
     interrupt_line: u8,
     irq: Option<EventFd>,
     irq_resample: Option<EventFd>,
+    /// The device masks INTx after each interrupt but cannot be unmasked by `irq_resample`
+    /// (6.9+'s mtty: VFIO_IRQ_SET_ACTION_UNMASK by eventfd is ENOTTY): the VMM unmasks it.
+    unmask_on_access: bool,
     /// MSI and MSI-X as the guest sees them: vfio-pci programs the real capabilities on
     /// VFIO_DEVICE_SET_IRQS; the guest's values only say where KVM routes `msi_irq`.
     interrupts: MessageInterrupts,
@@ -346,7 +354,7 @@ impl VfioPassthrough {
         let bars = Bars::new(&bar_layout(&regions, &regs))?;
         // INTx only where the device has it: the display samples (mdpy, mbochs) report no
         // interrupts and refuse VFIO_DEVICE_SET_IRQS.
-        let (irq, irq_resample) = match device.irq(INTX_IRQ) {
+        let (irq, irq_resample, unmask_on_access) = match device.irq(INTX_IRQ) {
             Some((count, flags)) if count > 0 => {
                 let irq = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
                 device
@@ -354,18 +362,28 @@ impl VfioPassthrough {
                     .map_err(|e| VfioError::Group("INTx", e))?;
                 // An automasked INTx stays masked after each interrupt until unmasked: the
                 // guest's acknowledgement does it, through KVM's resample eventfd.
-                let resample = if flags & IRQ_INFO_AUTOMASKED != 0 {
+                // A device that takes no unmask eventfd is unmasked by the VMM instead, on
+                // the guest's next access once KVM's resample eventfd says the guest
+                // acknowledged (QEMU, without that eventfd, takes any BAR access as the
+                // acknowledgement). The unmask here checks that the device can be unmasked.
+                let (resample, unmask_on_access) = if flags & IRQ_INFO_AUTOMASKED != 0 {
                     let fd = EventFd::new(EFD_NONBLOCK).map_err(VfioError::EventFd)?;
-                    device
-                        .set_irq_resample(INTX_IRQ, &[&fd])
-                        .map_err(|e| VfioError::Group("INTx unmask", e))?;
-                    Some(fd)
+                    let by_vmm = match device.set_irq_resample(INTX_IRQ, &[&fd]) {
+                        Ok(()) => false,
+                        Err(_) => {
+                            device
+                                .unmask_irq(INTX_IRQ)
+                                .map_err(|e| VfioError::Group("INTx unmask", e))?;
+                            true
+                        }
+                    };
+                    (Some(fd), by_vmm)
                 } else {
-                    None
+                    (None, false)
                 };
-                (Some(irq), resample)
+                (Some(irq), resample, unmask_on_access)
             }
-            _ => (None, None),
+            _ => (None, None, false),
         };
         let config_dword = |offset: u16| {
             let mut buf = [0u8; 4];
@@ -431,10 +449,30 @@ impl VfioPassthrough {
             interrupt_line: 0,
             irq,
             irq_resample,
+            unmask_on_access,
             interrupts: MessageInterrupts { msi, msix },
             msi_irq,
             mapped,
         })
+    }
+}
+
+impl VfioPassthrough {
+    /// Where the VMM unmasks INTx: once KVM signalled the guest's acknowledgement, before
+    /// the access that may raise the next interrupt reaches the device.
+    fn unmask_if_acknowledged(&self) {
+        if !self.unmask_on_access {
+            return;
+        }
+        let Some(resample) = &self.irq_resample else {
+            return;
+        };
+        // Non-blocking: WouldBlock while the guest has not acknowledged.
+        if resample.read().is_ok() {
+            if let Err(e) = self.device.unmask_irq(INTX_IRQ) {
+                tracing::warn!("VFIO INTx of {} cannot be unmasked: {e}", self.name);
+            }
+        }
     }
 }
 
@@ -444,6 +482,7 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_read(&mut self, offset: u16, size: u8) -> u32 {
+        self.unmask_if_acknowledged();
         if let Some(value) = self.interrupts.config_read(offset, size) {
             return value;
         }
@@ -467,6 +506,7 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
+        self.unmask_if_acknowledged();
         if let Some(switched) = self.interrupts.config_write(offset, size, value) {
             let device = &self.device;
             let result = match switched {
@@ -516,6 +556,7 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
+        self.unmask_if_acknowledged();
         match &self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_read(offset, data),
             _ => self.device.region_read(bar as u32, data, offset),
@@ -523,6 +564,7 @@ impl PassthroughDevice for VfioPassthrough {
     }
 
     fn bar_write(&mut self, bar: usize, offset: u64, data: &[u8]) {
+        self.unmask_if_acknowledged();
         match &mut self.interrupts.msix {
             Some(m) if m.owns(bar, offset) => m.table_write(offset, data),
             _ => self.device.region_write(bar as u32, data, offset),

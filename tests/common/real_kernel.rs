@@ -2,6 +2,8 @@
 //! under QEMU (TCG) by `scripts/real-kernel-run`, with the kernel's mdev core, VFIO, KVM and the
 //! sample drivers mtty, mdpy and mbochs (modules under `$RK/modules`). The host's root is the
 //! guest's (read-only), so the test binaries' `CARGO_BIN_EXE_*` paths run there unchanged.
+//! `run` boots Debian 12's own kernel (6.1: the VFIO group API only); `run_on_cdev_kernel` its
+//! 6.12 with VFIO rebuilt with the device cdev and iommufd.
 //!
 //! Nothing here skips: a download that fails or a QEMU that will not start fails the test with
 //! what the scripts said.
@@ -104,7 +106,19 @@ pub fn run(script: &str) -> GuestRun {
     run_with(script, &[])
 }
 
-/// `run` with extra options for `scripts/real-kernel-run` (`--smp 2`, `--memory 2048`).
+/// The kernel series `run_on_cdev_kernel` boots: Debian 12's 6.12 (bookworm-security), whose
+/// iommufd, VFIO (with VFIO_DEVICE_CDEV), mdev and sample modules `scripts/fetch-real-kernel
+/// --series 6.12` rebuilds from its source (Debian builds it without IOMMUFD).
+pub const CDEV_SERIES: &str = "6.12";
+
+/// `run` on the `CDEV_SERIES` kernel: an mdev there has `vfio-dev/vfioN`, /dev/vfio/devices/vfioN
+/// and /dev/iommu exist, and the group API works too.
+pub fn run_on_cdev_kernel(script: &str) -> GuestRun {
+    run_with(script, &["--series", CDEV_SERIES])
+}
+
+/// `run` with extra options for `scripts/real-kernel-run` (`--smp 2`, `--memory 2048`,
+/// `--series 6.12`).
 pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
     let base = repo().join("target/real-kernel-tests");
     std::fs::create_dir_all(&base).expect("create target/real-kernel-tests");

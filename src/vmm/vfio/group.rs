@@ -393,6 +393,21 @@ impl DeviceFd for GroupDevice {
         self.set_irqs(index, IRQ_SET_DATA_EVENTFD | IRQ_SET_ACTION_UNMASK, fds)
     }
 
+    fn unmask_irq(&self, index: u32) -> io::Result<()> {
+        // DATA_NONE with count 1: the header alone, no data.
+        let set = IrqSet {
+            argsz: (std::mem::size_of::<IrqSet>() - 4 * 4) as u32,
+            flags: IRQ_SET_DATA_NONE | IRQ_SET_ACTION_UNMASK,
+            index,
+            start: 0,
+            count: 1,
+            fds: [-1; 4],
+        };
+        // SAFETY: the kernel reads `argsz` bytes of `set`: the header only.
+        ioctl_status(unsafe { libc::ioctl(self.file.as_raw_fd(), DEVICE_SET_IRQS, &set) })?;
+        Ok(())
+    }
+
     fn disable_irq(&self, index: u32) -> io::Result<()> {
         self.set_irqs(index, IRQ_SET_DATA_NONE | IRQ_SET_ACTION_TRIGGER, &[])
     }
