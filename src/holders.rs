@@ -19,6 +19,20 @@ pub fn group_node(dev_root: &Path, group: u32) -> PathBuf {
     dev_root.join("vfio").join(group.to_string())
 }
 
+/// The device nodes through which a VM can hold a device: its IOMMU group's node and, where
+/// the kernel gives the device one (`<sysfs dir>/vfio-dev/vfioN`), its VFIO cdev — a guest
+/// attached through iommufd never opens the group. Only nodes that exist (a node that does not
+/// exist cannot be held). Reads sysfs and /dev: off the manager's loop where it can be.
+pub fn device_nodes(dev_root: &Path, group: Option<u32>, sysfs_dir: &Path) -> Vec<PathBuf> {
+    let group = group
+        .map(|g| group_node(dev_root, g))
+        .filter(|n| n.exists());
+    group
+        .into_iter()
+        .chain(crate::guests::vfio_cdev(sysfs_dir, dev_root))
+        .collect()
+}
+
 /// Every process under `proc_root` with a descriptor open on `node`, one entry per process,
 /// ordered by pid. Processes that exit during the scan, or whose descriptors this process may
 /// not read, are skipped: the answer is advisory, as it is for `fuser`.
@@ -112,6 +126,27 @@ mod tests {
             pid: std::process::id(),
             comm: comm_of(Path::new("/proc/self")),
         }
+    }
+
+    #[test]
+    fn a_device_is_held_through_its_group_or_its_cdev() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dev, sys) = (dir.path().join("dev"), dir.path().join("sys/mdev0"));
+        std::fs::create_dir_all(dev.join("vfio/devices")).unwrap();
+        std::fs::create_dir_all(sys.join("vfio-dev/vfio2")).unwrap();
+        // Neither node exists yet: nothing can hold the device.
+        assert!(device_nodes(&dev, Some(7), &sys).is_empty());
+        std::fs::write(dev.join("vfio/7"), "").unwrap();
+        std::fs::write(dev.join("vfio/devices/vfio2"), "").unwrap();
+        let nodes = device_nodes(&dev, Some(7), &sys);
+        assert_eq!(nodes, [dev.join("vfio/7"), dev.join("vfio/devices/vfio2")]);
+        // A process holding only the cdev (an iommufd guest) holds the device.
+        let cdev = std::fs::File::open(dev.join("vfio/devices/vfio2")).unwrap();
+        let held = held_among(Path::new("/proc"), &nodes);
+        assert!(held.contains(&dev.join("vfio/devices/vfio2")));
+        assert!(!held.contains(&dev.join("vfio/7")));
+        drop(cdev);
+        assert!(held_among(Path::new("/proc"), &nodes).is_empty());
     }
 
     #[test]

@@ -177,8 +177,8 @@ echo "REMOVE_STATUS=$?"
 
 /// A running guest vgpud launched: its jailed VMM holds the device's cdev and /dev/iommu at the
 /// numbers its command line gives, no other VFIO or iommufd node (no container, no group), and
-/// was given no /dev path; the device cannot be removed until the guest stops. (Its InUse stays
-/// false: vgpud looks for holders of the group node, which a cdev guest does not open.)
+/// was given no /dev path; the device shows InUse and cannot be removed until the guest stops.
+/// A process outside vgpud holding only the cdev makes it InUse too, and Remove names it.
 #[test]
 fn a_guest_on_the_vfio_cdev_holds_exactly_the_cdev_and_the_iommufd() {
     let run = real_kernel::run_on_cdev_kernel(&with_vgpud(&format!(
@@ -192,9 +192,23 @@ echo "VMM_ARGV=$(tr '\0' ' ' </proc/$VMM/cmdline)"
 echo "API=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest VfioApi)"
 $C remove {UUID} >"$SCRATCH/busy.log" 2>&1
 echo "BUSY_STATUS=$?"
+DEV=/org/vgpud/devices/$(echo {UUID} | tr - _)
+in_use() {{ $B get-property org.vgpud $DEV org.vgpud1.Device InUse; }}
+for i in $(seq 50); do [ "$(in_use)" = "b true" ] && break; sleep 0.1; done
+echo "INUSE_GUEST=$(in_use)"
 $B call org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest Stop
 echo "STOP_STATUS=$?"
 echo "STATE_STOPPED=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.Guest State)"
+for i in $(seq 50); do [ "$(in_use)" = "b false" ] && break; sleep 0.1; done
+echo "INUSE_STOPPED=$(in_use)"
+# Someone else holds the cdev (as a VM manager vgpud did not start would): seen by the
+# periodic check, and Remove names it.
+exec 9<>/dev/vfio/devices/vfio0
+for i in $(seq 60); do [ "$(in_use)" = "b true" ] && break; sleep 0.1; done
+echo "INUSE_OUTSIDE=$(in_use)"
+$C remove {UUID} >"$SCRATCH/busy2.log" 2>&1
+echo "BUSY2_STATUS=$?"
+exec 9<&-
 $C remove {UUID}
 echo "REMOVE_STATUS=$?"
 "#
@@ -236,5 +250,29 @@ echo "REMOVE_STATUS=$?"
     assert_eq!(run.value("BUSY_STATUS"), "7", "{}", run.file("busy.log"));
     assert_eq!(run.value("STOP_STATUS"), "0", "{}\n{daemon}", run.output);
     assert_eq!(run.value("STATE_STOPPED"), "s \"exited\"");
+    assert_eq!(
+        run.value("INUSE_GUEST"),
+        "b true",
+        "{}\n{daemon}",
+        run.output
+    );
+    assert_eq!(
+        run.value("INUSE_STOPPED"),
+        "b false",
+        "{}\n{daemon}",
+        run.output
+    );
+    assert_eq!(
+        run.value("INUSE_OUTSIDE"),
+        "b true",
+        "{}\n{daemon}",
+        run.output
+    );
+    assert_eq!(run.value("BUSY2_STATUS"), "7", "{}", run.file("busy2.log"));
+    assert!(
+        run.file("busy2.log").contains("held open by pid"),
+        "{}",
+        run.file("busy2.log")
+    );
     assert_eq!(run.value("REMOVE_STATUS"), "0", "{}\n{daemon}", run.output);
 }

@@ -11,7 +11,7 @@ use super::state::{Manager, Pending, LINK_RETRIES};
 use super::{Caller, Command, CreateRequest, DeviceView, RemoveRequest};
 use crate::backend::{vf_device_uuid, Host};
 use crate::error::{Error, Result};
-use crate::holders::{group_node, holders_of};
+use crate::holders::{device_nodes, holders_of};
 use crate::model::{BackendKind, Device, MdevUuid, Parent, ParentName, TypeId};
 use crate::policy::{Action, Decision, Denial, DenialKind, Owned};
 use crate::store::{Definition, Meta, Start, Store};
@@ -615,12 +615,10 @@ impl Manager {
             &self.capacity_groups(std::slice::from_ref(&dev.parent)),
         );
         let reader = host.clone();
-        // Who holds the group open is asked off the loop (a walk of /proc); a group without a
-        // device node cannot be held.
-        let node = dev
-            .iommu_group
-            .map(|g| group_node(&self.config.dev_root, g))
-            .filter(|n| n.exists());
+        // Who holds the device open (its group or its cdev) is asked off the loop (a walk of
+        // /proc); a node that does not exist cannot be held.
+        let (iommu_group, sysfs_dir) = (dev.iommu_group, dev.sysfs_path.clone());
+        let dev_root = self.config.dev_root.clone();
         let proc_root = self.config.proc_root.clone();
         let force = req.force;
         let callouts = self.config.callouts.clone();
@@ -629,7 +627,12 @@ impl Manager {
         let seen_held = held.clone();
         tokio::spawn(async move {
             let mut work = tokio::task::spawn_blocking(move || {
-                let holders = node.map(|n| holders_of(&proc_root, &n)).unwrap_or_default();
+                let mut holders: Vec<_> = device_nodes(&dev_root, iommu_group, &sysfs_dir)
+                    .iter()
+                    .flat_map(|n| holders_of(&proc_root, n))
+                    .collect();
+                holders.sort_by_key(|h| h.pid);
+                holders.dedup_by_key(|h| h.pid);
                 seen_held.store(!holders.is_empty(), Ordering::Relaxed);
                 if !holders.is_empty() && !force {
                     let who: Vec<String> = holders

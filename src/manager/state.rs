@@ -12,7 +12,7 @@ use super::owners::Owners;
 use super::{Change, Command, DeviceView, ManagerConfig, Snapshot, Update};
 use crate::error::Result;
 use crate::events::{Affected, UEvent};
-use crate::holders::{group_node, held_among};
+use crate::holders::{device_nodes, held_among};
 use crate::model::{Device, MdevUuid, Parent, ParentName};
 use crate::policy::Policy;
 use crate::store::{Definition, Meta, Start};
@@ -80,15 +80,23 @@ pub(crate) struct Manager {
 }
 
 /// Which of `targets` are held open, in one pass over /proc.
+/// A live device as far as holding it goes: its IOMMU group and its sysfs directory.
+pub(super) type Holdable = (MdevUuid, Option<u32>, PathBuf);
+
 fn holders_walk(
     proc_root: &Path,
-    targets: Vec<(MdevUuid, Option<PathBuf>)>,
+    dev_root: &Path,
+    targets: Vec<Holdable>,
 ) -> Vec<(MdevUuid, bool)> {
-    let nodes: Vec<PathBuf> = targets.iter().filter_map(|(_, n)| n.clone()).collect();
-    let held = held_among(proc_root, &nodes);
-    targets
+    let per_device: Vec<(MdevUuid, Vec<PathBuf>)> = targets
         .into_iter()
-        .map(|(u, n)| (u, n.is_some_and(|n| held.contains(&n))))
+        .map(|(u, group, sysfs)| (u, device_nodes(dev_root, group, &sysfs)))
+        .collect();
+    let nodes: Vec<PathBuf> = per_device.iter().flat_map(|(_, n)| n.clone()).collect();
+    let held = held_among(proc_root, &nodes);
+    per_device
+        .into_iter()
+        .map(|(u, n)| (u, n.iter().any(|n| held.contains(n))))
         .collect()
 }
 
@@ -159,8 +167,8 @@ impl Manager {
         }
         let live = self.live.clone();
         self.owners.retain(|u| live.contains_key(u));
-        let targets = self.holder_nodes(live.keys().copied());
-        let held = holders_walk(&self.config.proc_root, targets);
+        let targets = self.holdable(live.keys().copied());
+        let held = holders_walk(&self.config.proc_root, &self.config.dev_root, targets);
         self.held = held
             .into_iter()
             .filter(|(_, h)| *h)
@@ -518,21 +526,13 @@ impl Manager {
 
     // ---- holders ------------------------------------------------------------------------------
 
-    /// The VFIO group node of each of `uuids` that is live and has one.
-    fn holder_nodes(
-        &self,
-        uuids: impl IntoIterator<Item = MdevUuid>,
-    ) -> Vec<(MdevUuid, Option<PathBuf>)> {
+    /// Each of `uuids` that is live, as far as holding it goes (no I/O here).
+    fn holdable(&self, uuids: impl IntoIterator<Item = MdevUuid>) -> Vec<Holdable> {
         uuids
             .into_iter()
             .filter_map(|u| {
                 let dev = self.live.get(&u)?;
-                let node = dev
-                    .iommu_group
-                    .map(|g| group_node(&self.config.dev_root, g))
-                    // A group without a device node cannot be held: no /proc walk for it.
-                    .filter(|n| n.exists());
-                Some((u, node))
+                Some((u, dev.iommu_group, dev.sysfs_path.clone()))
             })
             .collect()
     }
@@ -542,8 +542,8 @@ impl Manager {
         if let Some(stale) = &mut self.polling_holders {
             *stale = true;
         }
-        let targets = self.holder_nodes(uuids.iter().copied());
-        let checked = holders_walk(&self.config.proc_root, targets);
+        let targets = self.holdable(uuids.iter().copied());
+        let checked = holders_walk(&self.config.proc_root, &self.config.dev_root, targets);
         self.apply_holders(checked);
     }
 
@@ -552,15 +552,17 @@ impl Manager {
         if self.polling_holders.is_some() {
             return;
         }
-        let targets = self.holder_nodes(self.live.keys().copied());
-        if targets.iter().all(|(_, n)| n.is_none()) && self.held.is_empty() {
+        let targets = self.holdable(self.live.keys().copied());
+        if targets.is_empty() && self.held.is_empty() {
             return;
         }
         self.polling_holders = Some(false);
         let proc_root = self.config.proc_root.clone();
+        let dev_root = self.config.dev_root.clone();
         let me = self.me.clone();
         tokio::task::spawn_blocking(move || {
-            let _ = me.send(Command::HoldersPolled(holders_walk(&proc_root, targets)));
+            let checked = holders_walk(&proc_root, &dev_root, targets);
+            let _ = me.send(Command::HoldersPolled(checked));
         });
     }
 
