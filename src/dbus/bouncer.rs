@@ -151,18 +151,26 @@ impl Bouncer {
     /// Follows names leaving the bus (callers forgotten) and polkit coming and going, until
     /// the connection closes.
     pub async fn watch(self: std::sync::Arc<Self>) {
-        let Ok(dbus) = zbus::fdo::DBusProxy::new(&self.conn).await else {
-            return;
-        };
-        let Ok(mut changes) = dbus.receive_name_owner_changed().await else {
-            return;
-        };
-        while let Some(signal) = changes.next().await {
-            let Ok(args) = signal.args() else { continue };
-            let name = args.name().as_str();
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .and_then(|b| b.interface("org.freedesktop.DBus"))
+            .and_then(|b| b.member("NameOwnerChanged"))
+            .map(|b| b.build());
+        let Ok(rule) = rule else { return };
+        // A deep queue of its own: zbus stops reading the connection while a stream's queue is
+        // full, and clients coming and going in a storm must not stall method calls.
+        let stream =
+            zbus::MessageStream::for_match_rule(rule, &self.conn, Some(super::MAX_QUEUED)).await;
+        let Ok(mut changes) = stream else { return };
+        while let Some(Ok(msg)) = changes.next().await {
+            let body = msg.body();
+            let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
+                continue;
+            };
             if name == crate::authz::POLKIT_NAME {
                 self.authority.forget_presence();
-            } else if args.new_owner().is_none() {
+            } else if new.is_empty() {
                 self.known().remove(name);
             }
         }

@@ -30,16 +30,18 @@ pub enum BusChoice {
     Address(String),
 }
 
+/// How many incoming messages the daemon's connection queues for a consumer that is behind (the
+/// bouncer's watch of names leaving the bus): zbus stops reading the socket, method calls
+/// included, while any queue is full. A storm of clients coming and going must not stall calls.
+pub(crate) const MAX_QUEUED: usize = 4096;
+
 pub async fn connect(bus: &BusChoice) -> zbus::Result<Connection> {
-    match bus {
-        BusChoice::System => Connection::system().await,
-        BusChoice::Session => Connection::session().await,
-        BusChoice::Address(a) => {
-            zbus::connection::Builder::address(a.as_str())?
-                .build()
-                .await
-        }
-    }
+    let builder = match bus {
+        BusChoice::System => zbus::connection::Builder::system()?,
+        BusChoice::Session => zbus::connection::Builder::session()?,
+        BusChoice::Address(a) => zbus::connection::Builder::address(a.as_str())?,
+    };
+    builder.max_queued(MAX_QUEUED).build().await
 }
 
 /// Publishes the manager's model on `conn` and keeps it current; returns once the name is

@@ -349,8 +349,12 @@ pub async fn run(rig: &mut Rig, budget: Duration, min_calls: usize, seed: u64) -
             Err(_) => {
                 report.timeouts += 1;
                 report.findings.push(format!(
-                    "{}.{} on {} got no answer within 15 s",
-                    method.interface, method.name, method.path
+                    "{}.{} on {} got no answer within 15 s (arguments {:?}; the daemon's log ends: {})",
+                    method.interface,
+                    method.name,
+                    method.path,
+                    body,
+                    rig.log_tail(8)
                 ));
             }
         }
