@@ -100,6 +100,8 @@ struct Row {
     create: Samples,
     remove: Samples,
     pair: Samples,
+    /// FUSE requests per create + remove (lookup, getattr, readlink, open, read, write).
+    trips: f64,
     ls: Samples,
     walk: Duration,
     walk_files: usize,
@@ -164,6 +166,7 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         "class/mdev_bus/{}/mdev_supported_types/{}/create",
         case.parent, case.type_id
     ));
+    let before = sim.requests();
     let (mut c, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..iterations {
         let uuid = uuid::Uuid::new_v4().to_string();
@@ -179,6 +182,17 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         r.push(t2 - t1);
         p.push(t2 - t0);
     }
+    let after = sim.requests();
+    // The round trips one create + remove costs (RELEASE is not counted: it is asynchronous).
+    let trips =
+        (after.lookup + after.getattr + after.readlink + after.open + after.read + after.write
+            - before.lookup
+            - before.getattr
+            - before.readlink
+            - before.open
+            - before.read
+            - before.write) as f64
+            / iterations.max(1) as f64;
     let bus = root.join("class/mdev_bus");
     let parents = names(&bus).len();
     let ls = (0..50)
@@ -205,6 +219,7 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         create: Samples(c),
         remove: Samples(r),
         pair: Samples(p),
+        trips,
         ls: Samples(ls),
         walk,
         walk_files,
@@ -242,8 +257,8 @@ fn main() {
     println!();
     println!("create + remove through the FUSE mount, {iterations} iterations (µs per write)");
     println!(
-        "{:<14} {:>7}  {:<7} {:>9} {:>9} {:>9}",
-        "profile", "parents", "op", "ops/s", "p50 µs", "p99 µs"
+        "{:<14} {:>7}  {:<7} {:>9} {:>9} {:>9} {:>9}",
+        "profile", "parents", "op", "ops/s", "p50 µs", "p99 µs", "requests"
     );
     for row in &rows {
         for (op, s) in [
@@ -252,13 +267,18 @@ fn main() {
             ("both", &row.pair),
         ] {
             println!(
-                "{:<14} {:>7}  {:<7} {:>9.0} {:>9.1} {:>9.1}",
+                "{:<14} {:>7}  {:<7} {:>9.0} {:>9.1} {:>9.1} {:>9}",
                 row.profile,
                 row.parents,
                 op,
                 s.ops_per_s(),
                 s.percentile_us(0.5),
-                s.percentile_us(0.99)
+                s.percentile_us(0.99),
+                if op == "both" {
+                    format!("{:.1}", row.trips)
+                } else {
+                    String::new()
+                }
             );
         }
     }
