@@ -1,6 +1,7 @@
 //! The simulator's own cost, as a tool on top of it pays it: create + remove of one device
-//! through the FUSE mount with raw writes, `ls` of class/mdev_bus and a full walk of every
-//! type's attributes, on mtty and 8, 64 and 512 T4s. Prints a table; asserts nothing.
+//! through the FUSE mount with raw writes, `ls` of class/mdev_bus, a full walk of every type's
+//! attributes and a `cp -a` of the whole mount, on mtty and 8, 64 and 512 T4s. Prints a table;
+//! asserts nothing.
 //!
 //! `cargo bench --bench sim_create_remove [PROFILE...]` (root and /dev/fuse needed; it skips
 //! otherwise). VGPUD_BENCH_ITERATIONS overrides the 2000 create + remove iterations.
@@ -99,11 +100,55 @@ struct Row {
     create: Samples,
     remove: Samples,
     pair: Samples,
+    /// FUSE requests per create + remove (lookup, getattr, readlink, open, read, write).
+    trips: f64,
     ls: Samples,
     walk: Duration,
     walk_files: usize,
     /// `Host::parents()` (the library, every attribute of every parent), on small hosts only.
     host_parents: Option<Duration>,
+    /// `cp -a` of the mount (entries copied, time, time of copying the copy), up to 64 parents.
+    copy: Option<(usize, Duration, Duration)>,
+}
+
+/// `cp -a` of the whole tree into tmpfs, as a user archiving /sys would (write-only attributes
+/// fail to open, so cp's exit status is not checked). tmpfs, because on a busy disk creating the
+/// copy's 9,000 inodes costs more than reading them. Returns the entries copied, the time taken,
+/// and the time to `cp -a` that copy again (the floor: the same work with no FUSE in it).
+fn copy_tree(root: &Path) -> (usize, Duration, Duration) {
+    let shm = Path::new("/dev/shm");
+    let scratch = tempfile::tempdir_in(if shm.is_dir() { shm } else { Path::new("/tmp") })
+        .expect("scratch dir");
+    let cp = |from: &Path, to: &Path| {
+        let t = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("run cp");
+        std::hint::black_box(status);
+        t.elapsed()
+    };
+    let (first, second) = (scratch.path().join("copy"), scratch.path().join("again"));
+    let took = cp(root, &first);
+    let floor = cp(&first, &second);
+    (count_entries(&first), took, floor)
+}
+
+fn count_entries(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|e| {
+                    let e = e.expect("dir entry");
+                    let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    1 + if is_dir { count_entries(&e.path()) } else { 0 }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
@@ -121,6 +166,7 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         "class/mdev_bus/{}/mdev_supported_types/{}/create",
         case.parent, case.type_id
     ));
+    let before = sim.requests();
     let (mut c, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..iterations {
         let uuid = uuid::Uuid::new_v4().to_string();
@@ -136,6 +182,17 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         r.push(t2 - t1);
         p.push(t2 - t0);
     }
+    let after = sim.requests();
+    // The round trips one create + remove costs (RELEASE is not counted: it is asynchronous).
+    let trips =
+        (after.lookup + after.getattr + after.readlink + after.open + after.read + after.write
+            - before.lookup
+            - before.getattr
+            - before.readlink
+            - before.open
+            - before.read
+            - before.write) as f64
+            / iterations.max(1) as f64;
     let bus = root.join("class/mdev_bus");
     let parents = names(&bus).len();
     let ls = (0..50)
@@ -154,6 +211,7 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         std::hint::black_box(host.parents().expect("Host::parents"));
         t.elapsed()
     });
+    let copy = (measuring && parents <= 64).then(|| copy_tree(&root));
     sim.stop().expect("unmount");
     Row {
         profile: case.profile,
@@ -161,10 +219,12 @@ fn run(case: &Case, iterations: usize, measuring: bool, tmp: &Path) -> Row {
         create: Samples(c),
         remove: Samples(r),
         pair: Samples(p),
+        trips,
         ls: Samples(ls),
         walk,
         walk_files,
         host_parents,
+        copy,
     }
 }
 
@@ -197,8 +257,8 @@ fn main() {
     println!();
     println!("create + remove through the FUSE mount, {iterations} iterations (µs per write)");
     println!(
-        "{:<14} {:>7}  {:<7} {:>9} {:>9} {:>9}",
-        "profile", "parents", "op", "ops/s", "p50 µs", "p99 µs"
+        "{:<14} {:>7}  {:<7} {:>9} {:>9} {:>9} {:>9}",
+        "profile", "parents", "op", "ops/s", "p50 µs", "p99 µs", "requests"
     );
     for row in &rows {
         for (op, s) in [
@@ -207,13 +267,18 @@ fn main() {
             ("both", &row.pair),
         ] {
             println!(
-                "{:<14} {:>7}  {:<7} {:>9.0} {:>9.1} {:>9.1}",
+                "{:<14} {:>7}  {:<7} {:>9.0} {:>9.1} {:>9.1} {:>9}",
                 row.profile,
                 row.parents,
                 op,
                 s.ops_per_s(),
                 s.percentile_us(0.5),
-                s.percentile_us(0.99)
+                s.percentile_us(0.99),
+                if op == "both" {
+                    format!("{:.1}", row.trips)
+                } else {
+                    String::new()
+                }
             );
         }
     }
@@ -222,7 +287,7 @@ fn main() {
         "listing and walking (walk = readdir of every parent's types + each available_instances)"
     );
     println!(
-        "{:<14} {:>7}  {:>10} {:>10} {:>9} {:>8} {:>10} {:>14}",
+        "{:<14} {:>7}  {:>10} {:>10} {:>9} {:>8} {:>10} {:>14} {:>28}",
         "profile",
         "parents",
         "ls p50 µs",
@@ -230,12 +295,13 @@ fn main() {
         "walk ms",
         "files",
         "µs/file",
-        "Host::parents"
+        "Host::parents",
+        "cp -a"
     );
     for row in &rows {
         let walk_ms = row.walk.as_secs_f64() * 1e3;
         println!(
-            "{:<14} {:>7}  {:>10.1} {:>10.1} {:>9.1} {:>8} {:>10.1} {:>14}",
+            "{:<14} {:>7}  {:>10.1} {:>10.1} {:>9.1} {:>8} {:>10.1} {:>14} {:>28}",
             row.profile,
             row.parents,
             row.ls.percentile_us(0.5),
@@ -245,6 +311,13 @@ fn main() {
             walk_ms * 1e3 / row.walk_files.max(1) as f64,
             row.host_parents
                 .map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3))
+                .unwrap_or_else(|| "-".into()),
+            row.copy
+                .map(|(n, d, floor)| format!(
+                    "{n} in {:.2} s (floor {:.2} s)",
+                    d.as_secs_f64(),
+                    floor.as_secs_f64()
+                ))
                 .unwrap_or_else(|| "-".into())
         );
     }

@@ -84,6 +84,22 @@ pub struct Control {
 
 impl Control {
     pub fn handle(&self, req: Request) -> Result<Value, String> {
+        let topology = matches!(
+            req,
+            Request::Plug { .. }
+                | Request::Unplug { .. }
+                | Request::Bind { .. }
+                | Request::Unbind { .. }
+        );
+        let result = self.apply(req);
+        // Done or failed half-way: either way the kernel's cached view may be stale now.
+        if topology {
+            self.shared.topology_changed();
+        }
+        result
+    }
+
+    fn apply(&self, req: Request) -> Result<Value, String> {
         match req {
             Request::Status => Ok(status(&self.shared.lock())),
             Request::Plug { profile, parent } => {
@@ -202,6 +218,8 @@ impl Control {
 
     fn unbind(&self, parent: &str) -> Result<(), String> {
         let waiting = self.shared.lock().begin_unbind(parent)?;
+        // The parent is unregistering: its types are gone while it waits for a holder.
+        self.shared.topology_changed();
         Completion::Unbind(parent.to_owned(), waiting).run(&self.shared);
         Ok(())
     }

@@ -3,30 +3,49 @@
 //! an unbind waiting for one, an injected delay) are answered from their own thread, so the
 //! file system keeps serving everyone else meanwhile.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyWrite, Request,
-    WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyOpen, ReplyWrite, Request, WriteFlags,
 };
 
+use super::cache::{self, Cache, Requests};
+use super::inodes::{join, path_ino, Inodes};
 use super::kernel::{Kernel, WriteOutcome};
 use super::tree::{self, Node, WriteTarget};
 
-/// The kernel state and the condition every blocked writer waits on.
+/// The kernel state, the condition every blocked writer waits on, and what the kernel caches.
 pub struct Shared {
     pub kernel: Mutex<Kernel>,
     pub changed: Condvar,
+    pub cache: Cache,
+    pub inodes: Inodes,
 }
 
 impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Kernel> {
         self.kernel.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// After a topology change (the state is already changed): the kernel's cached view goes
+    /// now, and again a moment later, for a lookup that read the old state and whose reply the
+    /// kernel had not taken in yet (it would cache a vanished node as present).
+    pub fn topology_changed(self: &Arc<Self>) {
+        self.cache.invalidate_all();
+        let shared = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("sim-invalidate".into())
+            .spawn(move || {
+                std::thread::sleep(cache::RACE_WINDOW);
+                shared.cache.invalidate_all();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a thread to invalidate the kernel's cache again: {e}");
+        }
     }
 
     /// Waits until none of `ids` is held (or the simulator is stopping).
@@ -43,43 +62,21 @@ impl Shared {
     }
 }
 
-/// Attributes are never cached: every stat reaches the simulator, so a removed device reads as
-/// gone at once even through a cached name.
+/// A volatile node's attributes are never cached: every stat reaches the simulator, so a
+/// removed device reads as gone at once even through a cached name. (Static nodes: cache.rs.)
 const TTL: Duration = Duration::ZERO;
 /// Names are cached. That is safe without invalidation because a path never changes kind in
-/// this tree, a vanished name fails at its next getattr/open/readlink (attributes are not
-/// cached), and failed lookups are never cached, so new names appear at once. It saves a
-/// LOOKUP round trip per path component on every access.
+/// this tree, a vanished name fails at its next getattr/open/readlink (its attributes are not
+/// cached, or were invalidated with the topology change that removed it), and failed lookups
+/// are never cached, so new names appear at once. It saves a LOOKUP round trip per path
+/// component on every access.
 const ENTRY_TTL: Duration = Duration::from_secs(30);
 /// sysfs reports every attribute as one page.
 const ATTR_SIZE: u64 = 4096;
 
-#[derive(Default)]
-struct Inodes {
-    paths: HashMap<u64, (String, u64)>,
-}
-
 pub struct SysFs {
     shared: Arc<Shared>,
-    inodes: Mutex<Inodes>,
     started: SystemTime,
-}
-
-fn path_ino(path: &str) -> u64 {
-    if path.is_empty() {
-        return 1;
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    (h.finish() >> 1).max(2)
-}
-
-fn join(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{parent}/{name}")
-    }
 }
 
 fn errno(e: i32) -> Errno {
@@ -88,40 +85,18 @@ fn errno(e: i32) -> Errno {
 
 impl SysFs {
     pub fn new(shared: Arc<Shared>) -> Self {
-        let mut inodes = Inodes::default();
-        inodes.paths.insert(1, (String::new(), 1));
         Self {
             shared,
-            inodes: Mutex::new(inodes),
             started: SystemTime::now(),
         }
     }
 
-    fn inodes(&self) -> MutexGuard<'_, Inodes> {
-        self.inodes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn path_of(&self, ino: INodeNo) -> Option<String> {
-        self.inodes().paths.get(&ino.0).map(|(p, _)| p.clone())
+        self.shared.inodes.path_of(ino.0)
     }
 
-    /// Gives `path` an inode number and counts one kernel lookup of it.
     fn remember(&self, path: &str) -> u64 {
-        let mut inodes = self.inodes();
-        let mut ino = path_ino(path);
-        loop {
-            match inodes.paths.get_mut(&ino) {
-                Some((p, n)) if p == path => {
-                    *n += 1;
-                    return ino;
-                }
-                Some(_) => ino = ino.wrapping_add(1).max(2),
-                None => {
-                    inodes.paths.insert(ino, (path.to_owned(), 1));
-                    return ino;
-                }
-            }
-        }
+        self.shared.inodes.remember(path)
     }
 
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {
@@ -151,9 +126,32 @@ impl SysFs {
     }
 
     fn node(&self, ino: INodeNo) -> Result<(String, Node), Errno> {
+        self.node_and_lifetime(ino)
+            .map(|(path, node, _)| (path, node))
+    }
+
+    /// The node and whether it is static (cache.rs), decided on one snapshot of the state.
+    fn node_and_lifetime(&self, ino: INodeNo) -> Result<(String, Node, bool), Errno> {
         let path = self.path_of(ino).ok_or(Errno::ENOENT)?;
-        let node = tree::resolve(&self.shared.lock(), &path).ok_or(Errno::ENOENT)?;
-        Ok((path, node))
+        let k = self.shared.lock();
+        let node = tree::resolve(&k, &path).ok_or(Errno::ENOENT)?;
+        let fixed = cache::is_static(&k, &path);
+        drop(k);
+        Ok((path, node, fixed))
+    }
+
+    /// The attribute TTL for a node, noting the inode if the kernel may keep it.
+    fn attr_ttl(&self, ino: u64, fixed: bool) -> Duration {
+        if fixed {
+            self.shared.cache.note_cached(ino);
+            cache::STATIC_TTL
+        } else {
+            TTL
+        }
+    }
+
+    fn requests(&self) -> &Requests {
+        &self.shared.cache.requests
     }
 }
 
@@ -208,19 +206,28 @@ pub enum Completion {
 }
 
 impl Completion {
-    pub fn run(self, shared: &Shared) {
+    pub fn run(self, shared: &Arc<Shared>) {
         let ids = match &self {
             Completion::Remove(u) => vec![u.clone()],
             Completion::Unbind(_, ids) => ids.clone(),
         };
         let guard = shared.lock();
         let mut guard = shared.wait_released(guard, &ids);
-        match self {
-            Completion::Remove(u) => guard.finish_remove(&u),
-            Completion::Unbind(p, _) => guard.finish_unbind(&p),
-        }
+        let topology = match self {
+            Completion::Remove(u) => {
+                guard.finish_remove(&u);
+                false
+            }
+            Completion::Unbind(p, _) => {
+                guard.finish_unbind(&p);
+                true
+            }
+        };
         drop(guard);
         shared.changed.notify_all();
+        if topology {
+            shared.topology_changed();
+        }
     }
 }
 
@@ -229,6 +236,14 @@ fn finish_write(shared: &Arc<Shared>, target: WriteTarget, data: Vec<u8>, reply:
     let result = apply(&mut k, &target, &data);
     drop(k);
     shared.changed.notify_all();
+    // A driver bind or unbind changes the topology (an unbind already unregistered the parent
+    // when it has to wait): the kernel's cached view of static nodes must go before the reply.
+    if matches!(
+        target,
+        WriteTarget::DriverBind { .. } | WriteTarget::DriverUnbind { .. }
+    ) {
+        shared.topology_changed();
+    }
     match result {
         Ok(None) => reply.written(data.len() as u32),
         Err(e) => reply.error(errno(e)),
@@ -249,7 +264,19 @@ fn finish_write(shared: &Arc<Shared>, target: WriteTarget, data: Vec<u8>, reply:
 }
 
 impl Filesystem for SysFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // A listing also answers the lookups of its entries (`ls -l`, `cp -a`, a full walk);
+        // AUTO: only where lookups followed the last listing, so a plain `ls` of 512 parents
+        // does not make the kernel instantiate 512 inodes each time.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
+            tracing::debug!("the kernel lacks {missing:?}: listings will be followed by lookups");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        Requests::count(&self.requests().lookup);
         let Some(parent_path) = self.path_of(parent) else {
             return reply.error(Errno::ENOENT);
         };
@@ -257,32 +284,35 @@ impl Filesystem for SysFs {
             return reply.error(Errno::ENOENT);
         };
         let path = join(&parent_path, name);
-        let node = tree::resolve(&self.shared.lock(), &path);
+        let k = self.shared.lock();
+        let node = tree::resolve(&k, &path);
+        let fixed = node.is_some() && cache::is_static(&k, &path);
+        drop(k);
         match node {
             Some(node) => {
                 let ino = self.remember(&path);
-                reply.entry_with_ttls(&TTL, &ENTRY_TTL, &self.attr(ino, &node), Generation(0));
+                let (attr_ttl, entry_ttl) = if fixed {
+                    (self.attr_ttl(ino, true), cache::STATIC_TTL)
+                } else {
+                    (TTL, ENTRY_TTL)
+                };
+                let attr = self.attr(ino, &node);
+                reply.entry_with_ttls(&attr_ttl, &entry_ttl, &attr, Generation(0));
             }
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if ino.0 == 1 {
-            return;
-        }
-        let mut inodes = self.inodes();
-        if let Some((_, n)) = inodes.paths.get_mut(&ino.0) {
-            *n = n.saturating_sub(nlookup);
-            if *n == 0 {
-                inodes.paths.remove(&ino.0);
-            }
-        }
+        self.shared.inodes.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
-            Ok((_, node)) => reply.attr(&TTL, &self.attr(ino.0, &node)),
+        Requests::count(&self.requests().getattr);
+        match self.node_and_lifetime(ino) {
+            Ok((_, node, fixed)) => {
+                reply.attr(&self.attr_ttl(ino.0, fixed), &self.attr(ino.0, &node))
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -313,6 +343,7 @@ impl Filesystem for SysFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        Requests::count(&self.requests().readlink);
         match self.node(ino) {
             Ok((_, Node::Link(target))) => reply.data(target.as_bytes()),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -321,13 +352,15 @@ impl Filesystem for SysFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        Requests::count(&self.requests().open);
         let access = flags.0 & libc::O_ACCMODE;
-        match self.node(ino) {
+        match self.node_and_lifetime(ino) {
             Ok((
                 _,
                 Node::File {
                     content, target, ..
                 },
+                _,
             )) => {
                 // kernfs refuses at open a direction the attribute does not support.
                 let wants_read = access == libc::O_RDONLY || access == libc::O_RDWR;
@@ -342,12 +375,19 @@ impl Filesystem for SysFs {
                 }
                 reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
             }
-            Ok((_, Node::Blob(_))) => {
+            Ok((_, Node::Blob(_), fixed)) => {
                 let wants_write = access == libc::O_WRONLY || access == libc::O_RDWR;
                 if wants_write && req.uid() != 0 {
                     return reply.error(Errno::EACCES);
                 }
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+                // A static blob (config space) has its true size, so the page cache serves it
+                // exactly; the kernel keeps it across opens until a topology change.
+                if fixed {
+                    self.shared.cache.note_cached(ino.0);
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+                } else {
+                    reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO);
+                }
             }
             Ok(_) => reply.error(Errno::EISDIR),
             Err(e) => reply.error(e),
@@ -365,6 +405,7 @@ impl Filesystem for SysFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        Requests::count(&self.requests().read);
         match self.node(ino) {
             Ok((
                 _,
@@ -400,6 +441,7 @@ impl Filesystem for SysFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        Requests::count(&self.requests().write);
         let Some(path) = self.path_of(ino) else {
             return reply.error(Errno::ENOENT);
         };
@@ -448,7 +490,8 @@ impl Filesystem for SysFs {
         _lo: LockOwner,
         reply: fuser::ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing is buffered: ENOSYS tells the kernel to stop sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     // sysfs has no create, mkdir, unlink, rmdir or rename: the VFS answers as it does there.
@@ -513,7 +556,10 @@ impl Filesystem for SysFs {
         reply.error(Errno::EPERM);
     }
 
-    /// No security labels or capabilities on simulated attributes.
+    /// No security labels, capabilities or ACLs on simulated attributes. ENOSYS makes the
+    /// kernel stop asking (a round trip per file in `cp -a` or `ls -l`): ACL reads still find
+    /// none, as before and as on sysfs; other names then fail with EOPNOTSUPP, where sysfs
+    /// answers ENODATA for `security.*` and `trusted.*` and EOPNOTSUPP for the rest.
     fn getxattr(
         &self,
         _req: &Request,
@@ -522,7 +568,7 @@ impl Filesystem for SysFs {
         _size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::ENODATA);
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
@@ -533,32 +579,126 @@ impl Filesystem for SysFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (path, children) = match self.node(ino) {
-            Ok((path, Node::Dir(children))) => (path, children),
-            Ok(_) => return reply.error(Errno::ENOTDIR),
+        Requests::count(&self.requests().readdir);
+        let entries = match self.entries(ino) {
+            Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
-        let k = self.shared.lock();
-        let mut entries: Vec<(u64, FileType, String)> = vec![
-            (ino.0, FileType::Directory, ".".into()),
-            (1, FileType::Directory, "..".into()),
-        ];
-        for name in children {
-            let child = join(&path, &name);
-            let kind = match tree::resolve(&k, &child) {
-                Some(Node::Dir(_)) => FileType::Directory,
-                Some(Node::Link(_)) => FileType::Symlink,
-                Some(Node::File { .. } | Node::Blob(_)) => FileType::RegularFile,
-                None => continue,
-            };
-            entries.push((path_ino(&child), kind, name));
-        }
-        drop(k);
-        for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
+            let kind = kind_of(&entry.node);
+            if reply.add(
+                INodeNo(path_ino(&entry.path)),
+                (i + 1) as u64,
+                kind,
+                &entry.name,
+            ) {
                 break;
             }
         }
         reply.ok();
+    }
+
+    /// A listing with each entry's attributes: every entry but `.` and `..` counts as a lookup.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        Requests::count(&self.requests().readdir);
+        let entries = match self.entries(ino) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(e),
+        };
+        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
+            let dot = entry.name == "." || entry.name == "..";
+            let ino = if dot {
+                path_ino(&entry.path)
+            } else {
+                self.remember(&entry.path)
+            };
+            // One TTL for name and attributes here: a volatile entry caches neither.
+            let ttl = if entry.fixed && !dot {
+                self.attr_ttl(ino, true)
+            } else {
+                TTL
+            };
+            let attr = self.attr(ino, &entry.node);
+            if reply.add(
+                INodeNo(ino),
+                (i + 1) as u64,
+                &entry.name,
+                &ttl,
+                &attr,
+                Generation(0),
+            ) {
+                if !dot {
+                    self.shared.inodes.forget(ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+}
+
+/// One directory entry as a listing shows it.
+struct Entry {
+    name: String,
+    path: String,
+    node: Node,
+    fixed: bool,
+}
+
+fn kind_of(node: &Node) -> FileType {
+    match node {
+        Node::Dir(_) => FileType::Directory,
+        Node::Link(_) => FileType::Symlink,
+        Node::File { .. } | Node::Blob(_) => FileType::RegularFile,
+    }
+}
+
+impl SysFs {
+    /// `.`, `..` and the children of a directory, resolved on one snapshot of the state.
+    fn entries(&self, ino: INodeNo) -> Result<Vec<Entry>, Errno> {
+        let path = self.path_of(ino).ok_or(Errno::ENOENT)?;
+        let k = self.shared.lock();
+        let here = tree::resolve(&k, &path).ok_or(Errno::ENOENT)?;
+        let Node::Dir(children) = &here else {
+            return Err(Errno::ENOTDIR);
+        };
+        let fixed = cache::is_static(&k, &path);
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p).to_owned();
+        let parent_node = tree::resolve(&k, &parent).unwrap_or_else(|| here.clone());
+        let mut entries = vec![
+            Entry {
+                name: ".".into(),
+                path: path.clone(),
+                node: here.clone(),
+                fixed,
+            },
+            Entry {
+                name: "..".into(),
+                path: parent,
+                node: parent_node,
+                fixed: false,
+            },
+        ];
+        for name in children {
+            let child = join(&path, name);
+            let Some(node) = tree::resolve(&k, &child) else {
+                continue;
+            };
+            let fixed = cache::is_static(&k, &child);
+            entries.push(Entry {
+                name: name.clone(),
+                path: child,
+                node,
+                fixed,
+            });
+        }
+        Ok(entries)
     }
 }

@@ -2,10 +2,12 @@
 //! vGPUs, with a uevent feed and a control channel. Any tool written against /sys (vgpud,
 //! mdevctl, a shell) sees the same tree and the same errors as on a real host.
 
+pub mod cache;
 pub mod control;
 pub mod errno;
 pub mod feed;
 pub mod fs;
+pub mod inodes;
 pub mod kernel;
 pub mod mount;
 pub mod netlink;
@@ -145,6 +147,8 @@ impl Simulator {
         let shared = Arc::new(Shared {
             kernel: Mutex::new(kernel),
             changed: Condvar::new(),
+            cache: cache::Cache::default(),
+            inodes: inodes::Inodes::default(),
         });
 
         feed::serve(feed, &uevent_socket(&run_dir))
@@ -173,6 +177,7 @@ impl Simulator {
                 path: mountpoint.display().to_string(),
                 source,
             })?;
+        shared.cache.set_notifier(session.notifier());
         Ok(Self {
             shared,
             session: Some(session),
@@ -200,6 +205,11 @@ impl Simulator {
 
     pub fn uevent_socket(&self) -> PathBuf {
         uevent_socket(&self.run_dir)
+    }
+
+    /// FUSE requests served so far, by kind (what the kernel did not answer from its cache).
+    pub fn requests(&self) -> cache::RequestCounts {
+        self.shared.cache.requests.snapshot()
     }
 
     /// Releases every blocked writer and unmounts.
