@@ -167,6 +167,24 @@ impl Host {
         }
     }
 
+    /// The device as [`Host::device`] reads it, where it was last seen (`on`: its parent and
+    /// backend) known: an mdev is read where mdevs are, an NVIDIA vGPU from its VF. That spares
+    /// the walk of every PCI device that the NVIDIA model needs for a UUID it does not know,
+    /// which each read of a removed mdev would otherwise pay.
+    pub fn device_on(
+        &self,
+        uuid: &MdevUuid,
+        on: Option<(&ParentName, BackendKind)>,
+    ) -> Result<Option<Device>> {
+        match on {
+            Some((_, BackendKind::Mdev)) => self.mdev.device(uuid),
+            Some((vf, BackendKind::NvidiaVendor)) => {
+                Ok(self.nvidia.vf_device(vf)?.filter(|d| d.uuid == *uuid))
+            }
+            None => self.device(uuid),
+        }
+    }
+
     /// Creates on the backend owning `parent`. Blocking; see the module documentation.
     pub fn create(&self, parent: &ParentName, type_id: &TypeId, uuid: &MdevUuid) -> Result<Device> {
         self.owner(parent)?.create(parent, type_id, uuid)

@@ -239,7 +239,7 @@ impl NvidiaBackend {
     }
 
     /// The vGPU held by `vf`, if any.
-    fn vf_device(&self, vf: &ParentName) -> Result<Option<Device>> {
+    pub(super) fn vf_device(&self, vf: &ParentName) -> Result<Option<Device>> {
         let Some(state) = self.read_state(vf)? else {
             return Ok(None);
         };

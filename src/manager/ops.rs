@@ -615,6 +615,7 @@ impl Manager {
             &self.capacity_groups(std::slice::from_ref(&dev.parent)),
         );
         let reader = host.clone();
+        let (last_parent, backend) = (dev.parent.clone(), dev.backend);
         // Who holds the device open (its group or its cdev) is asked off the loop (a walk of
         // /proc); a node that does not exist cannot be held.
         let (iommu_group, sysfs_dir) = (dev.iommu_group, dev.sysfs_path.clone());
@@ -667,7 +668,10 @@ impl Manager {
             };
             let (device, reading) = tokio::task::spawn_blocking(move || {
                 let reading = Reading::parents(&reader, &group);
-                (reader.device(&uuid), reading)
+                (
+                    reader.device_on(&uuid, Some((&last_parent, backend))),
+                    reading,
+                )
             })
             .await
             .unwrap_or_else(|join| {

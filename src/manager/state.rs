@@ -487,7 +487,8 @@ impl Manager {
     /// Re-reads one device; true when it exists but its type link is not there yet.
     pub(super) fn refresh_device(&mut self, uuid: &MdevUuid) -> bool {
         let stamp = super::readings::stamp();
-        let reading = self.config.host.device(uuid);
+        let on = self.live.get(uuid).map(|d| (&d.parent, d.backend));
+        let reading = self.config.host.device_on(uuid, on);
         self.take_device(uuid, stamp, reading)
     }
 
