@@ -277,7 +277,7 @@ impl Manager {
                 }
                 EnsureAction::TypeAbsent { type_spec } => {
                     // A parent with no types yet is a vendor side still starting: retry it.
-                    let _ = self.me.send(super::Command::RetryFailed {
+                    let _ = self.me.send(super::Completion::RetryFailed {
                         parent: step.parent.clone(),
                         what: format!("ensure rule {}", step.rule),
                         error: format!("the parent offers no type {type_spec:?} (yet)"),
@@ -321,11 +321,11 @@ impl Manager {
             let outcome = match rx.await {
                 Ok(Ok(v)) => {
                     tracing::info!("{what} on {parent}: device {} created", v.uuid);
-                    super::Command::RetrySucceeded(parent)
+                    super::Completion::RetrySucceeded(parent)
                 }
                 Ok(Err(e)) => {
                     tracing::warn!("{what} on {parent} failed: {e}");
-                    super::Command::RetryFailed {
+                    super::Completion::RetryFailed {
                         parent,
                         what,
                         may_pass: super::retry::retryable(&e),

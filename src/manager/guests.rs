@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::ops::decision;
 use super::state::Manager;
-use super::{Caller, Change, Command};
+use super::{Caller, Change, Completion};
 use crate::error::{Error, Result};
 use crate::guests::{self, record, GuestState, GuestView, LaunchOptions};
 use crate::holders::{group_node, holders_of};
@@ -107,7 +107,7 @@ impl Manager {
                 tracing::error!("cannot wait for guest {id}: {e}");
                 std::process::ExitStatus::from_raw(libc::SIGKILL)
             });
-            let _ = me.send(Command::GuestExited(id, Some(status)));
+            let _ = me.send(Completion::GuestExited(id, Some(status)));
         });
         // Show each device in use once the VMM holds it (or give up after a bound).
         for (device, node) in holds {
@@ -128,7 +128,7 @@ impl Manager {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
-                let _ = me.send(Command::CheckHolders(vec![device]));
+                let _ = me.send(Completion::CheckHolders(vec![device]));
             });
         }
         let gv = GuestView {
@@ -197,7 +197,7 @@ impl Manager {
                 if let Err(e) = watch_adopted(pidfd, stop_rx).await {
                     tracing::error!("cannot wait for guest {id}: {e}");
                 }
-                let _ = me.send(Command::GuestExited(id, None));
+                let _ = me.send(Completion::GuestExited(id, None));
             });
             tracing::info!(id, pid = view.pid, uuid = %view.uuid, "adopted a running guest");
             self.next_guest = self.next_guest.max(id + 1);
@@ -333,7 +333,7 @@ impl Manager {
             let me = self.me.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(cfg.retention).await;
-                let _ = me.send(Command::ForgetGuest(None, id, None));
+                let _ = me.send(Completion::RetentionOver(id));
             });
         }
         self.publish(Change::Guest(view.clone()));

@@ -243,7 +243,18 @@ pub struct Snapshot {
     pub problems: Vec<String>,
 }
 
+/// What reaches the manager's loop: a front end's request, news from the world, or a
+/// completion of the manager's own work.
 pub(crate) enum Command {
+    Request(Request),
+    Event(UEvent),
+    /// Something wrote to the definitions tree: read it again.
+    DefinitionsChanged,
+    Done(Completion),
+}
+
+/// What front ends ask; each is answered once.
+pub(crate) enum Request {
     Snapshot(oneshot::Sender<Snapshot>),
     Plan(oneshot::Sender<Vec<PlanStep>>),
     Capacity(
@@ -259,9 +270,20 @@ pub(crate) enum Command {
     SetAutostart(Caller, MdevUuid, bool, Reply<()>),
     ReloadPolicy(Caller, Reply<String>),
     Device(MdevUuid, Reply<Option<DeviceView>>),
-    Event(UEvent),
-    /// Something wrote to the definitions tree: read it again.
-    DefinitionsChanged,
+    Modify(Caller, MdevUuid, ModifyRequest, Reply<()>),
+    LaunchGuest(
+        Caller,
+        Vec<MdevUuid>,
+        crate::guests::LaunchOptions,
+        Reply<crate::guests::GuestView>,
+    ),
+    StopGuest(Caller, u64, Reply<crate::guests::GuestView>),
+    /// An ended guest leaves the bus on request.
+    ForgetGuest(Caller, u64, Reply<()>),
+}
+
+/// What the manager's own jobs, timers and watchers report back to its loop.
+pub(crate) enum Completion {
     /// Re-read one device (the add-before-mdev_type race), `n` retries left.
     RefreshDevice(MdevUuid, u32),
     /// Check these devices for holders now.
@@ -270,7 +292,6 @@ pub(crate) enum Command {
     PollHolders,
     /// The periodic check's answer: (device, held).
     HoldersPolled(Vec<(MdevUuid, bool)>),
-    Modify(Caller, MdevUuid, ModifyRequest, Reply<()>),
     ModifyDone(modify::ModifyDone),
     CreateDone(ops::CreateDone),
     RemoveDone(ops::RemoveDone),
@@ -285,17 +306,21 @@ pub(crate) enum Command {
     RetrySucceeded(ParentName),
     /// A scheduled retry of a parent is due (with its generation).
     RetryDue(ParentName, u64),
-    LaunchGuest(
-        Caller,
-        Vec<MdevUuid>,
-        crate::guests::LaunchOptions,
-        Reply<crate::guests::GuestView>,
-    ),
-    StopGuest(Caller, u64, Reply<crate::guests::GuestView>),
     /// A VMM ended: its status, or `None` for one adopted after a restart (not our child).
     GuestExited(u64, Option<std::process::ExitStatus>),
-    /// An ended guest leaves the bus: on request, or after its retention (`None`).
-    ForgetGuest(Option<Caller>, u64, Option<Reply<()>>),
+    /// An ended guest's retention is over: it leaves the bus.
+    RetentionOver(u64),
+}
+
+/// Where the manager's jobs send their completions.
+#[derive(Clone)]
+pub(crate) struct Completions(mpsc::UnboundedSender<Command>);
+
+impl Completions {
+    /// Err when the manager has stopped.
+    pub(crate) fn send(&self, done: Completion) -> std::result::Result<(), ()> {
+        self.0.send(Command::Done(done)).map_err(|_| ())
+    }
 }
 
 /// A cheap, cloneable handle for front ends.
@@ -311,35 +336,39 @@ fn gone() -> Error {
 }
 
 impl ManagerHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).map_err(|_| gone())?;
+        self.tx
+            .send(Command::Request(make(tx)))
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 
     /// Asks for a change: answered once what it changed is published.
     async fn request<T: Send + 'static>(
         &self,
-        make: impl FnOnce(Reply<T>) -> Command,
+        make: impl FnOnce(Reply<T>) -> Request,
     ) -> Result<T> {
         let (reply, rx) = Reply::channel(&self.updates);
-        self.tx.send(make(reply)).map_err(|_| gone())?;
+        self.tx
+            .send(Command::Request(make(reply)))
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot> {
-        self.ask(Command::Snapshot).await
+        self.ask(Request::Snapshot).await
     }
 
     /// Changes a device's vendor attributes live, in its definition, or both.
     pub async fn modify(&self, caller: Caller, uuid: MdevUuid, req: ModifyRequest) -> Result<()> {
-        self.request(|tx| Command::Modify(caller, uuid, req, tx))
+        self.request(|tx| Request::Modify(caller, uuid, req, tx))
             .await
     }
 
     /// What the ensure rules would do now, without doing it.
     pub async fn plan(&self) -> Result<Vec<PlanStep>> {
-        self.ask(Command::Plan).await
+        self.ask(Request::Plan).await
     }
 
     /// Per type, how many more devices `caller` could create now (from the model, no sysfs read).
@@ -348,44 +377,44 @@ impl ManagerHandle {
         caller: Caller,
         filter: crate::policy::CapacityFilter,
     ) -> Result<Vec<crate::policy::TypeCapacity>> {
-        self.ask(|tx| Command::Capacity(caller, filter, tx)).await
+        self.ask(|tx| Request::Capacity(caller, filter, tx)).await
     }
 
     pub async fn create(&self, caller: Caller, req: CreateRequest) -> Result<DeviceView> {
-        self.request(|tx| Command::Create(caller, req, tx)).await
+        self.request(|tx| Request::Create(caller, req, tx)).await
     }
 
     pub async fn remove(&self, caller: Caller, uuid: MdevUuid, req: RemoveRequest) -> Result<()> {
-        self.request(|tx| Command::Remove(caller, uuid, req, tx))
+        self.request(|tx| Request::Remove(caller, uuid, req, tx))
             .await
     }
 
     pub async fn define(&self, caller: Caller, req: DefineRequest) -> Result<DeviceView> {
-        self.request(|tx| Command::Define(caller, req, tx)).await
+        self.request(|tx| Request::Define(caller, req, tx)).await
     }
 
     pub async fn undefine(&self, caller: Caller, uuid: MdevUuid) -> Result<()> {
-        self.request(|tx| Command::Undefine(caller, uuid, tx)).await
+        self.request(|tx| Request::Undefine(caller, uuid, tx)).await
     }
 
     pub async fn start(&self, caller: Caller, uuid: MdevUuid) -> Result<DeviceView> {
-        self.request(|tx| Command::Start(caller, uuid, tx)).await
+        self.request(|tx| Request::Start(caller, uuid, tx)).await
     }
 
     pub async fn set_autostart(&self, caller: Caller, uuid: MdevUuid, on: bool) -> Result<()> {
-        self.request(|tx| Command::SetAutostart(caller, uuid, on, tx))
+        self.request(|tx| Request::SetAutostart(caller, uuid, on, tx))
             .await
     }
 
     /// Re-reads the policy files and the definitions; returns the policy summary.
     pub async fn reload(&self, caller: Caller) -> Result<String> {
-        self.request(|tx| Command::ReloadPolicy(caller, tx)).await
+        self.request(|tx| Request::ReloadPolicy(caller, tx)).await
     }
 
     /// The device with this UUID, read from sysfs if the model does not know it yet (and then
     /// published before the answer).
     pub async fn device(&self, uuid: MdevUuid) -> Result<Option<DeviceView>> {
-        self.request(|tx| Command::Device(uuid, tx)).await
+        self.request(|tx| Request::Device(uuid, tx)).await
     }
 
     /// Starts a guest with these devices (one, for now).
@@ -395,18 +424,18 @@ impl ManagerHandle {
         devices: Vec<MdevUuid>,
         opts: crate::guests::LaunchOptions,
     ) -> Result<crate::guests::GuestView> {
-        self.request(|tx| Command::LaunchGuest(caller, devices, opts, tx))
+        self.request(|tx| Request::LaunchGuest(caller, devices, opts, tx))
             .await
     }
 
     /// Stops a guest (SIGTERM, then SIGKILL after 5 s); answers once it has ended.
     pub async fn stop_guest(&self, caller: Caller, id: u64) -> Result<crate::guests::GuestView> {
-        self.request(|tx| Command::StopGuest(caller, id, tx)).await
+        self.request(|tx| Request::StopGuest(caller, id, tx)).await
     }
 
     /// Removes an ended guest (Busy while it runs).
     pub async fn forget_guest(&self, caller: Caller, id: u64) -> Result<()> {
-        self.request(|tx| Command::ForgetGuest(Some(caller), id, Some(tx)))
+        self.request(|tx| Request::ForgetGuest(caller, id, tx))
             .await
     }
 
@@ -431,7 +460,7 @@ pub async fn spawn(
 ) -> Result<(ManagerHandle, mpsc::UnboundedReceiver<Update>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-    let me = tx.clone();
+    let me = Completions(tx.clone());
     let changes_tx_handle = changes_tx.clone();
     let manager = tokio::task::spawn_blocking(move || {
         let mut manager = state::Manager::new(config, me, changes_tx)?;
@@ -449,4 +478,44 @@ pub async fn spawn(
         },
         changes_rx,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer waits in the publisher's queue behind every change made before it, and
+    /// arrives only once the publisher has come to it.
+    #[tokio::test]
+    async fn an_answer_comes_after_the_changes_before_it() {
+        let (updates, mut published) = mpsc::unbounded_channel();
+        let (reply, mut answered) = Reply::<u32>::channel(&updates);
+        let _ = updates.send(Update::Change(Change::Problems(vec!["first".into()])));
+        reply.send(Ok(7)).unwrap();
+        let _ = updates.send(Update::Change(Change::Problems(vec!["after".into()])));
+        assert!(
+            answered.try_recv().is_err(),
+            "answered before it was published"
+        );
+        match published.recv().await {
+            Some(Update::Change(Change::Problems(p))) => assert_eq!(p, ["first"]),
+            other => panic!("the change before the answer came first, not {other:?}"),
+        }
+        assert!(answered.try_recv().is_err());
+        match published.recv().await {
+            Some(Update::Answer(deliver)) => deliver(),
+            other => panic!("the answer came second, not {other:?}"),
+        }
+        assert_eq!(answered.await.unwrap().unwrap(), 7);
+    }
+
+    /// With the publisher gone (the daemon stopping), a caller is told so instead of waiting.
+    #[tokio::test]
+    async fn an_answer_without_a_publisher_fails_at_once() {
+        let (updates, published) = mpsc::unbounded_channel();
+        drop(published);
+        let (reply, answered) = Reply::<u32>::channel(&updates);
+        assert!(reply.send(Ok(7)).is_err());
+        assert!(answered.await.is_err());
+    }
 }

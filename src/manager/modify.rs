@@ -6,7 +6,7 @@
 
 use super::ops::decision;
 use super::state::Manager;
-use super::{Caller, Command};
+use super::{Caller, Completion};
 use crate::error::{Error, Result};
 use crate::model::MdevUuid;
 use crate::policy::Action;
@@ -84,7 +84,7 @@ impl Manager {
             let result = work
                 .await
                 .unwrap_or_else(|e| Err(Error::Failed(format!("the write thread failed: {e}"))));
-            let _ = me.send(Command::ModifyDone(ModifyDone {
+            let _ = me.send(Completion::ModifyDone(ModifyDone {
                 uuid,
                 result,
                 reply,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::owners::Owner;
 use super::readings::{stamp, Reading};
 use super::state::{Manager, Pending, LINK_RETRIES};
-use super::{Caller, Command, CreateRequest, DeviceView, RemoveRequest};
+use super::{Caller, Completion, CreateRequest, DeviceView, RemoveRequest};
 use crate::backend::{vf_device_uuid, Host};
 use crate::error::{Error, Result};
 use crate::holders::{device_nodes, holders_of};
@@ -507,7 +507,7 @@ impl Manager {
                 stamp: 0,
                 parents: Vec::new(),
             });
-            let _ = me.send(Command::CreateDone(CreateDone {
+            let _ = me.send(Completion::CreateDone(CreateDone {
                 pending: id,
                 defined,
                 owner,
@@ -684,7 +684,7 @@ impl Manager {
                     },
                 )
             });
-            let _ = me.send(Command::RemoveDone(RemoveDone {
+            let _ = me.send(Completion::RemoveDone(RemoveDone {
                 uuid,
                 device,
                 reading,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::state::Manager;
-use super::{Change, Command};
+use super::{Change, Completion};
 use crate::error::Error;
 use crate::model::ParentName;
 
@@ -92,7 +92,7 @@ impl Manager {
                 let name = parent.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = me.send(Command::RetryDue(name, generation));
+                    let _ = me.send(Completion::RetryDue(name, generation));
                 });
             }
         }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::owners::Owners;
-use super::{Change, Command, DeviceView, ManagerConfig, Snapshot, Update};
+use super::{
+    Change, Command, Completion, Completions, DeviceView, ManagerConfig, Request, Snapshot, Update,
+};
 use crate::error::Result;
 use crate::events::{Affected, UEvent};
 use crate::holders::{device_nodes, held_among};
@@ -41,7 +43,7 @@ pub(super) struct Pending {
 
 pub(crate) struct Manager {
     pub(super) config: ManagerConfig,
-    pub(super) me: mpsc::UnboundedSender<Command>,
+    pub(super) me: Completions,
     changes: mpsc::UnboundedSender<Update>,
     pub(super) parents: BTreeMap<ParentName, Parent>,
     /// Live devices as sysfs shows them.
@@ -103,7 +105,7 @@ fn holders_walk(
 impl Manager {
     pub(crate) fn new(
         config: ManagerConfig,
-        me: mpsc::UnboundedSender<Command>,
+        me: Completions,
         changes: mpsc::UnboundedSender<Update>,
     ) -> Result<Self> {
         let owners = Owners::open(config.state_dir.as_deref())?;
@@ -202,7 +204,7 @@ impl Manager {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if me.send(Command::PollHolders).is_err() {
+                if me.send(Completion::PollHolders).is_err() {
                     break;
                 }
             }
@@ -236,10 +238,19 @@ impl Manager {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Plan(reply) => {
+            Command::Request(r) => self.handle_request(r),
+            Command::Event(e) => self.on_events(std::slice::from_ref(&e)),
+            Command::DefinitionsChanged => self.load_definitions(),
+            Command::Done(c) => self.handle_completion(c),
+        }
+    }
+
+    fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Plan(reply) => {
                 let _ = reply.send(self.plan());
             }
-            Command::Capacity(caller, filter, reply) => {
+            Request::Capacity(caller, filter, reply) => {
                 let parents: Vec<&crate::model::Parent> = self.parents.values().collect();
                 let _ = reply.send(self.policy.capacity(
                     &caller.subject(),
@@ -248,80 +259,84 @@ impl Manager {
                     &filter,
                 ));
             }
-            Command::Snapshot(reply) => {
+            Request::Snapshot(reply) => {
                 let _ = reply.send(Snapshot {
                     parents: self.parents.values().cloned().collect(),
                     devices: self.devices.values().cloned().collect(),
                     problems: self.all_problems(),
                 });
             }
-            Command::Device(uuid, reply) => {
+            Request::Device(uuid, reply) => {
                 if !self.devices.contains_key(&uuid) {
                     self.refresh_device(&uuid);
                 }
                 let _ = reply.send(Ok(self.devices.get(&uuid).cloned()));
             }
-            Command::Create(caller, req, reply) => self.start_create(caller, req, reply),
-            Command::Remove(caller, uuid, req, reply) => {
+            Request::Create(caller, req, reply) => self.start_create(caller, req, reply),
+            Request::Remove(caller, uuid, req, reply) => {
                 self.start_remove(&caller, uuid, req, reply)
             }
-            Command::Define(caller, req, reply) => {
+            Request::Define(caller, req, reply) => {
                 let r = self.define(&caller, req);
                 let _ = reply.send(r);
             }
-            Command::Undefine(caller, uuid, reply) => {
+            Request::Undefine(caller, uuid, reply) => {
                 let r = self.undefine(&caller, &uuid);
                 let _ = reply.send(r);
             }
-            Command::Start(caller, uuid, reply) => self.start_defined(caller, uuid, reply),
-            Command::SetAutostart(caller, uuid, on, reply) => {
+            Request::Start(caller, uuid, reply) => self.start_defined(caller, uuid, reply),
+            Request::SetAutostart(caller, uuid, on, reply) => {
                 let r = self.set_autostart(&caller, &uuid, on);
                 let _ = reply.send(r);
             }
-            Command::ReloadPolicy(caller, reply) => {
+            Request::ReloadPolicy(caller, reply) => {
                 let r = self.reload(&caller);
                 let _ = reply.send(r);
             }
-            Command::Event(e) => self.on_events(std::slice::from_ref(&e)),
-            Command::DefinitionsChanged => self.load_definitions(),
-            Command::RefreshDevice(uuid, left) => {
+            Request::Modify(caller, uuid, req, reply) => {
+                self.start_modify(caller, uuid, req, reply)
+            }
+            Request::LaunchGuest(caller, devices, opts, reply) => {
+                let r = self.launch_guest(&caller, &devices, opts);
+                let _ = reply.send(r);
+            }
+            Request::StopGuest(caller, id, reply) => self.stop_guest(&caller, id, reply),
+            Request::ForgetGuest(caller, id, reply) => {
+                let r = self.forget_guest(Some(&caller), id);
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn handle_completion(&mut self, done: Completion) {
+        match done {
+            Completion::RefreshDevice(uuid, left) => {
                 if self.refresh_device(&uuid) && left > 0 {
                     self.retry_link(uuid, left - 1);
                 }
             }
-            Command::CheckHolders(uuids) => self.check_holders(&uuids),
-            Command::PollHolders => self.poll_holders(),
-            Command::HoldersPolled(checked) => {
+            Completion::CheckHolders(uuids) => self.check_holders(&uuids),
+            Completion::PollHolders => self.poll_holders(),
+            Completion::HoldersPolled(checked) => {
                 let stale = self.polling_holders.take() == Some(true);
                 if !stale {
                     self.apply_holders(checked);
                 }
             }
-            Command::RetryFailed {
+            Completion::RetryFailed {
                 parent,
                 what,
                 error,
                 may_pass,
             } => self.retry_failed(parent, what, error, may_pass),
-            Command::RetrySucceeded(parent) => self.retry_succeeded(&parent),
-            Command::RetryDue(parent, generation) => self.retry_due(parent, generation),
-            Command::Modify(caller, uuid, req, reply) => {
-                self.start_modify(caller, uuid, req, reply)
-            }
-            Command::ModifyDone(done) => self.finish_modify(done),
-            Command::CreateDone(done) => self.finish_create(done),
-            Command::RemoveDone(done) => self.finish_remove(done),
-            Command::LaunchGuest(caller, devices, opts, reply) => {
-                let r = self.launch_guest(&caller, &devices, opts);
-                let _ = reply.send(r);
-            }
-            Command::StopGuest(caller, id, reply) => self.stop_guest(&caller, id, reply),
-            Command::GuestExited(id, status) => self.guest_exited(id, status),
-            Command::ForgetGuest(caller, id, reply) => {
-                let r = self.forget_guest(caller.as_ref(), id);
-                if let Some(reply) = reply {
-                    let _ = reply.send(r);
-                }
+            Completion::RetrySucceeded(parent) => self.retry_succeeded(&parent),
+            Completion::RetryDue(parent, generation) => self.retry_due(parent, generation),
+            Completion::ModifyDone(done) => self.finish_modify(done),
+            Completion::CreateDone(done) => self.finish_create(done),
+            Completion::RemoveDone(done) => self.finish_remove(done),
+            Completion::GuestExited(id, status) => self.guest_exited(id, status),
+            Completion::RetentionOver(id) => {
+                let _ = self.forget_guest(None, id);
             }
         }
     }
@@ -563,7 +578,7 @@ impl Manager {
         let me = self.me.clone();
         tokio::task::spawn_blocking(move || {
             let checked = holders_walk(&proc_root, &dev_root, targets);
-            let _ = me.send(Command::HoldersPolled(checked));
+            let _ = me.send(Completion::HoldersPolled(checked));
         });
     }
 
@@ -584,7 +599,7 @@ impl Manager {
         let me = self.me.clone();
         tokio::spawn(async move {
             tokio::time::sleep(LINK_RETRY_DELAY).await;
-            let _ = me.send(Command::RefreshDevice(uuid, left));
+            let _ = me.send(Completion::RefreshDevice(uuid, left));
         });
     }
 
