@@ -258,10 +258,8 @@ async fn the_vmm_runs_jailed_unprivileged_and_under_seccomp() {
             rlim_max: 0,
         };
         // SAFETY: getrlimit writes into the struct on this stack frame.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut hard) },
-            0
-        );
+        let got = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut hard) };
+        assert_eq!(got, 0);
         let want = ((64u64 + 64) << 20).min(hard.rlim_max);
         assert!(memlock.contains(&format!(" {want} ")), "{memlock}");
         let data = limits

@@ -200,6 +200,15 @@ mod tests {
             .unwrap();
         let proc_root = Path::new("/proc");
         let pid = child.id();
+        // The child may still be between fork and exec (its command line the test's own).
+        let cmdline = proc_root.join(pid.to_string()).join("cmdline");
+        for _ in 0..200 {
+            let argv = std::fs::read(&cmdline).unwrap_or_default();
+            if String::from_utf8_lossy(&argv).contains(&uuid.to_string()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let started = start_time(proc_root, pid).unwrap();
         let alive = is_running(proc_root, &record(pid, started, uuid));
         let other_uuid = is_running(proc_root, &record(pid, started, uuid::Uuid::new_v4()));

@@ -105,15 +105,19 @@ impl VfioContext {
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VfioError::GuestMemory)?;
             let (iova, size) = (region.start_addr().0, region.len());
-            // SAFETY (both): `host` is the start of a live mapping of `size` bytes owned by
-            // the guest memory, which outlives the context (both live until the VMM exits).
+            // `host` is the start of a live mapping of `size` bytes owned by the guest memory,
+            // which outlives the context (both live until the VMM exits).
             match &self.backend {
                 Backend::Group(container, _) => {
+                    // SAFETY: see above: the mapping outlives the DMA mapping made of it.
                     unsafe { container.map_dma(iova, size, host as u64) }
                         .map_err(|e| VfioError::Group("dma map", e))?
                 }
-                Backend::Iommufd(i) => unsafe { i.vfio_dma_map(iova, size as usize, host) }
-                    .map_err(|e| VfioError::Setup("dma map", e))?,
+                Backend::Iommufd(i) => {
+                    // SAFETY: see above: the mapping outlives the DMA mapping made of it.
+                    unsafe { i.vfio_dma_map(iova, size as usize, host) }
+                        .map_err(|e| VfioError::Setup("dma map", e))?
+                }
             }
         }
         self.ram_mapped = true;
