@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
 use vgpud::privbus::{BusKind, PrivateBus};
+use vgpud::prove::check::object_manager;
 use vgpud::prove::rig::{terminate, Bins, Sim};
 use zbus::zvariant::OwnedObjectPath;
 
@@ -511,11 +512,7 @@ async fn startup(gpus: u32) -> Json {
         }
     };
     let rss_start = rss_kib(host.pid());
-    let objects = zbus::fdo::ObjectManagerProxy::builder(&host.conn)
-        .destination(BUS_NAME)
-        .and_then(|b| b.path("/org/vgpud"))
-        .expect("an ObjectManager proxy")
-        .build()
+    let objects = object_manager(&host.conn)
         .await
         .expect("an ObjectManager proxy");
     let t_objects = Instant::now();
@@ -563,13 +560,7 @@ async fn startup(gpus: u32) -> Json {
 /// matching remove until InterfacesRemoved.
 async fn external_signals(out: &mut Vec<Samples>) -> Result<(), String> {
     let host = Host::start(&[MTTY]).await.map_err(|f| f.message)?;
-    let om = zbus::fdo::ObjectManagerProxy::builder(&host.conn)
-        .destination(BUS_NAME)
-        .and_then(|b| b.path("/org/vgpud"))
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
+    let om = object_manager(&host.conn).await?;
     let mut added = om
         .receive_interfaces_added()
         .await

@@ -131,21 +131,13 @@ fn mtty_passes_through_its_vfio_group_on_the_cdev_kernel() {
     );
 }
 
-/// vgpud on its private bus, with `start_vgpud`, `B` (busctl) and `C` (vgpuctl).
+/// vgpud on its private bus (see `real_kernel::VGPUD_ON_PRIVATE_BUS`), started, with the
+/// device made.
 fn with_vgpud(body: &str) -> String {
     format!(
-        r#"{create}
-mkdir -p /tmp/defs /tmp/conf /tmp/state
-dbus-daemon --session --address=unix:path=/tmp/bus --nofork --nopidfile &
-for i in $(seq 50); do [ -S /tmp/bus ] && break; sleep 0.1; done
-B="busctl --address=unix:path=/tmp/bus"
-C="$VGPUCTL --address unix:path=/tmp/bus"
-"$VGPUD" --address unix:path=/tmp/bus --sysfs /sys --events kernel --definitions-dir /tmp/defs \
-    --config-dir /tmp/conf --state-dir /tmp/state 2>"$SCRATCH/vgpud.log" &
-for i in $(seq 100); do $C parents >/dev/null 2>&1 && break; sleep 0.1; done
-{body}
-"#,
-        create = create_mtty()
+        "{create}\n{prelude}start_vgpud\n{body}\n",
+        create = create_mtty(),
+        prelude = real_kernel::VGPUD_ON_PRIVATE_BUS
     )
 }
 

@@ -169,13 +169,7 @@ fn vgpud_launches_a_guest_on_a_real_mtty_device() {
     let run = real_kernel::run(&format!(
         r#"
 insmod mtty
-mkdir -p /tmp/defs /tmp/conf /tmp/state
-dbus-daemon --session --address=unix:path=/tmp/bus --nofork --nopidfile &
-for i in $(seq 50); do [ -S /tmp/bus ] && break; sleep 0.1; done
-"$VGPUD" --address unix:path=/tmp/bus --sysfs /sys --events kernel --definitions-dir /tmp/defs \
-    --config-dir /tmp/conf --state-dir /tmp/state 2>"$SCRATCH/vgpud.log" &
-C="$VGPUCTL --address unix:path=/tmp/bus"
-for i in $(seq 100); do $C parents >/dev/null 2>&1 && break; sleep 0.1; done
+{prelude}start_vgpud
 $C create mtty-2 --parent mtty --uuid {UUID}
 echo "CREATE_STATUS=$?"
 timeout 120 $C launch {UUID} --payload pci-probe >"$SCRATCH/launch.log" 2>&1
@@ -183,7 +177,8 @@ echo "LAUNCH_STATUS=$?"
 cat /tmp/state/guests/*.vmm.log >"$SCRATCH/vmm.log"
 $C remove {UUID}
 echo "REMOVE_STATUS=$?"
-"#
+"#,
+        prelude = real_kernel::VGPUD_ON_PRIVATE_BUS
     ));
     run.assert_ok();
     let log = run.file("launch.log");
@@ -224,18 +219,7 @@ fn a_restarted_vgpud_adopts_a_running_guest_and_its_device_stays_in_use() {
     let run = real_kernel::run(&format!(
         r#"
 insmod mtty
-mkdir -p /tmp/defs /tmp/conf /tmp/state
-dbus-daemon --session --address=unix:path=/tmp/bus --nofork --nopidfile &
-for i in $(seq 50); do [ -S /tmp/bus ] && break; sleep 0.1; done
-start_vgpud() {{
-    "$VGPUD" --address unix:path=/tmp/bus --sysfs /sys --events kernel --definitions-dir /tmp/defs \
-        --config-dir /tmp/conf --state-dir /tmp/state 2>>"$SCRATCH/vgpud.log" &
-    VGPUD_PID=$!
-    for i in $(seq 100); do $C parents >/dev/null 2>&1 && break; sleep 0.1; done
-}}
-B="busctl --address=unix:path=/tmp/bus"
-C="$VGPUCTL --address unix:path=/tmp/bus"
-start_vgpud
+{prelude}start_vgpud
 $C create mtty-2 --parent mtty --uuid {UUID}
 $C launch {UUID} --payload loop >/dev/null 2>&1 &
 for i in $(seq 100); do [ -f /tmp/state/guests/1.guest.json ] && break; sleep 0.1; done
@@ -260,7 +244,8 @@ echo "STATE_STOPPED=$($B get-property org.vgpud /org/vgpud/guests/1 org.vgpud1.G
 for i in $(seq 50); do [ "$($B get-property org.vgpud {dev} org.vgpud1.Device InUse)" = "b false" ] && break; sleep 0.1; done
 $C remove {UUID}
 echo "REMOVE_STATUS=$?"
-"#
+"#,
+        prelude = real_kernel::VGPUD_ON_PRIVATE_BUS
     ));
     run.assert_ok();
     let daemon = run.file("vgpud.log");

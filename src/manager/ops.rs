@@ -503,10 +503,7 @@ impl Manager {
                 Reading::parents(&reader, &snapshots(tried, &groups))
             })
             .await
-            .unwrap_or(Reading {
-                stamp: 0,
-                parents: Vec::new(),
-            });
+            .unwrap_or_else(|_| Reading::none());
             let _ = me.send(Completion::CreateDone(CreateDone {
                 pending: id,
                 defined,
@@ -676,13 +673,7 @@ impl Manager {
             .await
             .unwrap_or_else(|join| {
                 let e = Error::Failed(format!("the read-back thread failed: {join}"));
-                (
-                    Err(e),
-                    Reading {
-                        stamp: 0,
-                        parents: Vec::new(),
-                    },
-                )
+                (Err(e), Reading::none())
             });
             let _ = me.send(Completion::RemoveDone(RemoveDone {
                 uuid,

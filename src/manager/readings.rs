@@ -36,6 +36,14 @@ pub(crate) struct Reading {
 }
 
 impl Reading {
+    /// Nothing read (the read-back could not run); older than any reading.
+    pub(super) fn none() -> Reading {
+        Reading {
+            stamp: 0,
+            parents: Vec::new(),
+        }
+    }
+
     /// The available instances of `known` parents (each snapshot as the model had it), read
     /// again; a parent whose types changed is read in full.
     pub(super) fn parents(host: &Host, known: &[Parent]) -> Reading {

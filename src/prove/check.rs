@@ -91,16 +91,24 @@ fn u32_prop(ifaces: &Interfaces, iface: &str, prop: &str) -> Option<u32> {
 
 /// vgpud's whole tree, in one GetManagedObjects call.
 pub async fn managed_objects(conn: &zbus::Connection) -> Result<zbus::fdo::ManagedObjects, String> {
+    object_manager(conn)
+        .await?
+        .get_managed_objects()
+        .await
+        .map_err(|e| format!("GetManagedObjects: {e}"))
+}
+
+/// vgpud's ObjectManager at its root.
+pub async fn object_manager(
+    conn: &zbus::Connection,
+) -> Result<zbus::fdo::ObjectManagerProxy<'static>, String> {
     zbus::fdo::ObjectManagerProxy::builder(conn)
         .destination(crate::dbus::names::BUS_NAME)
         .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
         .map_err(|e| e.to_string())?
         .build()
         .await
-        .map_err(|e| e.to_string())?
-        .get_managed_objects()
-        .await
-        .map_err(|e| format!("GetManagedObjects: {e}"))
+        .map_err(|e| e.to_string())
 }
 
 /// Interfaces keyed by plain strings (file descriptors are never among vgpud's properties).

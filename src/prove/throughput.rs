@@ -153,13 +153,7 @@ async fn external_rounds(
     heard: &mut Heard,
 ) -> Result<(), String> {
     let conn = rig.connect().await?;
-    let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
-        .destination(crate::dbus::names::BUS_NAME)
-        .and_then(|b| b.path(crate::dbus::names::ROOT_PATH))
-        .map_err(|e| e.to_string())?
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
+    let om = super::check::object_manager(&conn).await?;
     let mut added = om
         .receive_interfaces_added()
         .await
@@ -181,41 +175,46 @@ async fn external_rounds(
         let t0 = Instant::now();
         std::fs::write(&create, format!("{u}\n"))
             .map_err(|e| format!("write {}: {e}", create.display()))?;
-        let seen = tokio::time::timeout(bound, async {
-            while let Some(s) = added.next().await {
-                if s.args()
-                    .is_ok_and(|a| a.object_path().as_str() == path.as_str())
-                {
-                    return true;
-                }
-            }
-            false
+        let seen = heard_within(bound, &mut added, |s| {
+            s.args()
+                .is_ok_and(|a| a.object_path().as_str() == path.as_str())
         })
         .await;
-        if seen != Ok(true) {
+        if !seen {
             return Err(format!("no InterfacesAdded for {u} within {bound:?}"));
         }
         heard.added.push(t0.elapsed());
         let t1 = Instant::now();
         std::fs::write(sys.join(format!("bus/mdev/devices/{u}/remove")), "1")
             .map_err(|e| format!("remove {u}: {e}"))?;
-        let seen = tokio::time::timeout(bound, async {
-            while let Some(s) = removed.next().await {
-                if s.args()
-                    .is_ok_and(|a| a.object_path().as_str() == path.as_str())
-                {
-                    return true;
-                }
-            }
-            false
+        let seen = heard_within(bound, &mut removed, |s| {
+            s.args()
+                .is_ok_and(|a| a.object_path().as_str() == path.as_str())
         })
         .await;
-        if seen != Ok(true) {
+        if !seen {
             return Err(format!("no InterfacesRemoved for {u} within {bound:?}"));
         }
         heard.removed.push(t1.elapsed());
     }
     Ok(())
+}
+
+/// Whether `stream` yields an item `wanted` accepts within `bound`.
+async fn heard_within<S: futures_util::Stream + Unpin>(
+    bound: Duration,
+    stream: &mut S,
+    wanted: impl Fn(&S::Item) -> bool,
+) -> bool {
+    let found = async {
+        while let Some(item) = stream.next().await {
+            if wanted(&item) {
+                return true;
+            }
+        }
+        false
+    };
+    tokio::time::timeout(bound, found).await == Ok(true)
 }
 
 /// GetManagedObjects to a zbus client: how long, and how many objects.

@@ -22,6 +22,22 @@ pub const VGPUD_PROVE: &str = env!("CARGO_BIN_EXE_vgpud-prove");
 pub const VGPUD_SIM: &str = env!("CARGO_BIN_EXE_vgpud-sim");
 
 /// How long one boot may take before it is retried once (the scripts bound each attempt).
+/// Guest shell: a private bus at /tmp/bus, `B` (busctl) and `C` (vgpuctl) on it, and
+/// `start_vgpud`, which starts vgpud on the guest's real /sys (its log appended to
+/// `$SCRATCH/vgpud.log`, its pid in `VGPUD_PID`) and returns once it answers.
+pub const VGPUD_ON_PRIVATE_BUS: &str = r#"mkdir -p /tmp/defs /tmp/conf /tmp/state
+dbus-daemon --session --address=unix:path=/tmp/bus --nofork --nopidfile &
+for i in $(seq 50); do [ -S /tmp/bus ] && break; sleep 0.1; done
+B="busctl --address=unix:path=/tmp/bus"
+C="$VGPUCTL --address unix:path=/tmp/bus"
+start_vgpud() {
+    "$VGPUD" --address unix:path=/tmp/bus --sysfs /sys --events kernel --definitions-dir /tmp/defs \
+        --config-dir /tmp/conf --state-dir /tmp/state 2>>"$SCRATCH/vgpud.log" &
+    VGPUD_PID=$!
+    for i in $(seq 100); do $C parents >/dev/null 2>&1 && break; sleep 0.1; done
+}
+"#;
+
 pub const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
 fn repo() -> PathBuf {
