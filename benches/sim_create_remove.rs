@@ -11,9 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use vgpud::backend::sysfs::SysfsRoot;
 use vgpud::backend::Host;
 use vgpud::sim::{SimOptions, Simulator};
-use vgpud::sysfs::SysfsRoot;
 
 struct Case {
     profile: &'static str,

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 
+use crate::backend::sysfs::SysfsRoot;
 use crate::backend::Host;
 use crate::dbus::{self, BusChoice};
 use crate::error::{Error, Result};
@@ -11,7 +12,6 @@ use crate::events::{EventSpec, EventStream};
 use crate::manager::Caller;
 use crate::manager::{self, ManagerConfig};
 use crate::store::Store;
-use crate::sysfs::SysfsRoot;
 
 /// Every root the daemon reads or writes under, and how it talks to the world.
 #[derive(Debug, Clone)]
@@ -108,20 +108,20 @@ pub async fn run(
     tracing::info!("policy: {}", config.policy.summary());
     config.policy_dir = Some(policy_dir);
     let guests_dir = opts.state_dir.join("guests");
-    let source: std::sync::Arc<dyn crate::guests::DeviceSource> = match &opts.sim_control {
-        Some(control) => std::sync::Arc::new(crate::guests::SimSource {
+    let source: std::sync::Arc<dyn crate::manager::guests::DeviceSource> = match &opts.sim_control {
+        Some(control) => std::sync::Arc::new(crate::manager::guests::SimSource {
             control: control.clone(),
             dev_root: opts.dev.clone(),
             dir: guests_dir.join("devices"),
         }),
-        None => std::sync::Arc::new(crate::guests::VfioSource {
+        None => std::sync::Arc::new(crate::manager::guests::VfioSource {
             dev_root: opts.dev.clone(),
         }),
     };
-    config.guests = Some(crate::guests::GuestConfig::new(
+    config.guests = Some(crate::manager::guests::GuestConfig::new(
         opts.vmm_binary
             .clone()
-            .unwrap_or_else(crate::guests::GuestConfig::default_binary),
+            .unwrap_or_else(crate::manager::guests::GuestConfig::default_binary),
         source,
         guests_dir,
     ));

@@ -2,7 +2,6 @@
 //!
 //! The library holds everything; the binaries in src/bin parse flags and call in.
 
-pub mod authz;
 pub mod backend;
 pub mod callouts;
 pub mod cli;
@@ -10,8 +9,6 @@ pub mod daemon;
 pub mod dbus;
 pub mod error;
 pub mod events;
-pub mod guests;
-pub mod holders;
 pub mod manager;
 pub mod metrics;
 pub mod model;
@@ -21,7 +18,6 @@ pub mod privbus;
 pub mod prove;
 pub mod sim;
 pub mod store;
-pub mod sysfs;
 pub mod vmm;
 
 pub use error::{Error, ErrorClass, Result};

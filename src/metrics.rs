@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::guests::GuestState;
+use crate::manager::guests::GuestState;
 use crate::manager::DeviceView;
 use crate::model::Parent;
 

@@ -291,7 +291,7 @@ async fn a_syscall_outside_the_filter_kills_the_vmm_and_the_guest_says_so() {
         let d = Daemon::start_with_env(
             &["nvidia-t4"],
             &[],
-            &[(vgpud::guests::SECCOMP_WITHOUT_ENV, "ioctl")],
+            &[(vgpud::manager::guests::SECCOMP_WITHOUT_ENV, "ioctl")],
         );
         let conn = d.conn().await;
         let manager = ManagerProxy::new(&conn).await.unwrap();
@@ -406,7 +406,11 @@ async fn on_bus(guest: &GuestProxy<'_>) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ended_guest_leaves_the_bus_after_its_retention() {
     tokio::time::timeout(LIMIT, async {
-        let d = Daemon::start_with_env(&["nvidia-t4"], &[], &[(vgpud::guests::RETENTION_ENV, "2")]);
+        let d = Daemon::start_with_env(
+            &["nvidia-t4"],
+            &[],
+            &[(vgpud::manager::guests::RETENTION_ENV, "2")],
+        );
         let conn = d.conn().await;
         let manager = ManagerProxy::new(&conn).await.unwrap();
         let dev_path = manager

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sim_fixture::*;
+use vgpud::backend::sysfs::SysfsRoot;
 use vgpud::backend::{vf_device_uuid, Host};
 use vgpud::model::{MdevUuid, ParentName, TypeId};
 use vgpud::sim::control::Request;
-use vgpud::sysfs::SysfsRoot;
 use vgpud::Error;
 
 const GPU0: &str = "0000:20:00.0";

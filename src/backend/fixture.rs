@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use crate::sysfs::SysfsRoot;
+use crate::backend::sysfs::SysfsRoot;
 
 /// A Tesla T4 style mdev parent (model 1) with two types.
 pub(crate) const GPU: &str = "0000:3b:00.0";

@@ -4,10 +4,10 @@
 
 use std::path::Path;
 
+use crate::backend::sysfs::{SysPath, SysfsRoot, WriteError};
 use crate::backend::{read_iommu_group, read_parent_base, Backend};
 use crate::error::{Error, Result};
 use crate::model::{BackendKind, Device, MdevType, MdevUuid, Parent, ParentName, TypeId};
-use crate::sysfs::{SysPath, SysfsRoot, WriteError};
 
 /// Parents and devices of the kernel's mdev core.
 #[derive(Debug, Clone)]

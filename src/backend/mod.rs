@@ -8,15 +8,16 @@
 
 pub mod mdev;
 pub mod nvidia;
+pub mod sysfs;
 
 #[cfg(test)]
 pub(crate) mod fixture;
 
+use crate::backend::sysfs::{EntryName, SysPath, SysfsRoot};
 use crate::error::{Error, Result};
 use crate::model::{
     BackendKind, Device, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId,
 };
-use crate::sysfs::{EntryName, SysPath, SysfsRoot};
 
 pub use mdev::MdevBackend;
 pub use nvidia::{vf_device_uuid, NvidiaBackend};

@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
+use crate::backend::sysfs::{SysPath, SysfsRoot, WriteError};
 use crate::backend::{read_parent_base, Backend};
 use crate::error::{Error, Result};
 use crate::model::{BackendKind, Device, MdevType, MdevUuid, Parent, ParentName, TypeId};
-use crate::sysfs::{SysPath, SysfsRoot, WriteError};
 
 /// Namespace of the version 5 UUIDs naming vendor-sysfs vGPUs by their VF's PCI address.
 /// Fixed forever: changing it renames every such device and breaks stored definitions.

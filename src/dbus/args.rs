@@ -276,7 +276,10 @@ pub(super) fn user_and_groups(uid: u32) -> (Option<String>, Vec<String>) {
 
 /// A file option: a descriptor the caller opened (h). A path (s) is refused: vgpud would
 /// open it with its own rights, not the caller's.
-fn opt_file(options: &Options, key: &str) -> Result<Option<crate::guests::CallerFile>, VgpudError> {
+fn opt_file(
+    options: &Options,
+    key: &str,
+) -> Result<Option<crate::manager::guests::CallerFile>, VgpudError> {
     use std::os::fd::AsFd;
     match options.get(key) {
         None => Ok(None),
@@ -284,7 +287,7 @@ fn opt_file(options: &Options, key: &str) -> Result<Option<crate::guests::Caller
             Value::Fd(fd) => fd
                 .as_fd()
                 .try_clone_to_owned()
-                .map(|fd| Some(crate::guests::CallerFile::new(fd)))
+                .map(|fd| Some(crate::manager::guests::CallerFile::new(fd)))
                 .map_err(|e| bad(format!("option {key:?}: {e}"))),
             Value::Str(_) => Err(bad(format!(
                 "option {key:?} takes a file descriptor (h) opened by the caller, not a path; \
@@ -301,7 +304,9 @@ fn opt_file(options: &Options, key: &str) -> Result<Option<crate::guests::Caller
 
 /// LaunchGuest's options: payload (s, a built-in), payload_file, kernel, initrd (h), cmdline
 /// (s), memory_mib (u), vcpus (u).
-pub fn launch_options(options: &Options) -> Result<crate::guests::LaunchOptions, VgpudError> {
+pub fn launch_options(
+    options: &Options,
+) -> Result<crate::manager::guests::LaunchOptions, VgpudError> {
     check_keys(
         options,
         &[
@@ -341,7 +346,7 @@ pub fn launch_options(options: &Options) -> Result<crate::guests::LaunchOptions,
     if kernel.is_none() && initrd.is_some() {
         return Err(bad("initrd needs a kernel".into()));
     }
-    Ok(crate::guests::LaunchOptions {
+    Ok(crate::manager::guests::LaunchOptions {
         payload,
         payload_file,
         memory_mib,

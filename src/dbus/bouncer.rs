@@ -11,7 +11,7 @@ use zbus::message::Header;
 use zbus::Connection;
 
 use super::error::VgpudError;
-use crate::authz::Authority;
+use crate::dbus::authz::Authority;
 use crate::manager::Caller;
 use crate::policy::Action;
 
@@ -168,7 +168,7 @@ impl Bouncer {
             let Ok((name, _old, new)) = body.deserialize::<(&str, &str, &str)>() else {
                 continue;
             };
-            if name == crate::authz::POLKIT_NAME {
+            if name == crate::dbus::authz::POLKIT_NAME {
                 self.authority.forget_presence();
             } else if new.is_empty() {
                 self.known().remove(name);

@@ -11,7 +11,7 @@ use zbus::zvariant::OwnedObjectPath;
 use super::error::VgpudError;
 use super::names;
 use super::objects::{locked, Ctx};
-use crate::guests::GuestView;
+use crate::manager::guests::GuestView;
 
 const GUEST: &str = "org.vgpud1.Guest";
 

@@ -2,6 +2,7 @@
 //! well-known name is requested last, so a client activated by the name finds every object.
 
 mod args;
+pub mod authz;
 pub mod bouncer;
 mod device;
 pub mod error;

@@ -20,7 +20,7 @@ use crate::model::{MdevUuid, Parent, ParentName, TypeId};
 struct Published {
     parents: BTreeMap<ParentName, Parent>,
     devices: BTreeMap<MdevUuid, DeviceView>,
-    guests: BTreeMap<u64, crate::guests::GuestState>,
+    guests: BTreeMap<u64, crate::manager::guests::GuestState>,
 }
 
 /// Cloneable; one lock serializes every change so the tree is never seen half-applied.

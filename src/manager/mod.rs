@@ -3,7 +3,8 @@
 //! start, on every uevent and after every write, and publishes each difference as a `Change`.
 
 mod converge;
-mod guests;
+pub mod guests;
+pub mod holders;
 mod modify;
 mod ops;
 mod owners;
@@ -49,7 +50,7 @@ pub struct ManagerConfig {
     pub policy_dir: Option<PathBuf>,
     pub policy: Policy,
     /// How guests are run; None = LaunchGuest is not supported.
-    pub guests: Option<crate::guests::GuestConfig>,
+    pub guests: Option<crate::manager::guests::GuestConfig>,
     /// mdevctl's call-out and notifier scripts around every start, stop, define, undefine and
     /// modify; None = no scripts are run.
     pub callouts: Option<crate::callouts::Callouts>,
@@ -106,7 +107,7 @@ pub enum Change {
     DeviceUpdated(DeviceView),
     DeviceRemoved(MdevUuid),
     /// A guest appeared or changed.
-    Guest(crate::guests::GuestView),
+    Guest(crate::manager::guests::GuestView),
     /// An ended guest was forgotten.
     GuestRemoved(u64),
     /// What the daemon cannot make true (ensure rules, autostart failures, policy problems).
@@ -274,10 +275,10 @@ pub(crate) enum Request {
     LaunchGuest(
         Caller,
         Vec<MdevUuid>,
-        crate::guests::LaunchOptions,
-        Reply<crate::guests::GuestView>,
+        crate::manager::guests::LaunchOptions,
+        Reply<crate::manager::guests::GuestView>,
     ),
-    StopGuest(Caller, u64, Reply<crate::guests::GuestView>),
+    StopGuest(Caller, u64, Reply<crate::manager::guests::GuestView>),
     /// An ended guest leaves the bus on request.
     ForgetGuest(Caller, u64, Reply<()>),
 }
@@ -422,14 +423,18 @@ impl ManagerHandle {
         &self,
         caller: Caller,
         devices: Vec<MdevUuid>,
-        opts: crate::guests::LaunchOptions,
-    ) -> Result<crate::guests::GuestView> {
+        opts: crate::manager::guests::LaunchOptions,
+    ) -> Result<crate::manager::guests::GuestView> {
         self.request(|tx| Request::LaunchGuest(caller, devices, opts, tx))
             .await
     }
 
     /// Stops a guest (SIGTERM, then SIGKILL after 5 s); answers once it has ended.
-    pub async fn stop_guest(&self, caller: Caller, id: u64) -> Result<crate::guests::GuestView> {
+    pub async fn stop_guest(
+        &self,
+        caller: Caller,
+        id: u64,
+    ) -> Result<crate::manager::guests::GuestView> {
         self.request(|tx| Request::StopGuest(caller, id, tx)).await
     }
 

@@ -174,8 +174,8 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::sysfs::SysfsRoot;
     use crate::backend::Host;
-    use crate::sysfs::SysfsRoot;
 
     const U: &str = "0b2d8a04-6c5c-4f5e-9b1a-3d2f1e0c9a77";
 

@@ -11,7 +11,7 @@ use super::state::{Manager, Pending, LINK_RETRIES};
 use super::{Caller, Completion, CreateRequest, DeviceView, RemoveRequest};
 use crate::backend::{vf_device_uuid, Host};
 use crate::error::{Error, Result};
-use crate::holders::{device_nodes, holders_of};
+use crate::manager::holders::{device_nodes, holders_of};
 use crate::model::{BackendKind, Device, MdevUuid, Parent, ParentName, TypeId};
 use crate::policy::{Action, Decision, Denial, DenialKind, Owned};
 use crate::store::{Definition, Meta, Start, Store};

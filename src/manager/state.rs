@@ -14,7 +14,7 @@ use super::{
 };
 use crate::error::Result;
 use crate::events::{Affected, UEvent};
-use crate::holders::{device_nodes, held_among};
+use crate::manager::holders::{device_nodes, held_among};
 use crate::model::{Device, MdevUuid, Parent, ParentName};
 use crate::policy::Policy;
 use crate::store::{Definition, Meta, Start};

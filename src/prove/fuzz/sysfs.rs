@@ -11,10 +11,10 @@ use std::path::Path;
 use super::mutate::{mutate, Rng};
 use super::{path_safe, Case};
 use crate::backend::nvidia::parse_vgpu_types;
+use crate::backend::sysfs::SysfsRoot;
 use crate::backend::Host;
 use crate::dbus::names::{escape_path_element, parent_path, type_path, unescape_path_element};
 use crate::model::{is_pci_address, MdevUuid, ParentName, PciAddress, TypeId};
-use crate::sysfs::SysfsRoot;
 
 const NAMES: &[&str] = &[
     "0000:3b:00.0",

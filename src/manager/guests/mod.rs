@@ -12,10 +12,17 @@ use super::ops::decision;
 use super::state::Manager;
 use super::{Caller, Change, Completion};
 use crate::error::{Error, Result};
-use crate::guests::{self, record, GuestState, GuestView, LaunchOptions};
-use crate::holders::{group_node, holders_of};
+pub mod launch;
+pub mod record;
+
+use crate::manager::holders::{group_node, holders_of};
 use crate::model::MdevUuid;
 use crate::policy::Action;
+use launch as guests;
+pub use launch::{
+    vfio_cdev, CallerFile, DeviceSource, GuestConfig, GuestState, GuestView, LaunchOptions,
+    SimSource, VfioSource, RETENTION_ENV, SECCOMP_WITHOUT_ENV,
+};
 
 use super::Reply;
 

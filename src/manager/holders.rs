@@ -29,7 +29,7 @@ pub fn device_nodes(dev_root: &Path, group: Option<u32>, sysfs_dir: &Path) -> Ve
         .filter(|n| n.exists());
     group
         .into_iter()
-        .chain(crate::guests::vfio_cdev(sysfs_dir, dev_root))
+        .chain(crate::manager::guests::vfio_cdev(sysfs_dir, dev_root))
         .collect()
 }
 

@@ -8,10 +8,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub mod record;
-
 use crate::error::{Error, Result};
-use crate::holders::group_node;
+use crate::manager::holders::group_node;
 use crate::manager::DeviceView;
 use crate::model::MdevUuid;
 use crate::vmm::{Boot, DeviceSpec, FileArg, Jail, VmmConfig};
