@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
-use vgpud::privbus::{BusKind, PrivateBus};
-use vgpud::prove::check::object_manager;
-use vgpud::prove::rig::{terminate, Bins, Sim};
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
+use vgpud_testkit::privbus::{BusKind, PrivateBus};
+use vgpud_testkit::prove::check::object_manager;
+use vgpud_testkit::prove::rig::{terminate, Bins, Sim};
 use zbus::zvariant::OwnedObjectPath;
 
 const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");

@@ -11,9 +11,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use vgpud::backend::sysfs::SysfsRoot;
-use vgpud::backend::Host;
-use vgpud::sim::{SimOptions, Simulator};
+use vgpud_daemon::backend::sysfs::SysfsRoot;
+use vgpud_daemon::backend::Host;
+use vgpud_sim::{SimOptions, Simulator};
 
 struct Case {
     profile: &'static str,

@@ -146,17 +146,17 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let hello = vgpud::vmm::payload::builtin("hello")
+    let hello = vgpud_vmm::payload::builtin("hello")
         .expect("hello is built in")
         .expect("hello assembles");
     let multiboot = dir.path().join("hello.multiboot");
-    std::fs::write(&multiboot, vgpud::vmm::payload::multiboot_image(&hello)).expect("write");
-    let marker = vgpud::vmm::payload::HELLO.as_bytes();
+    std::fs::write(&multiboot, vgpud_vmm::payload::multiboot_image(&hello)).expect("write");
+    let marker = vgpud_vmm::payload::HELLO.as_bytes();
 
     let mut setup = Vec::new();
     for _ in 0..N {
         let t = Instant::now();
-        let machine = vgpud::vmm::kvm::Machine::new(None, 64, 1).expect("VM setup");
+        let machine = vgpud_vmm::kvm::Machine::new(None, 64, 1).expect("VM setup");
         drop(machine);
         setup.push(t.elapsed());
     }
@@ -223,7 +223,7 @@ fn main() {
     }
 
     // The vGPU path, vgpud-vmm only (QEMU has no emulated vGPU to give the probe).
-    let templates = vgpud::sim::profile::builtin("nvidia-t4").expect("profile");
+    let templates = vgpud_sim::profile::builtin("nvidia-t4").expect("profile");
     let desc = dir.path().join("t4.json");
     std::fs::write(
         &desc,
@@ -261,7 +261,7 @@ fn main() {
 fn launch_guest_over_dbus() -> Result<(Vec<Duration>, Vec<Duration>), String> {
     use std::collections::HashMap;
     use std::io::{BufRead, BufReader};
-    use vgpud::dbus::proxies::{GuestProxy, ManagerProxy};
+    use vgpud_api::proxies::{GuestProxy, ManagerProxy};
     use zbus::zvariant::Value;
 
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_vgpud"))

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::process::Command;
 
 use common::Daemon;
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
-use vgpud::prove::Rng;
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
+use vgpud_testkit::prove::Rng;
 use zbus::zvariant::Value;
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
@@ -143,7 +143,7 @@ async fn capacity_agrees_with_create_step_after_step() {
             "Dual port serial",
             "mdpy-vga",
         ];
-        let seed = vgpud::prove::clock_seed();
+        let seed = vgpud_testkit::prove::clock_seed();
         let mut rng = Rng::new(seed);
         let mut live = Vec::new();
         for step in 0..60 {

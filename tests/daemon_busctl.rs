@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::Daemon;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use vgpud::dbus::proxies::ManagerProxy;
+use vgpud_api::proxies::ManagerProxy;
 
 const LIMIT: Duration = Duration::from_secs(90);
 const T4_TYPES: &str = "/org/vgpud/parents/0000_3a20_3a00_2e0/types";

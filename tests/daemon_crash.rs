@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::Daemon;
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
-use vgpud::model::MdevUuid;
-use vgpud::privbus::{BusKind, PrivateBus};
-use vgpud::store::Store;
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
+use vgpud_daemon::store::Store;
+use vgpud_model::MdevUuid;
+use vgpud_testkit::privbus::{BusKind, PrivateBus};
 use zbus::zvariant::Value;
 
 /// A small deterministic generator (xorshift64*), so a failure can be replayed from its seed.

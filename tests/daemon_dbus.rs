@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{eventually, Daemon};
 use futures_util::StreamExt;
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy, MdevTypeProxy, ParentProxy};
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy, MdevTypeProxy, ParentProxy};
 use zbus::zvariant::Value;
 
 const T4: &str = "0000:20:00.0";

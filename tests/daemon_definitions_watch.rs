@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Daemon};
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
 
 const U1: &str = "6d0f3a2e-1b4c-4d5e-8f90-a1b2c3d4e5f6";
 /// The bound: a definition written by another tool is on D-Bus within a second.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{eventually, Daemon};
-use vgpud::dbus::proxies::{DeviceProxy, GuestProxy, ManagerProxy};
+use vgpud_api::proxies::{DeviceProxy, GuestProxy, ManagerProxy};
 use zbus::zvariant::Value;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -291,7 +291,7 @@ async fn a_syscall_outside_the_filter_kills_the_vmm_and_the_guest_says_so() {
         let d = Daemon::start_with_env(
             &["nvidia-t4"],
             &[],
-            &[(vgpud::manager::guests::SECCOMP_WITHOUT_ENV, "ioctl")],
+            &[(vgpud_daemon::manager::guests::SECCOMP_WITHOUT_ENV, "ioctl")],
         );
         let conn = d.conn().await;
         let manager = ManagerProxy::new(&conn).await.unwrap();
@@ -370,7 +370,7 @@ async fn files_are_descriptors_and_paths_are_refused() {
         assert!(text.contains("not a Linux kernel"), "{text}");
         // The tiny 64-bit kernel by descriptor boots and prints its command line.
         let kernel = dir.path().join("tiny.elf");
-        std::fs::write(&kernel, vgpud::vmm::payload::long_mode_elf().unwrap()).unwrap();
+        std::fs::write(&kernel, vgpud_vmm::payload::long_mode_elf().unwrap()).unwrap();
         let k = std::fs::File::open(&kernel).unwrap();
         let guest_path = manager
             .launch_guest(
@@ -409,7 +409,7 @@ async fn an_ended_guest_leaves_the_bus_after_its_retention() {
         let d = Daemon::start_with_env(
             &["nvidia-t4"],
             &[],
-            &[(vgpud::manager::guests::RETENTION_ENV, "2")],
+            &[(vgpud_daemon::manager::guests::RETENTION_ENV, "2")],
         );
         let conn = d.conn().await;
         let manager = ManagerProxy::new(&conn).await.unwrap();

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::Daemon;
-use vgpud::dbus::names;
-use vgpud::dbus::proxies::ManagerProxy;
+use vgpud_api::names;
+use vgpud_api::proxies::ManagerProxy;
 use zbus::zvariant::Value;
 
 /// The `<interface name="NAME">...</interface>` block of an introspection document.

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{eventually, Daemon};
-use vgpud::dbus::proxies::{DeviceProxy, ManagerProxy};
+use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
 use zbus::zvariant::Value;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -319,7 +319,7 @@ async fn concurrent_creates_for_the_last_instances_never_overbook() {
 
 fn parse_definition(path: &Path) -> (String, String) {
     let text = std::fs::read_to_string(path).unwrap();
-    let (type_id, start, _) = vgpud::store::parse_mdevctl_json(&text).unwrap();
+    let (type_id, start, _) = vgpud_daemon::store::parse_mdevctl_json(&text).unwrap();
     (type_id.to_string(), start.as_str().to_owned())
 }
 
@@ -625,7 +625,7 @@ async fn a_caller_cannot_make_vgpud_or_its_vmm_read_a_file_it_cannot_read() {
         // A root-only file that would boot if it were read, and a kernel the user may read.
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let elf = vgpud::vmm::payload::long_mode_elf().unwrap();
+        let elf = vgpud_vmm::payload::long_mode_elf().unwrap();
         let secret = dir.path().join("secret-kernel");
         std::fs::write(&secret, &elf).unwrap();
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -725,7 +725,7 @@ async fn a_caller_cannot_make_vgpud_or_its_vmm_read_a_file_it_cannot_read() {
         assert!(out.status.success(), "{}", text(&out));
         let guest_path = text(&out).split('"').nth(1).unwrap().to_owned();
         let conn = d.conn().await;
-        let guest = vgpud::dbus::proxies::GuestProxy::builder(&conn)
+        let guest = vgpud_api::proxies::GuestProxy::builder(&conn)
             .path(guest_path.as_str())
             .unwrap()
             .cache_properties(zbus::proxy::CacheProperties::No)

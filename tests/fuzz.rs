@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use vgpud::prove::fuzz::{self, Budget};
+use vgpud_testkit::prove::fuzz::{self, Budget};
 
 fn seconds() -> f64 {
     match std::env::var("VGPUD_FUZZ_SECONDS") {

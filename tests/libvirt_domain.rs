@@ -12,7 +12,7 @@ mod libvirt;
 use std::time::{Duration, Instant};
 
 use libvirt::{Hostdev, Rig};
-use vgpud::sim::feed::Subscriber;
+use vgpud_sim::feed::Subscriber;
 
 const T4: &str = "0000:20:00.0";
 const U1: &str = "c0ffee00-0000-4000-8000-0000000000d1";

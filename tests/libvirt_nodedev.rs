@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use libvirt::Rig;
-use vgpud::dbus::proxies::ManagerProxy;
+use vgpud_api::proxies::ManagerProxy;
 
 const T4: &str = "0000:20:00.0";
 const U1: &str = "5a1e0000-0000-4000-8000-0000000000b1";

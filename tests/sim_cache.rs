@@ -6,9 +6,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
-use vgpud::sim::cache::RequestCounts;
-use vgpud::sim::control::{Client, Request};
-use vgpud::sim::{SimOptions, Simulator};
+use vgpud_sim::cache::RequestCounts;
+use vgpud_sim::control::{Client, Request};
+use vgpud_sim::{SimOptions, Simulator};
 
 const GPU: &str = "0000:20:00.0";
 const PF_DIR: &str = "devices/pci0000:20/0000:20:00.0";

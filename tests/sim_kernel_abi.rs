@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use libc::{EACCES, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EUSERS};
 use sim_fixture::*;
-use vgpud::sim::control::Request;
+use vgpud_sim::control::Request;
 
 const GPU0: &str = "0000:20:00.0";
 const GPU1: &str = "0000:21:00.0";

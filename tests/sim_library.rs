@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sim_fixture::*;
-use vgpud::backend::sysfs::SysfsRoot;
-use vgpud::backend::{vf_device_uuid, Host};
-use vgpud::model::{MdevUuid, ParentName, TypeId};
-use vgpud::sim::control::Request;
-use vgpud::Error;
+use vgpud_daemon::backend::sysfs::SysfsRoot;
+use vgpud_daemon::backend::{vf_device_uuid, Host};
+use vgpud_model::Error;
+use vgpud_model::{MdevUuid, ParentName, TypeId};
+use vgpud_sim::control::Request;
 
 const GPU0: &str = "0000:20:00.0";
 const GPU1: &str = "0000:21:00.0";
@@ -247,7 +247,7 @@ fn host(sim: &Sim) -> Host {
     Host::new(SysfsRoot::new(sim.root()).expect("sysfs root"))
 }
 
-fn type_view(t: &vgpud::model::MdevType) -> TypeView {
+fn type_view(t: &vgpud_model::MdevType) -> TypeView {
     TypeView {
         id: t.id.to_string(),
         name: t.name.clone(),
@@ -425,7 +425,7 @@ fn host_matches_the_tree_on_a_host_with_both_backends() {
     // The L40S profile with 2 VFs instead of 32 keeps the walk short.
     let dir = tempfile::tempdir().unwrap();
     let small_l40s = dir.path().join("small-l40s.toml");
-    let text = include_str!("../src/sim/profiles/nvidia-l40s.toml")
+    let text = include_str!("../crates/sim/src/profiles/nvidia-l40s.toml")
         .replace("profile = \"nvidia-l40s\"", "profile = \"small-l40s\"")
         .replace("vfs = 32", "vfs = 2");
     std::fs::write(&small_l40s, text).unwrap();

@@ -69,7 +69,7 @@ fn a_t4_config_space_has_its_ids_class_and_capabilities() {
 fn a_conventional_pci_function_has_256_bytes_and_no_express_capability() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("t4-pci.toml");
-    let t4 = include_str!("../src/sim/profiles/nvidia-t4.toml").replace(
+    let t4 = include_str!("../crates/sim/src/profiles/nvidia-t4.toml").replace(
         "profile = \"nvidia-t4\"",
         "profile = \"t4-pci\"\npcie = false",
     );

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 
 use nix::sys::signal::Signal;
 use sim_fixture::*;
-use vgpud::sim::mount::{self, MountState};
+use vgpud_sim::mount::{self, MountState};
 
 const T4: &str = "0000:20:00.0";
 

@@ -11,8 +11,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vgpud::model::{MdevUuid, ParentName, TypeId};
-use vgpud::store::{Definition, Meta, Start, Store};
+use vgpud_daemon::store::{Definition, Meta, Start, Store};
+use vgpud_model::{MdevUuid, ParentName, TypeId};
 
 const ENV_DEFS: &str = "VGPUD_CRASH_WORKER_DEFS";
 const ENV_STATE: &str = "VGPUD_CRASH_WORKER_STATE";

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
-use vgpud::model::{MdevUuid, ParentName, TypeId};
-use vgpud::store::{to_mdevctl_json, Definition, Meta, Start, Store};
+use vgpud_daemon::store::{to_mdevctl_json, Definition, Meta, Start, Store};
+use vgpud_model::{MdevUuid, ParentName, TypeId};
 
 const U1: &str = "0b2d8a04-6c5c-4f5e-9b1a-3d2f1e0c9a77";
 const U2: &str = "5c1b7f3e-2a9d-4c8e-b6f0-1d3e5a7c9b2f";

@@ -557,7 +557,7 @@ fn launch_with_a_kernel_passes_kernel_initrd_and_cmdline_to_the_vmm() {
         ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
         let dir = tempfile::tempdir().unwrap();
         let kernel = dir.path().join("tiny.elf");
-        std::fs::write(&kernel, vgpud::vmm::payload::long_mode_elf().unwrap()).unwrap();
+        std::fs::write(&kernel, vgpud_vmm::payload::long_mode_elf().unwrap()).unwrap();
         let initrd = dir.path().join("initrd");
         std::fs::write(&initrd, [1u8; 512]).unwrap();
         let (k, i) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());

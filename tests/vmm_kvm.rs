@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use vgpud::sim::profile;
+use vgpud_sim::profile;
 
 /// Every machine of this kind has /dev/kvm (DESIGN.md, testing tier 3): a missing one fails
 /// the test that needs it instead of letting it pass unchecked.
@@ -348,7 +348,7 @@ fn tiny_elf_kernel_runs_in_long_mode_and_reads_its_zero_page() {
     require_kvm();
     let dir = tempfile::tempdir().unwrap();
     let kernel = dir.path().join("tiny.elf");
-    std::fs::write(&kernel, vgpud::vmm::payload::long_mode_elf().unwrap()).unwrap();
+    std::fs::write(&kernel, vgpud_vmm::payload::long_mode_elf().unwrap()).unwrap();
     let initrd = dir.path().join("initrd");
     std::fs::write(&initrd, [0x5au8; 10_000]).unwrap();
     let log = dir.path().join("serial.log");

@@ -2,5 +2,5 @@
 //! `vgpud::cli`; this only calls in.
 
 fn main() -> std::process::ExitCode {
-    vgpud::cli::main()
+    vgpuctl::main()
 }

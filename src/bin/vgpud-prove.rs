@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use vgpud::prove::rig::{Bins, Rig};
-use vgpud::prove::stats::mib;
-use vgpud::prove::{clock_seed, compare, crash, dbus_fuzz, faults, fuzz, load, Row};
+use vgpud_testkit::prove::rig::{Bins, Rig};
+use vgpud_testkit::prove::stats::mib;
+use vgpud_testkit::prove::{clock_seed, compare, crash, dbus_fuzz, faults, fuzz, load, Row};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,12 +63,12 @@ struct AbiArgs {
 }
 
 fn abi_main(args: AbiArgs) -> ExitCode {
-    use vgpud::prove::abi::{Host, Probe};
+    use vgpud_testkit::prove::abi::{Host, Probe};
     let host = match (args.modules, args.sim_run_dir) {
         (Some(modules), None) => Host::Kernel { modules },
         (None, Some(run_dir)) => Host::Sim {
-            control: vgpud::sim::control_socket(&run_dir),
-            feed: vgpud::sim::uevent_socket(&run_dir),
+            control: vgpud_sim::control_socket(&run_dir),
+            feed: vgpud_sim::uevent_socket(&run_dir),
         },
         _ => {
             eprintln!(
@@ -231,7 +231,7 @@ async fn run_crash(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
     };
     let t0 = Instant::now();
     let r = crash::run(&mut rig, p.crash_rounds, seed).await;
-    let mut restart = vgpud::prove::stats::Samples::default();
+    let mut restart = vgpud_testkit::prove::stats::Samples::default();
     for d in &r.restarts {
         restart.push(*d);
     }
@@ -381,7 +381,10 @@ fn main() -> ExitCode {
             eprintln!("usage: vgpud-prove abi-hold UUID (holds /sys/bus/mdev/devices/UUID through VFIO until killed)");
             return ExitCode::from(2);
         };
-        return match vgpud::prove::abi::hold_until_killed(std::path::Path::new("/sys"), &uuid) {
+        return match vgpud_testkit::prove::abi::hold_until_killed(
+            std::path::Path::new("/sys"),
+            &uuid,
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("vgpud-prove abi-hold: {e}");

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use vgpud::sim::control::{Client, Request};
-use vgpud::sim::{self, SimOptions, Simulator};
+use vgpud_sim::control::{Client, Request};
+use vgpud_sim::{self as sim, SimOptions, Simulator};
 
 /// Mount a FUSE file system at DIR that behaves like /sys for simulated GPUs.
 #[derive(Parser)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
-use vgpud::vmm::{self, Boot, DeviceSpec, FileArg, Jail, VmmConfig};
+use vgpud_vmm::{self as vmm, Boot, DeviceSpec, FileArg, Jail, VmmConfig};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 

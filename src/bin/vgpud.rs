@@ -4,11 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use vgpud::daemon::{self, DaemonOptions};
-use vgpud::dbus::BusChoice;
-use vgpud::events::EventSpec;
-use vgpud::privbus::{BusKind, PrivateBus};
-use vgpud::sim::{SimOptions, Simulator};
+use vgpud_api::BusChoice;
+use vgpud_daemon::daemon::{self, DaemonOptions};
+use vgpud_daemon::events::EventSpec;
+use vgpud_sim::{SimOptions, Simulator};
+use vgpud_testkit::privbus::{BusKind, PrivateBus};
 
 /// The vendor-neutral mdev/vGPU manager: publishes GPUs, vGPU types and devices on D-Bus.
 #[derive(Parser)]
@@ -63,7 +63,7 @@ struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback IP:PORT) or on a unix
     /// socket (an absolute path).
     #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<vgpud::metrics::MetricsListen>,
+    metrics_listen: Option<vgpud_daemon::metrics::MetricsListen>,
     #[command(subcommand)]
     command: Option<Sub>,
     /// Run on a built-in simulated host: mounts vgpud-sim in a temporary directory, starts a
@@ -139,14 +139,16 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 
 /// A private system-style dbus-daemon with vgpud's bus policy, and (unless `no_polkit`) the
 /// real polkitd on it, so authorization works as on a host.
-fn private_bus(no_polkit: bool) -> Result<(PrivateBus, Option<vgpud::polkitd::Polkitd>), String> {
+fn private_bus(
+    no_polkit: bool,
+) -> Result<(PrivateBus, Option<vgpud_testkit::polkitd::Polkitd>), String> {
     let bus = PrivateBus::start_with_policy(
         BusKind::System,
         &[
             ("org.vgpud.conf", include_str!("../../dbus/org.vgpud.conf")),
             (
                 "org.freedesktop.PolicyKit1.conf",
-                vgpud::polkitd::BUS_POLICY,
+                vgpud_testkit::polkitd::BUS_POLICY,
             ),
         ],
     )
@@ -154,8 +156,8 @@ fn private_bus(no_polkit: bool) -> Result<(PrivateBus, Option<vgpud::polkitd::Po
     if no_polkit {
         return Ok((bus, None));
     }
-    let actions = [("org.vgpud.policy", vgpud::polkitd::ACTIONS)];
-    let polkit = match vgpud::polkitd::Polkitd::start(bus.address(), &actions, &[]) {
+    let actions = [("org.vgpud.policy", vgpud_testkit::polkitd::ACTIONS)];
+    let polkit = match vgpud_testkit::polkitd::Polkitd::start(bus.address(), &actions, &[]) {
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(
@@ -180,7 +182,7 @@ fn bus_choice(args: &Args) -> Option<BusChoice> {
 }
 
 fn check_policy(files: &[PathBuf]) -> Result<(), String> {
-    match vgpud::policy::check_files(files) {
+    match vgpud_policy::check_files(files) {
         Ok(policy) => {
             println!("policy is valid: {}", policy.summary());
             Ok(())

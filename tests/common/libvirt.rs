@@ -389,8 +389,8 @@ impl Rig {
     }
 
     /// A subscriber to the simulator's uevent feed (every event from now on).
-    pub fn uevents(&self) -> vgpud::sim::feed::Subscriber {
-        vgpud::sim::feed::Subscriber::connect(&self.scratch.path().join("sim/uevents"))
+    pub fn uevents(&self) -> vgpud_sim::feed::Subscriber {
+        vgpud_sim::feed::Subscriber::connect(&self.scratch.path().join("sim/uevents"))
             .expect("subscribe to the simulator's uevents")
     }
 

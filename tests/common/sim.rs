@@ -15,11 +15,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 use tempfile::TempDir;
-use vgpud::events::UEvent;
-use vgpud::sim::control::{Client, Request};
-use vgpud::sim::feed::Subscriber;
-use vgpud::sim::mount::{self, MountState};
-use vgpud::sim::{SimOptions, Simulator};
+use vgpud_model::uevent::UEvent;
+use vgpud_sim::control::{Client, Request};
+use vgpud_sim::feed::Subscriber;
+use vgpud_sim::mount::{self, MountState};
+use vgpud_sim::{SimOptions, Simulator};
 
 /// The bound on any single wait that should end quickly; reaching it means a hang.
 pub const HANG_GUARD: Duration = Duration::from_secs(15);
