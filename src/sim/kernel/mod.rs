@@ -12,6 +12,9 @@ mod mdev;
 mod topology;
 mod vendor;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -123,6 +126,9 @@ pub struct Kernel {
     pub shutting_down: bool,
     /// Directory containers under devices/ (path -> child names), derived from parents.
     pub containers: BTreeMap<String, BTreeSet<String>>,
+    /// Every event sent, so unit tests read the kernel's order without a feed socket.
+    #[cfg(test)]
+    sent: Vec<UEvent>,
 }
 
 /// What a write asks the caller to do next.
@@ -147,6 +153,8 @@ impl Kernel {
             held: BTreeSet::new(),
             shutting_down: false,
             containers: BTreeMap::new(),
+            #[cfg(test)]
+            sent: Vec::new(),
         }
     }
 
@@ -155,6 +163,8 @@ impl Kernel {
         let mut event = event;
         event.seqnum = self.seqnum;
         self.feed.publish(&event);
+        #[cfg(test)]
+        self.sent.push(event);
     }
 
     fn alloc_group(&mut self) -> u32 {
