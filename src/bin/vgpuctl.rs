@@ -1,5 +1,6 @@
 //! vgpuctl: the command-line client of vgpud (and its libvirt hook). Everything is in
-//! `vgpud::cli`; this only calls in.
+//! the `vgpuctl` crate (crates/vgpuctl), which links the model, the API and the policy only; this
+//! only calls in.
 
 fn main() -> std::process::ExitCode {
     vgpuctl::main()

@@ -3,6 +3,7 @@
 //! mdevctl, a shell) sees the same tree and the same errors as on a real host.
 
 pub mod cache;
+pub mod cli;
 pub mod control;
 pub mod errno;
 pub mod feed;

@@ -3,6 +3,7 @@
 //! slot each) behind the `PassthroughDevice` seam (emulated here, VFIO where the host has it).
 
 pub mod bus;
+pub mod cli;
 pub mod description;
 pub mod device;
 pub mod jail;

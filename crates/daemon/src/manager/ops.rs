@@ -596,7 +596,7 @@ impl Manager {
             let _ = reply.send(Err(Error::Busy(format!(
                 "device {uuid} is attached to guest {} ({}, pid {}); stop the guest or remove with force",
                 g.id,
-                crate::dbus::names::guest_path(g.id).as_str(),
+                vgpud_api::names::guest_path(g.id).as_str(),
                 g.pid
             ))));
             return;

@@ -10,6 +10,7 @@
 
 pub mod abi;
 pub mod check;
+pub mod cli;
 pub mod compare;
 pub mod crash;
 pub mod dbus_fuzz;
