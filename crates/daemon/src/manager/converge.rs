@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::ops::decision;
+use super::ops::{decision, defined_device};
 use super::state::Manager;
 use super::{Caller, Change, CreateRequest, DefineRequest, DeviceView};
 use crate::store::{Definition, Meta, Start};
@@ -97,13 +97,7 @@ impl Manager {
         } else {
             caller.uid
         };
-        let device = crate::callouts::CalloutDevice {
-            uuid: uuid.to_string(),
-            parent: def.parent.to_string(),
-            type_id: def.mdev_type.to_string(),
-            autostart: def.start == Start::Auto,
-            attrs: def.attrs.clone(),
-        };
+        let device = defined_device(&def);
         self.with_callouts(&device, crate::callouts::Action::Define, || {
             store.define(&def, &Meta::now(owner, caller.origin.clone()))
         })?;
@@ -133,7 +127,12 @@ impl Manager {
         Ok((def, meta.and_then(|m| m.owner_uid)))
     }
 
-    pub(super) fn undefine(&mut self, caller: &Caller, uuid: &MdevUuid) -> Result<()> {
+    /// The store and the definition of `uuid`, if `caller` may manage it.
+    fn definition_to_manage(
+        &self,
+        caller: &Caller,
+        uuid: &MdevUuid,
+    ) -> Result<(crate::store::Store, Definition)> {
         let store = self.store()?;
         let (def, owner) = self.owner_of_definition(uuid)?;
         let parent = self.parents.get(&def.parent);
@@ -144,8 +143,13 @@ impl Manager {
             Some(&def.mdev_type),
             owner,
         ))?;
+        Ok((store, def))
+    }
+
+    pub(super) fn undefine(&mut self, caller: &Caller, uuid: &MdevUuid) -> Result<()> {
+        let (store, def) = self.definition_to_manage(caller, uuid)?;
         let several = self.definitions.get(uuid).is_some_and(|d| d.len() > 1);
-        let device = self.callout_device(uuid, &def.parent, Some(&def.mdev_type));
+        let device = defined_device(&def);
         self.with_callouts(&device, crate::callouts::Action::Undefine, || {
             store.undefine(several.then_some(&def.parent), uuid)
         })?;
@@ -160,19 +164,9 @@ impl Manager {
         uuid: &MdevUuid,
         on: bool,
     ) -> Result<()> {
-        let store = self.store()?;
-        let (mut def, owner) = self.owner_of_definition(uuid)?;
-        let parent = self.parents.get(&def.parent);
-        decision(self.policy.decide(
-            &caller.subject(),
-            Action::ManageDefinitions,
-            parent,
-            Some(&def.mdev_type),
-            owner,
-        ))?;
+        let (store, mut def) = self.definition_to_manage(caller, uuid)?;
         def.start = if on { Start::Auto } else { Start::Manual };
-        let mut device = self.callout_device(uuid, &def.parent, Some(&def.mdev_type));
-        device.autostart = on;
+        let device = defined_device(&def);
         self.with_callouts(&device, crate::callouts::Action::Modify, || {
             store.update(&def)
         })?;

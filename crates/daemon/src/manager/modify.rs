@@ -7,7 +7,6 @@
 use super::ops::decision;
 use super::state::Manager;
 use super::{Caller, Completion};
-use crate::store::Start;
 use vgpud_model::error::{Error, Result};
 use vgpud_model::MdevUuid;
 use vgpud_policy::Action;
@@ -156,13 +155,7 @@ impl Manager {
                 None => def.attrs.push((name.clone(), value.clone())),
             }
         }
-        let device = crate::callouts::CalloutDevice {
-            uuid: uuid.to_string(),
-            parent: def.parent.to_string(),
-            type_id: def.mdev_type.to_string(),
-            autostart: def.start == Start::Auto,
-            attrs: def.attrs.clone(),
-        };
+        let device = super::ops::defined_device(&def);
         self.with_callouts(&device, crate::callouts::Action::Modify, || {
             store.update(&def)
         })?;

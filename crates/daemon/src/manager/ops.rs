@@ -236,15 +236,21 @@ impl Manager {
             .get(uuid)
             .and_then(|defs| defs.iter().find(|(d, _)| d.parent == *parent))
             .map(|(d, _)| d);
-        crate::callouts::CalloutDevice {
-            uuid: uuid.to_string(),
-            parent: parent.to_string(),
-            type_id: type_id
-                .or(def.map(|d| &d.mdev_type))
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            autostart: def.is_some_and(|d| d.start == Start::Auto),
-            attrs: def.map(|d| d.attrs.clone()).unwrap_or_default(),
+        match def {
+            Some(def) => {
+                let mut device = defined_device(def);
+                if let Some(t) = type_id {
+                    device.type_id = t.to_string();
+                }
+                device
+            }
+            None => crate::callouts::CalloutDevice {
+                uuid: uuid.to_string(),
+                parent: parent.to_string(),
+                type_id: type_id.map(|t| t.to_string()).unwrap_or_default(),
+                autostart: false,
+                attrs: Vec::new(),
+            },
         }
     }
 
@@ -700,5 +706,16 @@ impl Manager {
         if let Some(reply) = done.reply {
             let _ = reply.send(done.result);
         }
+    }
+}
+
+/// The device a callout script is told about, as its definition has it.
+pub(super) fn defined_device(def: &Definition) -> crate::callouts::CalloutDevice {
+    crate::callouts::CalloutDevice {
+        uuid: def.uuid.to_string(),
+        parent: def.parent.to_string(),
+        type_id: def.mdev_type.to_string(),
+        autostart: def.start == Start::Auto,
+        attrs: def.attrs.clone(),
     }
 }
