@@ -63,23 +63,6 @@ fn setup(callout_body: &str) -> Setup {
 }
 
 impl Setup {
-    fn vgpuctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-            .arg(format!("--address={}", self.daemon.address))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    fn vgpuctl_ok(&self, args: &[&str]) {
-        let out = self.vgpuctl(args);
-        assert!(
-            out.status.success(),
-            "vgpuctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// mdevctl with the test's definitions dir as /etc/mdevctl.d and the simulator as /sys.
     fn mdevctl(&self, args: &str) {
         let inner = format!(
@@ -125,7 +108,7 @@ fn vgpud_runs_the_scripts_as_mdevctl_does() {
     ];
     for (vgpuctl_args, mdevctl_args) in steps {
         s.take_log();
-        s.vgpuctl_ok(vgpuctl_args);
+        s.daemon.vgpuctl_ok(vgpuctl_args);
         // mdevctl sees the same scripts under /etc/mdevctl.d (its bind mount).
         let here = s.defs.display().to_string();
         let by_vgpud: Vec<String> = s
@@ -154,7 +137,7 @@ fn vgpud_runs_the_scripts_as_mdevctl_does() {
 fn a_refusing_call_out_stops_the_create_and_names_the_script() {
     let s =
         setup(r#"case "$*" in *"-t mtty-2 -e pre"*) echo "no dual ports here" >&2; exit 1;; esac"#);
-    let out = s.vgpuctl(&["create", "mtty-2", "--uuid", U1]);
+    let out = s.daemon.vgpuctl(&["create", "mtty-2", "--uuid", U1]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("50-record"), "{err}");
@@ -167,7 +150,7 @@ fn a_refusing_call_out_stops_the_create_and_names_the_script() {
         "{log:?}"
     );
     // Another type passes through the same script.
-    s.vgpuctl_ok(&["create", "mtty-1", "--uuid", U2]);
+    s.daemon.vgpuctl_ok(&["create", "mtty-1", "--uuid", U2]);
     let log = s.take_log();
     assert_eq!(log.len(), 3, "pre, post and notify: {log:?}");
     assert!(log[1].contains("-e post -a start -s success"), "{log:?}");

@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 
-use common::Daemon;
+use common::{as_user, json_of, ok_stdout, Daemon, VGPUCTL};
 use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
 use vgpud_testkit::prove::Rng;
 use zbus::zvariant::Value;
@@ -15,31 +14,16 @@ use zbus::zvariant::Value;
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn vgpuctl_json(d: &Daemon, as_uid: Option<u32>, args: &[&str]) -> serde_json::Value {
-    let mut cmd = match as_uid {
-        Some(uid) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                format!("--reuid={uid}"),
-                format!("--regid={uid}"),
-                "--init-groups".into(),
-            ])
-            .arg(env!("CARGO_BIN_EXE_vgpuctl"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_vgpuctl")),
+    let Some(uid) = as_uid else {
+        return d.vgpuctl_json(args);
     };
-    let out = cmd
+    let out = as_user(uid, VGPUCTL)
         .arg(format!("--address={}", d.address))
         .arg("--json")
         .args(args)
         .output()
         .expect("vgpuctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
+    json_of(&ok_stdout(&format!("vgpuctl {args:?}"), out))
 }
 
 fn total(caps: &serde_json::Value, type_name: &str) -> u64 {
@@ -96,18 +80,12 @@ fn a_users_capacity_is_what_its_policy_leaves() {
     let caps = vgpuctl_json(&d, Some(1), &["capacity"]);
     assert_eq!(caps["capacity"].as_array().unwrap().len(), 1, "{caps}");
     assert_eq!(total(&caps, "Single port serial"), 2);
-    let out = Command::new("setpriv")
-        .args(["--reuid=1", "--regid=1", "--init-groups"])
-        .arg(env!("CARGO_BIN_EXE_vgpuctl"))
+    let out = as_user(1, VGPUCTL)
         .arg(format!("--address={}", d.address))
         .args(["create", "mtty-1"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok_stdout("vgpuctl create mtty-1", out);
     assert_eq!(
         total(
             &vgpuctl_json(&d, Some(1), &["capacity"]),

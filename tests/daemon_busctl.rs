@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::Daemon;
+use common::{on_manager, Daemon};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use vgpud_api::proxies::ManagerProxy;
 
@@ -56,17 +56,9 @@ async fn busctl(d: &Daemon, args: &[&str]) -> Out {
 
 /// `busctl call org.vgpud /org/vgpud org.vgpud1.Manager CreateDevice 'sa{sv}' TYPE OPTIONS...`.
 async fn create_device(d: &Daemon, type_spec: &str, options: &[&str]) -> Out {
-    let mut args = vec![
-        "call",
-        "org.vgpud",
-        "/org/vgpud",
-        "org.vgpud1.Manager",
-        "CreateDevice",
-        "sa{sv}",
-        type_spec,
-    ];
+    let mut args = vec!["sa{sv}", type_spec];
     args.extend_from_slice(options);
-    busctl(d, &args).await
+    busctl(d, &on_manager("call", "CreateDevice", &args)).await
 }
 
 /// The object path in busctl's rendering of an `o` reply: `o "/org/vgpud/devices/..."`.
@@ -77,20 +69,6 @@ fn object_path(reply: &str) -> String {
         .and_then(|r| r.strip_suffix('"'))
         .unwrap_or_else(|| panic!("not an object path reply: {reply:?}"))
         .to_owned()
-}
-
-fn mdev_devices(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.sys("bus/mdev/devices"))
-        .expect("the simulator has bus/mdev/devices")
-        .map(|e| {
-            e.expect("a readable entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// A running `busctl monitor org.vgpud` whose output is collected as it comes.
@@ -316,7 +294,7 @@ async fn call_create_device_returns_a_device_of_the_named_type() {
             .trim_start_matches("s \"")
             .trim_end_matches('"')
             .to_owned();
-        assert_eq!(mdev_devices(&d), vec![uuid.clone()]);
+        assert_eq!(d.mdev_devices(), vec![uuid.clone()]);
         assert_eq!(
             path,
             format!("/org/vgpud/devices/{}", uuid.replace('-', "_"))
@@ -346,7 +324,7 @@ async fn call_remove_takes_the_device_out_of_the_simulator() {
         let created = create_device(&d, "GRID T4-2Q", &["0"]).await;
         assert!(created.ok, "{}", created.text());
         let path = object_path(&created.stdout);
-        assert_eq!(mdev_devices(&d).len(), 1);
+        assert_eq!(d.mdev_devices().len(), 1);
         let out = busctl(
             &d,
             &[
@@ -362,7 +340,7 @@ async fn call_remove_takes_the_device_out_of_the_simulator() {
         .await;
         assert!(out.ok, "{}", out.text());
         assert_eq!(out.stdout.trim(), "", "Remove returns nothing");
-        assert!(mdev_devices(&d).is_empty(), "{:?}", mdev_devices(&d));
+        assert!(d.mdev_devices().is_empty(), "{:?}", d.mdev_devices());
         let tree = busctl(&d, &["tree", "org.vgpud"]).await;
         assert!(!tree.stdout.contains(&path), "{}", tree.stdout);
         let left = busctl(
@@ -418,59 +396,55 @@ async fn monitor_shows_a_create_as_interfaces_added_and_properties_changed() {
     .expect("the test finished in time");
 }
 
+/// A CreateDevice that fails: busctl prints the message naming `shown` and exits non-zero, the
+/// monitor sees the error reply named `error`, and nothing is created.
+async fn create_fails_with(type_spec: &str, options: &[&str], shown: &str, error: &str) {
+    let d = start(&["nvidia-t4"]).await;
+    let mut monitor = Monitor::start(&d).await;
+    let out = create_device(&d, type_spec, options).await;
+    assert!(!out.ok, "{}", out.text());
+    assert!(
+        out.stderr.contains("Call failed: ") && out.stderr.contains(shown),
+        "{}",
+        out.text()
+    );
+    let reply = monitor
+        .message("the error reply", |m| m.contains("Type=error"))
+        .await;
+    assert!(reply.contains(&format!("ErrorName={error} ")), "{reply}");
+    assert!(reply.contains(shown.trim_matches('"')), "{reply}");
+    assert!(d.mdev_devices().is_empty());
+    monitor.stop().await;
+    d.stop();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_type_fails_with_not_found() {
-    tokio::time::timeout(LIMIT, async {
-        let d = start(&["nvidia-t4"]).await;
-        let mut monitor = Monitor::start(&d).await;
-        let out = create_device(&d, "GRID T9-99Q", &["0"]).await;
-        assert!(!out.ok, "{}", out.text());
-        // busctl prints only the message of an error reply; its name shows in the monitor.
-        assert!(
-            out.stderr.contains("Call failed: ") && out.stderr.contains("\"GRID T9-99Q\""),
-            "{}",
-            out.text()
-        );
-        let reply = monitor
-            .message("the error reply", |m| m.contains("Type=error"))
-            .await;
-        assert!(
-            reply.contains("ErrorName=org.vgpud1.Error.NotFound "),
-            "{reply}"
-        );
-        assert!(reply.contains("GRID T9-99Q"), "{reply}");
-        assert!(mdev_devices(&d).is_empty());
-        monitor.stop().await;
-        d.stop();
-    })
+    // busctl prints only the message of an error reply; its name shows in the monitor.
+    tokio::time::timeout(
+        LIMIT,
+        create_fails_with(
+            "GRID T9-99Q",
+            &["0"],
+            "\"GRID T9-99Q\"",
+            "org.vgpud1.Error.NotFound",
+        ),
+    )
     .await
     .expect("the test finished in time");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_uuid_option_fails_with_invalid_argument() {
-    tokio::time::timeout(LIMIT, async {
-        let d = start(&["nvidia-t4"]).await;
-        let mut monitor = Monitor::start(&d).await;
-        let out = create_device(&d, "GRID T4-2Q", &["1", "uuid", "s", "not-a-uuid"]).await;
-        assert!(!out.ok, "{}", out.text());
-        assert!(
-            out.stderr.contains("Call failed: ") && out.stderr.contains("not-a-uuid"),
-            "{}",
-            out.text()
-        );
-        let reply = monitor
-            .message("the error reply", |m| m.contains("Type=error"))
-            .await;
-        assert!(
-            reply.contains("ErrorName=org.vgpud1.Error.InvalidArgument "),
-            "{reply}"
-        );
-        assert!(reply.contains("not-a-uuid"), "{reply}");
-        assert!(mdev_devices(&d).is_empty());
-        monitor.stop().await;
-        d.stop();
-    })
+    tokio::time::timeout(
+        LIMIT,
+        create_fails_with(
+            "GRID T4-2Q",
+            &["1", "uuid", "s", "not-a-uuid"],
+            "not-a-uuid",
+            "org.vgpud1.Error.InvalidArgument",
+        ),
+    )
     .await
     .expect("the test finished in time");
 }
@@ -488,7 +462,7 @@ async fn external_create_from_a_shell_appears_in_the_tree() {
             .await
             .expect("bash runs");
         assert!(status.success());
-        assert_eq!(mdev_devices(&d), vec![uuid.to_owned()]);
+        assert_eq!(d.mdev_devices(), vec![uuid.to_owned()]);
         let path = format!("/org/vgpud/devices/{}", uuid.replace('-', "_"));
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let mut tree = busctl(&d, &["tree", "org.vgpud"]).await;

@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::Daemon;
-use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
+use common::{manager_proxy, Daemon};
+use vgpud_api::proxies::DeviceProxy;
 use vgpud_daemon::store::Store;
 use vgpud_model::MdevUuid;
 use vgpud_testkit::privbus::{BusKind, PrivateBus};
@@ -74,11 +74,7 @@ async fn definitions_survive_sigkill_during_storms() {
     for round in 0..rounds {
         let d = Daemon::start_with(&["mtty"], &args);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let kill_after = Duration::from_millis(20 + rng.next() % 300);
         let deadline = Instant::now() + kill_after;
         let mut acked = 0;

@@ -7,30 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{eventually, Daemon};
+use common::{device_proxy, eventually, manager_proxy, text, Daemon};
 use futures_util::StreamExt;
-use vgpud_api::proxies::{DeviceProxy, ManagerProxy, MdevTypeProxy, ParentProxy};
+use vgpud_api::proxies::{MdevTypeProxy, ParentProxy};
 use zbus::zvariant::Value;
 
 const T4: &str = "0000:20:00.0";
 const LIMIT: Duration = Duration::from_secs(90);
-
-fn mdev_devices(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.sys("bus/mdev/devices"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn busctl_create_by_type_name_makes_the_device() {
@@ -40,7 +23,7 @@ async fn busctl_create_by_type_name_makes_the_device() {
         assert!(out.status.success(), "{}", text(&out));
         let reply = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(reply.starts_with("o \"/org/vgpud/devices/"), "{reply}");
-        let devices = mdev_devices(&d);
+        let devices = d.mdev_devices();
         assert_eq!(devices.len(), 1);
         assert!(
             reply.contains(&devices[0].replace('-', "_")),
@@ -62,10 +45,10 @@ async fn unknown_type_is_not_found_and_writes_nothing() {
         let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T9-99Q", "0"]);
         assert!(!out.status.success());
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let m = manager_proxy(&conn).await;
         let err = m.create_device("GRID T9-99Q", HashMap::new()).await.unwrap_err();
         assert!(matches!(&err, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.NotFound"), "{err:?}");
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     })
     .await
     .unwrap();
@@ -79,7 +62,7 @@ async fn malformed_arguments_are_invalid_and_write_nothing() {
         assert!(!out.status.success());
         assert!(text(&out).contains("not-a-uuid"), "{}", text(&out));
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let m = manager_proxy(&conn).await;
         for (key, value) in [
             ("uuid", Value::from("../../etc/passwd")),
             ("parent", Value::from("../..")),
@@ -94,7 +77,7 @@ async fn malformed_arguments_are_invalid_and_write_nothing() {
         }
         let err = m.create_device("", HashMap::new()).await.unwrap_err();
         assert!(matches!(&err, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.InvalidArgument"));
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     })
     .await
     .unwrap();
@@ -175,7 +158,7 @@ async fn available_instances_follow_creates_and_the_one_type_rule() {
         assert_eq!(q2.available_instances().await.unwrap(), 7);
         assert_eq!(q4.available_instances().await.unwrap(), 0);
         assert_eq!(q2.devices().await.unwrap(), vec![path.clone()]);
-        let dev = DeviceProxy::builder(&conn).path(path.clone()).unwrap().cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let dev = device_proxy(&conn, path.clone()).await;
         assert_eq!(dev.type_id().await.unwrap(), "nvidia-231");
         assert!(dev.active().await.unwrap());
         assert!(!dev.in_use().await.unwrap());
@@ -184,7 +167,7 @@ async fn available_instances_follow_creates_and_the_one_type_rule() {
         assert!(matches!(&err, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.NoCapacity"), "{err:?}");
         dev.remove(HashMap::new()).await.unwrap();
         assert_eq!(q4.available_instances().await.unwrap(), 4);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     })
     .await
     .unwrap();
@@ -205,9 +188,9 @@ async fn devices_made_by_others_appear_and_go() {
         let signal = tokio::time::timeout(Duration::from_secs(10), added.next()).await.unwrap().unwrap();
         let args = signal.args().unwrap();
         assert_eq!(args.object_path().as_str(), "/org/vgpud/devices/83b8f4f2_509f_382f_3c1e_e6bfe0fa1001");
-        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let m = manager_proxy(&conn).await;
         let path = m.get_device(uuid).await.unwrap();
-        let dev = DeviceProxy::builder(&conn).path(path).unwrap().cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let dev = device_proxy(&conn, path).await;
         assert!(eventually(5, async || dev.type_id().await.map(|t| t == "mtty-1").unwrap_or(false)).await);
         let mut removed = om.receive_interfaces_removed().await.unwrap();
         std::fs::write(d.sys(&format!("bus/mdev/devices/{uuid}/remove")), "1").unwrap();
@@ -258,19 +241,9 @@ async fn removing_a_held_device_is_busy_and_force_waits_without_blocking_others(
     tokio::time::timeout(LIMIT, async {
         let d = Daemon::start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let path = m.create_device("GRID T4-1Q", HashMap::new()).await.unwrap();
-        let dev = DeviceProxy::builder(&conn)
-            .path(path)
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, path).await;
         let uuid = dev.uuid().await.unwrap();
         d.ctl_ok(&["hold", &uuid]);
         let err = dev.remove(HashMap::new()).await.unwrap_err();
@@ -284,18 +257,12 @@ async fn removing_a_held_device_is_busy_and_force_waits_without_blocking_others(
                 .contains(&format!("pid {}", d.pid())),
             "{msg:?}"
         );
-        assert!(mdev_devices(&d).contains(&uuid));
+        assert!(d.mdev_devices().contains(&uuid));
         // A forced remove waits for the holder; meanwhile the daemon answers others.
         let conn2 = conn.clone();
         let dev_path = dev.inner().path().to_owned();
         let forced = tokio::spawn(async move {
-            let dev = DeviceProxy::builder(&conn2)
-                .path(dev_path)
-                .unwrap()
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await
-                .unwrap();
+            let dev = device_proxy(&conn2, dev_path).await;
             dev.remove(HashMap::from([
                 ("force", Value::from(true)),
                 ("timeout_ms", Value::from(20_000u64)),
@@ -311,7 +278,7 @@ async fn removing_a_held_device_is_busy_and_force_waits_without_blocking_others(
         assert!(other.as_str().starts_with("/org/vgpud/devices/"));
         d.ctl_ok(&["release", &uuid]);
         forced.await.unwrap().unwrap();
-        assert!(!mdev_devices(&d).contains(&uuid));
+        assert!(!d.mdev_devices().contains(&uuid));
     })
     .await
     .unwrap();

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon};
+use common::{device_proxy, eventually, manager_proxy, Daemon};
 use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
 
 const U1: &str = "6d0f3a2e-1b4c-4d5e-8f90-a1b2c3d4e5f6";
@@ -92,14 +92,6 @@ fn mdevctl(defs: &Path, args: &[&str]) {
     );
 }
 
-async fn manager(conn: &zbus::Connection) -> ManagerProxy<'static> {
-    ManagerProxy::builder(conn)
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .expect("manager proxy")
-}
-
 /// Polls until `uuid` is a device on the bus; returns how long that took, or None after 10 s.
 async fn time_until_on_bus(m: &ManagerProxy<'_>, uuid: &str, since: Instant) -> Option<Duration> {
     let deadline = since + Duration::from_secs(10);
@@ -116,7 +108,7 @@ async fn time_until_on_bus(m: &ManagerProxy<'_>, uuid: &str, since: Instant) -> 
 async fn a_definition_mdevctl_writes_is_on_the_bus_within_a_second() {
     let rig = rig();
     let conn = rig.daemon.conn().await;
-    let m = manager(&conn).await;
+    let m = manager_proxy(&conn).await;
     assert!(m.get_device(U1).await.is_err(), "not defined yet");
     mdevctl(
         &rig.defs,
@@ -146,7 +138,7 @@ async fn a_definition_mdevctl_writes_is_on_the_bus_within_a_second() {
 async fn a_definition_mdevctl_removes_leaves_the_bus() {
     let rig = rig();
     let conn = rig.daemon.conn().await;
-    let m = manager(&conn).await;
+    let m = manager_proxy(&conn).await;
     mdevctl(
         &rig.defs,
         &[
@@ -163,7 +155,7 @@ async fn a_definition_mdevctl_removes_leaves_the_bus() {
 async fn autostart_switched_by_mdevctl_is_seen() {
     let rig = rig();
     let conn = rig.daemon.conn().await;
-    let m = manager(&conn).await;
+    let m = manager_proxy(&conn).await;
     mdevctl(
         &rig.defs,
         &[
@@ -171,13 +163,7 @@ async fn autostart_switched_by_mdevctl_is_seen() {
         ],
     );
     assert!(time_until_on_bus(&m, U1, Instant::now()).await.is_some());
-    let device = DeviceProxy::builder(&conn)
-        .path(m.get_device(U1).await.unwrap())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap();
+    let device = device_proxy(&conn, m.get_device(U1).await.unwrap()).await;
     assert!(!device.autostart().await.unwrap());
     mdevctl(&rig.defs, &["modify", "--uuid", U1, "--auto"]);
     let auto = eventually(1, async || device.autostart().await.unwrap_or(false)).await;
@@ -191,7 +177,7 @@ async fn autostart_switched_by_mdevctl_is_seen() {
 async fn a_file_being_written_is_read_once_complete() {
     let rig = rig();
     let conn = rig.daemon.conn().await;
-    let m = manager(&conn).await;
+    let m = manager_proxy(&conn).await;
     std::fs::create_dir_all(rig.defs.join("mtty")).unwrap();
     // Let the watch on the new parent directory be in place before the file is created.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -217,7 +203,7 @@ async fn a_file_being_written_is_read_once_complete() {
 async fn an_invalid_file_is_a_problem_and_the_daemon_goes_on() {
     let rig = rig();
     let conn = rig.daemon.conn().await;
-    let m = manager(&conn).await;
+    let m = manager_proxy(&conn).await;
     std::fs::create_dir_all(rig.defs.join("mtty")).unwrap();
     std::fs::write(rig.defs.join("mtty").join(U1), "{ not json").unwrap();
     let reported = eventually(1, async || {

@@ -7,8 +7,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Daemon};
-use vgpud_api::proxies::{DeviceProxy, GuestProxy, ManagerProxy};
+use common::{device_proxy, eventually, guest_proxy, Daemon};
+use vgpud_api::proxies::{GuestProxy, ManagerProxy};
 use zbus::zvariant::Value;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -32,13 +32,7 @@ async fn a_guest_probes_its_device_and_holds_it_while_running() {
             .create_device("GRID T4-2Q", HashMap::new())
             .await
             .unwrap();
-        let dev = DeviceProxy::builder(&conn)
-            .path(dev_path.clone())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, dev_path.clone()).await;
         assert!(!dev.in_use().await.unwrap());
 
         // pci-probe: the guest finds the emulated T4, sees its interrupt and ends with 0.
@@ -53,13 +47,7 @@ async fn a_guest_probes_its_device_and_holds_it_while_running() {
             guest_path.as_str().starts_with("/org/vgpud/guests/"),
             "{guest_path}"
         );
-        let guest = GuestProxy::builder(&conn)
-            .path(guest_path.clone())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         assert!(guest.emulated().await.unwrap());
         assert_eq!(guest.vfio_api().await.unwrap(), "emulated");
         assert!(guest.pid().await.unwrap() > 0);
@@ -88,13 +76,7 @@ async fn a_guest_probes_its_device_and_holds_it_while_running() {
             )
             .await
             .unwrap();
-        let guest = GuestProxy::builder(&conn)
-            .path(guest_path.clone())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         assert_eq!(guest.state().await.unwrap(), "running");
         assert_eq!(guest.exit_status().await.unwrap(), -1);
         assert!(
@@ -161,19 +143,6 @@ async fn launch_guest_checks_its_arguments() {
     .unwrap();
 }
 
-async fn guest_proxy<'a>(
-    conn: &zbus::Connection,
-    path: &zbus::zvariant::OwnedObjectPath,
-) -> GuestProxy<'a> {
-    GuestProxy::builder(conn)
-        .path(path.clone())
-        .unwrap()
-        .cache_properties(zbus::proxy::CacheProperties::No)
-        .build()
-        .await
-        .unwrap()
-}
-
 /// The fields of a `/proc/PID/status` line such as `Uid:`.
 fn status_field(status: &str, key: &str) -> String {
     status
@@ -201,7 +170,7 @@ async fn the_vmm_runs_jailed_unprivileged_and_under_seccomp() {
             )
             .await
             .unwrap();
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         let pid = guest.pid().await.unwrap();
         let uuid = guest.uuid().await.unwrap();
         assert!(uuid::Uuid::parse_str(&uuid).is_ok(), "{uuid}");
@@ -303,7 +272,7 @@ async fn a_syscall_outside_the_filter_kills_the_vmm_and_the_guest_says_so() {
             .launch_guest(std::slice::from_ref(&dev_path), HashMap::new())
             .await
             .unwrap();
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         assert!(
             eventually(20, async || guest.state().await.unwrap() != "running").await,
             "the VMM was not killed"
@@ -383,7 +352,7 @@ async fn files_are_descriptors_and_paths_are_refused() {
             .await
             .unwrap();
         drop(k);
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         assert!(eventually(60, async || guest.state().await.unwrap() != "running").await);
         let log = std::fs::read_to_string(guest.serial_log().await.unwrap()).unwrap();
         assert!(log.contains("elf64: cmdline=by=descriptor"), "{log}");
@@ -424,7 +393,7 @@ async fn an_ended_guest_leaves_the_bus_after_its_retention() {
             )
             .await
             .unwrap();
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         let log = std::path::PathBuf::from(guest.serial_log().await.unwrap());
         assert!(eventually(20, async || guest.state().await.unwrap() == "exited").await);
         assert!(log.exists());
@@ -455,7 +424,7 @@ async fn forget_removes_an_ended_guest_and_refuses_a_running_one() {
             )
             .await
             .unwrap();
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         let err = guest.forget().await.unwrap_err();
         assert!(
             error_name(&err).starts_with("org.vgpud1.Error.Busy"),
@@ -490,7 +459,7 @@ async fn a_restarted_daemon_adopts_a_running_vmm() {
             )
             .await
             .unwrap();
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         let (pid, uuid) = (guest.pid().await.unwrap(), guest.uuid().await.unwrap());
         // vgpud dies without a chance to stop its guests; the VMM goes on.
         let daemon = nix::unistd::Pid::from_raw(d.pid() as i32);
@@ -504,7 +473,7 @@ async fn a_restarted_daemon_adopts_a_running_vmm() {
 
         let d = Daemon::start_with(&["nvidia-t4"], &[&state_arg]);
         let conn = d.conn().await;
-        let guest = guest_proxy(&conn, &guest_path).await;
+        let guest = guest_proxy(&conn, guest_path.clone()).await;
         assert_eq!(guest.state().await.unwrap(), "running");
         assert_eq!(guest.pid().await.unwrap(), pid);
         assert_eq!(guest.uuid().await.unwrap(), uuid);

@@ -7,11 +7,12 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
-use common::{eventually, Daemon};
-use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
+use common::{
+    as_user, device_proxy, eventually, guest_proxy, manager_proxy, on_manager, text, Daemon,
+};
 use zbus::zvariant::Value;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -19,23 +20,9 @@ const LIMIT: Duration = Duration::from_secs(120);
 const LAB_UID: u32 = 1;
 const OTHER_UID: u32 = 2;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// busctl as another user (its own uid, gid and supplementary groups).
 fn busctl_as(d: &Daemon, uid: u32, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--init-groups".into(),
-        ])
-        .arg("busctl")
+    as_user(uid, "busctl")
         .arg(format!("--address={}", d.address))
         .args(args)
         .output()
@@ -46,16 +33,7 @@ fn create_as(d: &Daemon, uid: u32, type_spec: &str) -> Output {
     busctl_as(
         d,
         uid,
-        &[
-            "call",
-            "org.vgpud",
-            "/org/vgpud",
-            "org.vgpud1.Manager",
-            "CreateDevice",
-            "sa{sv}",
-            type_spec,
-            "0",
-        ],
+        &on_manager("call", "CreateDevice", &["sa{sv}", type_spec, "0"]),
     )
 }
 
@@ -98,12 +76,6 @@ parents = { vendor = "0x10de" }
 max_per_user = 2
 "#;
 
-fn devices(d: &Daemon) -> usize {
-    std::fs::read_dir(d.sys("bus/mdev/devices"))
-        .unwrap()
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn unprivileged_caller_is_refused_by_default() {
     tokio::time::timeout(LIMIT, async {
@@ -112,19 +84,9 @@ async fn unprivileged_caller_is_refused_by_default() {
         let out = create_as(&d, LAB_UID, "GRID T4-2Q");
         assert!(!out.status.success());
         assert!(text(&out).contains("default"), "{}", text(&out));
-        assert_eq!(devices(&d), 0);
+        assert_eq!(d.mdev_devices().len(), 0);
         // Reading stays open to everyone.
-        let out = busctl_as(
-            &d,
-            LAB_UID,
-            &[
-                "get-property",
-                "org.vgpud",
-                "/org/vgpud",
-                "org.vgpud1.Manager",
-                "Version",
-            ],
-        );
+        let out = busctl_as(&d, LAB_UID, &on_manager("get-property", "Version", &[]));
         assert!(out.status.success(), "{}", text(&out));
     })
     .await
@@ -150,15 +112,11 @@ async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
         // Another user, not in the group, gets nothing; a type outside the grant neither.
         assert!(!create_as(&d, OTHER_UID, "GRID T4-2Q").status.success());
         assert!(!create_as(&d, LAB_UID, "GRID T4-2B").status.success());
-        assert_eq!(devices(&d), 2);
+        assert_eq!(d.mdev_devices().len(), 2);
         // The owner may remove its device; another user may not.
         let conn = d.conn().await;
         let snapshot_path = {
-            let m = ManagerProxy::builder(&conn)
-                .cache_properties(zbus::proxy::CacheProperties::No)
-                .build()
-                .await
-                .unwrap();
+            let m = manager_proxy(&conn).await;
             let uuid = std::fs::read_dir(d.sys("bus/mdev/devices"))
                 .unwrap()
                 .next()
@@ -167,13 +125,7 @@ async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
                 .file_name();
             m.get_device(&uuid.to_string_lossy()).await.unwrap()
         };
-        let dev = DeviceProxy::builder(&conn)
-            .path(snapshot_path.clone())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, snapshot_path.clone()).await;
         assert_eq!(dev.owner().await.unwrap(), i64::from(LAB_UID));
         let remove = |uid| {
             busctl_as(
@@ -194,7 +146,7 @@ async fn a_policy_grant_allows_its_group_with_the_quota_enforced() {
         assert!(!out.status.success(), "{}", text(&out));
         let out = remove(LAB_UID);
         assert!(out.status.success(), "{}", text(&out));
-        assert_eq!(devices(&d), 1);
+        assert_eq!(d.mdev_devices().len(), 1);
     })
     .await
     .unwrap();
@@ -210,19 +162,11 @@ async fn polkit_is_asked_about_the_caller() {
         let out = busctl_as(
             &d,
             LAB_UID,
-            &[
+            &on_manager(
                 "call",
-                "org.vgpud",
-                "/org/vgpud",
-                "org.vgpud1.Manager",
                 "CreateDevice",
-                "sa{sv}",
-                "GRID T4-2Q",
-                "1",
-                "persistent",
-                "b",
-                "true",
-            ],
+                &["sa{sv}", "GRID T4-2Q", "1", "persistent", "b", "true"],
+            ),
         );
         assert!(!out.status.success());
         assert!(
@@ -230,19 +174,9 @@ async fn polkit_is_asked_about_the_caller() {
             "{}",
             text(&out)
         );
-        assert_eq!(devices(&d), 0);
+        assert_eq!(d.mdev_devices().len(), 0);
         // reload-policy is auth_admin: refused for uid 1, fine for root.
-        let out = busctl_as(
-            &d,
-            LAB_UID,
-            &[
-                "call",
-                "org.vgpud",
-                "/org/vgpud",
-                "org.vgpud1.Manager",
-                "ReloadPolicy",
-            ],
-        );
+        let out = busctl_as(&d, LAB_UID, &on_manager("call", "ReloadPolicy", &[]));
         assert!(!out.status.success());
         let out = d.manager_call("ReloadPolicy", &[]);
         assert!(out.status.success(), "{}", text(&out));
@@ -260,24 +194,13 @@ async fn concurrent_callers_get_exactly_the_quota() {
             .map(|_| {
                 let (addr, _) = (d.address.clone(), ());
                 std::thread::spawn(move || {
-                    Command::new("setpriv")
-                        .args([
-                            format!("--reuid={LAB_UID}"),
-                            format!("--regid={LAB_UID}"),
-                            "--init-groups".into(),
-                        ])
-                        .args([
-                            "busctl",
-                            &format!("--address={addr}"),
+                    as_user(LAB_UID, "busctl")
+                        .arg(format!("--address={addr}"))
+                        .args(on_manager(
                             "call",
-                            "org.vgpud",
-                            "/org/vgpud",
-                            "org.vgpud1.Manager",
                             "CreateDevice",
-                            "sa{sv}",
-                            "GRID T4-1Q",
-                            "0",
-                        ])
+                            &["sa{sv}", "GRID T4-1Q", "0"],
+                        ))
                         .output()
                         .unwrap()
                         .status
@@ -291,7 +214,7 @@ async fn concurrent_callers_get_exactly_the_quota() {
             .filter(|s| *s)
             .count();
         assert_eq!(ok, 2, "max_per_user = 2");
-        assert_eq!(devices(&d), 2);
+        assert_eq!(d.mdev_devices().len(), 2);
     })
     .await
     .unwrap();
@@ -303,7 +226,7 @@ async fn concurrent_creates_for_the_last_instances_never_overbook() {
         let c = Config::new(&[]);
         let d = c.start(&["mdpy"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn).cache_properties(zbus::proxy::CacheProperties::No).build().await.unwrap();
+        let m = manager_proxy(&conn).await;
         let calls = (0..10).map(|_| m.create_device("mdpy-vga", HashMap::new()));
         let results = futures_util::future::join_all(calls).await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -311,7 +234,7 @@ async fn concurrent_creates_for_the_last_instances_never_overbook() {
         for r in results.iter().filter_map(|r| r.as_ref().err()) {
             assert!(matches!(r, zbus::Error::MethodError(n, _, _) if n.as_str() == "org.vgpud1.Error.NoCapacity"), "{r:?}");
         }
-        assert_eq!(devices(&d), 4);
+        assert_eq!(d.mdev_devices().len(), 4);
     })
     .await
     .unwrap();
@@ -329,11 +252,7 @@ async fn a_defined_device_is_an_mdevctl_file_and_autostart_survives_replug() {
         let c = Config::new(&[]);
         let d = c.start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let path = m
             .create_device(
                 "GRID T4-2Q",
@@ -341,13 +260,7 @@ async fn a_defined_device_is_an_mdevctl_file_and_autostart_survives_replug() {
             )
             .await
             .unwrap();
-        let dev = DeviceProxy::builder(&conn)
-            .path(path.clone())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, path.clone()).await;
         let uuid = dev.uuid().await.unwrap();
         let file = c.path("mdevctl.d").join("0000:20:00.0").join(&uuid);
         assert_eq!(
@@ -393,19 +306,9 @@ async fn definitions_written_by_others_are_picked_up() {
         .unwrap();
         let d = c.start(&["mtty"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let path = m.get_device(uuid).await.unwrap();
-        let dev = DeviceProxy::builder(&conn)
-            .path(path)
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, path).await;
         assert!(dev.persistent().await.unwrap());
         assert!(!dev.active().await.unwrap());
         dev.start().await.unwrap();
@@ -431,27 +334,23 @@ async fn ensure_rules_hold_across_hot_plug() {
         let c = Config::new(&[("20-ensure.toml", ENSURE_POLICY)]);
         let d = c.start(&["nvidia-t4:2"]);
         assert!(
-            eventually(10, async || devices(&d) == 4).await,
+            eventually(10, async || d.mdev_devices().len() == 4).await,
             "ensure did not create 2 per GPU: {}",
-            devices(&d)
+            d.mdev_devices().len()
         );
         d.ctl_ok(&["unplug", "0000:21:00.0"]);
-        assert!(eventually(10, async || devices(&d) == 2).await);
+        assert!(eventually(10, async || d.mdev_devices().len() == 2).await);
         d.ctl_ok(&["plug", "--parent", "0000:21:00.0"]);
         assert!(
-            eventually(10, async || devices(&d) == 4).await,
+            eventually(10, async || d.mdev_devices().len() == 4).await,
             "ensure did not refill the re-plugged GPU"
         );
         // Desired state, not "create on every event": it settles at exactly two per GPU.
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert_eq!(devices(&d), 4, "ensure over-created");
+        assert_eq!(d.mdev_devices().len(), 4, "ensure over-created");
         // A GPU that cannot hold the rule is reported, not retried forever.
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let problems: Vec<String> = m.inner().get_property("Problems").await.unwrap();
         assert!(problems.is_empty(), "{problems:?}");
     })
@@ -496,7 +395,7 @@ async fn without_a_polkit_authority_only_root_may_act() {
         assert!(text(&out).contains("no polkit authority"), "{}", text(&out));
         let out = d.manager_call("CreateDevice", &["sa{sv}", "GRID T4-2Q", "0"]);
         assert!(out.status.success(), "{}", text(&out));
-        assert_eq!(devices(&d), 1);
+        assert_eq!(d.mdev_devices().len(), 1);
     })
     .await
     .unwrap();
@@ -508,11 +407,7 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
         let c = Config::new(&[]);
         let d = c.start(&["nvidia-t4"]);
         let conn = d.conn().await;
-        let m = ManagerProxy::builder(&conn)
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let m = manager_proxy(&conn).await;
         let attrs = vec![(
             "nvidia/vgpu_params".to_owned(),
             "frame_rate_limiter=0".to_owned(),
@@ -521,13 +416,7 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
             .create_device("GRID T4-2Q", HashMap::from([("attrs", Value::new(attrs))]))
             .await
             .unwrap();
-        let dev = DeviceProxy::builder(&conn)
-            .path(path)
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let dev = device_proxy(&conn, path).await;
         let uuid = dev.uuid().await.unwrap();
         let written =
             std::fs::read_to_string(d.sys(&format!("bus/mdev/devices/{uuid}/nvidia/vgpu_params")))
@@ -546,7 +435,11 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("no_such_attribute"), "{err}");
-        assert_eq!(devices(&d), 1, "the half-made device was not rolled back");
+        assert_eq!(
+            d.mdev_devices().len(),
+            1,
+            "the half-made device was not rolled back"
+        );
         // A path trick in an attribute name is refused before anything is created.
         let attrs = vec![("../remove".to_owned(), "1".to_owned())];
         let err = m
@@ -554,7 +447,7 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
             .await
             .unwrap_err();
         assert!(matches!(&err, zbus::Error::MethodError(..)), "{err}");
-        assert_eq!(devices(&d), 1);
+        assert_eq!(d.mdev_devices().len(), 1);
     })
     .await
     .unwrap();
@@ -562,13 +455,7 @@ async fn attributes_are_written_in_order_and_a_failure_rolls_back() {
 
 /// A program run as another user (its own uid, gid and supplementary groups).
 fn run_as(uid: u32, program: &str, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--init-groups".into(),
-        ])
-        .arg(program)
+    as_user(uid, program)
         .args(args)
         .output()
         .expect("setpriv runs")
@@ -660,20 +547,11 @@ async fn a_caller_cannot_make_vgpud_or_its_vmm_read_a_file_it_cannot_read() {
             let out = busctl_as(
                 &d,
                 LAB_UID,
-                &[
+                &on_manager(
                     "call",
-                    "org.vgpud",
-                    "/org/vgpud",
-                    "org.vgpud1.Manager",
                     "LaunchGuest",
-                    "aoa{sv}",
-                    "1",
-                    &dev_path,
-                    "1",
-                    key,
-                    "s",
-                    secret_s,
-                ],
+                    &["aoa{sv}", "1", &dev_path, "1", key, "s", secret_s],
+                ),
             );
             assert!(!out.status.success());
             assert!(
@@ -707,31 +585,16 @@ async fn a_caller_cannot_make_vgpud_or_its_vmm_read_a_file_it_cannot_read() {
         let out = busctl_as(
             &d,
             LAB_UID,
-            &[
+            &on_manager(
                 "call",
-                "org.vgpud",
-                "/org/vgpud",
-                "org.vgpud1.Manager",
                 "LaunchGuest",
-                "aoa{sv}",
-                "1",
-                &dev_path,
-                "1",
-                "payload",
-                "s",
-                "loop",
-            ],
+                &["aoa{sv}", "1", &dev_path, "1", "payload", "s", "loop"],
+            ),
         );
         assert!(out.status.success(), "{}", text(&out));
         let guest_path = text(&out).split('"').nth(1).unwrap().to_owned();
         let conn = d.conn().await;
-        let guest = vgpud_api::proxies::GuestProxy::builder(&conn)
-            .path(guest_path.as_str())
-            .unwrap()
-            .cache_properties(zbus::proxy::CacheProperties::No)
-            .build()
-            .await
-            .unwrap();
+        let guest = guest_proxy(&conn, guest_path.as_str()).await;
         let pid = guest.pid().await.unwrap();
         assert!(
             eventually(10, async || {

@@ -1,16 +1,19 @@
 //! `make install` / `make uninstall` into a scratch DESTDIR with the debug binaries cargo
 //! already built, and well-formedness of the XML files that get installed.
 
+#[path = "common/daemon.rs"]
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// VGPUD and VGPUD_SIM are named so cargo builds them before this test; the Makefile installs
+// them from vgpuctl's dir.
+use common::{wait_bounded, VGPUCTL, VGPUD, VGPUD_SIM};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const VGPUCTL: &str = env!("CARGO_BIN_EXE_vgpuctl");
-// Named so cargo builds them before this test; the Makefile installs them from the same dir.
-const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
-const VGPUD_SIM: &str = env!("CARGO_BIN_EXE_vgpud-sim");
 
 /// Runs make with `args` in the source tree, at most 120 s; returns its combined output.
 fn make(args: &[String]) -> (bool, String) {
@@ -37,18 +40,11 @@ fn make(args: &[String]) -> (bool, String) {
         .stderr(file)
         .spawn()
         .expect("make runs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("make {args:?} ran for more than 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(120),
+        &format!("make {args:?}"),
+    );
     (
         status.success(),
         std::fs::read_to_string(&log).unwrap_or_default(),

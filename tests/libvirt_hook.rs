@@ -4,22 +4,15 @@
 #[path = "common/daemon.rs"]
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Daemon;
+use common::{run_child, with_timeout, Daemon, Ran, VGPUCTL};
 
-const VGPUCTL: &str = env!("CARGO_BIN_EXE_vgpuctl");
 const LIMIT: Duration = Duration::from_secs(120);
 const NO_BUS: &str = "unix:path=/nonexistent/vgpud-hook-test-bus";
-
-struct Ran {
-    code: i32,
-    stderr: String,
-}
 
 fn example(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,43 +21,16 @@ fn example(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Runs `program args` with `stdin` fed from a thread (so a program that does not read it
-/// cannot block the test), killing it after 60 s.
+/// Runs `program args` with `stdin` fed to it, killing it after 60 s.
 fn run(program: &Path, args: &[&str], stdin: Vec<u8>) -> Ran {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the hook starts");
-    let mut input = child.stdin.take().expect("stdin");
-    std::thread::spawn(move || {
-        // A hook may exit without reading everything: a broken pipe is fine.
-        let _ = input.write_all(&stdin);
-    });
-    let mut err = child.stderr.take().expect("stderr");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the hook {args:?} ran for more than 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ran {
-        code: status.code().unwrap_or(-1),
-        stderr: err_reader.join().unwrap_or_default(),
-    }
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_child(
+        cmd,
+        stdin,
+        Duration::from_secs(60),
+        &format!("the hook {args:?}"),
+    )
 }
 
 /// The hook on `address`, keeping its records in `state`.
@@ -92,48 +58,6 @@ fn hook(address: &str, state: &Path, args: &[&str], xml: Vec<u8>) -> Ran {
     run(Path::new(VGPUCTL), &all, xml)
 }
 
-fn vgpuctl(d: &Daemon, args: &[&str]) -> String {
-    let out = Command::new(VGPUCTL)
-        .arg("--address")
-        .arg(&d.address)
-        .args(args)
-        .output()
-        .expect("vgpuctl runs");
-    assert!(
-        out.status.success(),
-        "vgpuctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn with_timeout(body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        body();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(()) => {}
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the test ran for more than {LIMIT:?}"),
-    }
-}
-
-fn mdev_devices(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.sys("bus/mdev/devices"))
-        .expect("the simulator lists devices")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
 fn uuid(n: u32) -> String {
     format!("c0ffee00-0000-4000-8000-{n:012}")
 }
@@ -154,13 +78,13 @@ fn record(dir: &Path, domain: &str) -> serde_json::Value {
 
 #[test]
 fn prepare_creates_both_vgpus_and_release_removes_them() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("two-vgpus.xml");
         let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(1), uuid(2)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(1), uuid(2)]);
         let type_of = |u: &str| {
             std::fs::read_link(d.sys(&format!("bus/mdev/devices/{u}/mdev_type")))
                 .expect("mdev_type link")
@@ -185,11 +109,11 @@ fn prepare_creates_both_vgpus_and_release_removes_them() {
             );
             assert_eq!(r.code, 0, "{op} {sub}: {}", r.stderr);
         }
-        assert_eq!(mdev_devices(&d).len(), 2);
+        assert_eq!(d.mdev_devices().len(), 2);
 
         let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
         assert!(
             state_files(state.path()).is_empty(),
             "the record goes with the devices"
@@ -199,25 +123,22 @@ fn prepare_creates_both_vgpus_and_release_removes_them() {
 
 #[test]
 fn a_defined_device_is_started_not_created_and_stopped_at_release() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
-        vgpuctl(
-            &d,
-            &[
-                "define",
-                "nvidia-231",
-                "--parent",
-                "0000:21:00.0",
-                "--uuid",
-                &uuid(11),
-            ],
-        );
-        assert!(mdev_devices(&d).is_empty());
+        d.vgpuctl_ok(&[
+            "define",
+            "nvidia-231",
+            "--parent",
+            "0000:21:00.0",
+            "--uuid",
+            &uuid(11),
+        ]);
+        assert!(d.mdev_devices().is_empty());
         let xml = example("defined-and-new.xml");
         let r = prepare(&d.address, state.path(), "render-node-1", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(11), uuid(12)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(11), uuid(12)]);
         let rec = record(state.path(), "render-node-1");
         assert_eq!(rec["created"], serde_json::json!([uuid(12)]));
         assert_eq!(rec["started"], serde_json::json!([uuid(11)]));
@@ -225,10 +146,10 @@ fn a_defined_device_is_started_not_created_and_stopped_at_release() {
         let r = release(&d.address, state.path(), "render-node-1", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(
-            mdev_devices(&d).is_empty(),
+            d.mdev_devices().is_empty(),
             "the started definition is stopped and the created device removed"
         );
-        let defined = vgpuctl(&d, &["--json", "list", "--defined"]);
+        let defined = d.vgpuctl_ok(&["--json", "list", "--defined"]);
         assert!(
             defined.contains(&uuid(11)),
             "the definition stays: {defined}"
@@ -242,21 +163,18 @@ fn a_defined_device_is_started_not_created_and_stopped_at_release() {
 
 #[test]
 fn a_definition_already_running_before_prepare_keeps_running_after_release() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
-        vgpuctl(
-            &d,
-            &[
-                "define",
-                "nvidia-231",
-                "--parent",
-                "0000:21:00.0",
-                "--uuid",
-                &uuid(11),
-            ],
-        );
-        vgpuctl(&d, &["start", &uuid(11)]);
+        d.vgpuctl_ok(&[
+            "define",
+            "nvidia-231",
+            "--parent",
+            "0000:21:00.0",
+            "--uuid",
+            &uuid(11),
+        ]);
+        d.vgpuctl_ok(&["start", &uuid(11)]);
         let xml = example("defined-and-new.xml");
         let r = prepare(&d.address, state.path(), "render-node-1", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
@@ -267,7 +185,7 @@ fn a_definition_already_running_before_prepare_keeps_running_after_release() {
         let r = release(&d.address, state.path(), "render-node-1", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert_eq!(
-            mdev_devices(&d),
+            d.mdev_devices(),
             vec![uuid(11)],
             "the hook stops only what it started"
         );
@@ -276,47 +194,47 @@ fn a_definition_already_running_before_prepare_keeps_running_after_release() {
 
 #[test]
 fn a_device_made_persistent_meanwhile_survives_release() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("two-vgpus.xml");
         let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        vgpuctl(&d, &["define", &uuid(2)]);
+        d.vgpuctl_ok(&["define", &uuid(2)]);
         let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(2)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(2)]);
     });
 }
 
 #[test]
 fn vfio_ccw_and_vfio_ap_devices_are_handled_like_vfio_pci() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = example("s390-ccw-ap.xml");
         let r = prepare(&d.address, state.path(), "zguest", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(21), uuid(22)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(21), uuid(22)]);
         let r = release(&d.address, state.path(), "zguest", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     });
 }
 
 #[test]
 fn an_active_device_is_used_as_it_is_and_not_removed() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         let state = tempfile::tempdir().expect("temp dir");
-        vgpuctl(&d, &["create", "nvidia-231", "--uuid", &uuid(31)]);
+        d.vgpuctl_ok(&["create", "nvidia-231", "--uuid", &uuid(31)]);
         let xml = example("no-metadata.xml");
         let r = prepare(&d.address, state.path(), "legacy", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
         assert!(state_files(state.path()).is_empty(), "nothing was created");
         let r = release(&d.address, state.path(), "legacy", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(31)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(31)]);
     });
 }
 
@@ -324,7 +242,7 @@ fn an_active_device_is_used_as_it_is_and_not_removed() {
 
 #[test]
 fn an_unknown_type_aborts_the_start_and_leaves_nothing() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let r = prepare(
@@ -343,7 +261,7 @@ fn an_unknown_type_aborts_the_start_and_leaves_nothing() {
             r.stderr
         );
         assert!(
-            mdev_devices(&d).is_empty(),
+            d.mdev_devices().is_empty(),
             "the first vGPU was removed again"
         );
         assert!(state_files(state.path()).is_empty());
@@ -352,7 +270,7 @@ fn an_unknown_type_aborts_the_start_and_leaves_nothing() {
 
 #[test]
 fn no_capacity_aborts_the_start_and_leaves_nothing() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let r = prepare(
@@ -368,7 +286,7 @@ fn no_capacity_aborts_the_start_and_leaves_nothing() {
             r.stderr
         );
         assert!(
-            mdev_devices(&d).is_empty(),
+            d.mdev_devices().is_empty(),
             "both vGPUs that fitted were removed again"
         );
         assert!(state_files(state.path()).is_empty());
@@ -377,20 +295,17 @@ fn no_capacity_aborts_the_start_and_leaves_nothing() {
 
 #[test]
 fn a_started_definition_is_stopped_again_when_the_start_fails() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         let state = tempfile::tempdir().expect("temp dir");
-        vgpuctl(
-            &d,
-            &[
-                "define",
-                "nvidia-231",
-                "--parent",
-                "0000:20:00.0",
-                "--uuid",
-                &uuid(11),
-            ],
-        );
+        d.vgpuctl_ok(&[
+            "define",
+            "nvidia-231",
+            "--parent",
+            "0000:20:00.0",
+            "--uuid",
+            &uuid(11),
+        ]);
         // The second device asks for a type the T4 cannot run beside nvidia-231.
         let xml = String::from_utf8(example("defined-and-new.xml"))
             .expect("utf-8")
@@ -398,10 +313,10 @@ fn a_started_definition_is_stopped_again_when_the_start_fails() {
         let r = prepare(&d.address, state.path(), "render-node-1", xml.into_bytes());
         assert_ne!(r.code, 0, "{}", r.stderr);
         assert!(
-            mdev_devices(&d).is_empty(),
+            d.mdev_devices().is_empty(),
             "the definition was stopped again"
         );
-        let defined = vgpuctl(&d, &["--json", "list", "--defined"]);
+        let defined = d.vgpuctl_ok(&["--json", "list", "--defined"]);
         assert!(
             defined.contains(&uuid(11)),
             "the definition itself stays: {defined}"
@@ -412,7 +327,7 @@ fn a_started_definition_is_stopped_again_when_the_start_fails() {
 
 #[test]
 fn a_new_device_without_metadata_is_a_clear_error() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         let state = tempfile::tempdir().expect("temp dir");
         let r = prepare(
@@ -433,21 +348,16 @@ fn a_new_device_without_metadata_is_a_clear_error() {
 
 #[test]
 fn prepare_without_vgpud_says_so_and_exits_10() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         let r = prepare(NO_BUS, state.path(), "win11-cad", example("two-vgpus.xml"));
-        assert_eq!(r.code, 10, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("vgpud is not running on the bus at"),
-            "{}",
-            r.stderr
-        );
+        r.assert_failed(10, "vgpud is not running on the bus at");
     });
 }
 
 #[test]
 fn prepare_without_vgpud_on_the_system_bus_names_the_system_bus() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         let dir = state.path().to_str().expect("utf-8 path").to_owned();
         let mut child = Command::new(VGPUCTL)
@@ -485,7 +395,7 @@ fn prepare_without_vgpud_on_the_system_bus_names_the_system_bus() {
 
 #[test]
 fn other_operations_exit_0_without_a_bus() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         for (op, sub) in [
             ("start", "begin"),
@@ -512,7 +422,7 @@ fn other_operations_exit_0_without_a_bus() {
 
 #[test]
 fn a_domain_without_mdev_is_a_no_op() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         for (op, sub) in [("prepare", "begin"), ("release", "end")] {
             let r = hook(
@@ -529,7 +439,7 @@ fn a_domain_without_mdev_is_a_no_op() {
 
 #[test]
 fn malformed_xml_fails_prepare_and_is_only_noted_at_release() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         let r = prepare(NO_BUS, state.path(), "broken", example("malformed.xml"));
         assert_eq!(r.code, 3, "{}", r.stderr);
@@ -540,8 +450,7 @@ fn malformed_xml_fails_prepare_and_is_only_noted_at_release() {
             r.stderr
         );
         let r = release(NO_BUS, state.path(), "broken", example("malformed.xml"));
-        assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(r.stderr.contains("ignoring its XML"), "{}", r.stderr);
+        r.assert_failed(0, "ignoring its XML");
         let r = prepare(
             NO_BUS,
             state.path(),
@@ -568,35 +477,34 @@ fn huge_domain() -> Vec<u8> {
 
 #[test]
 fn a_10_mb_domain_is_handled() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2"]);
         let state = tempfile::tempdir().expect("temp dir");
         let xml = huge_domain();
         assert!(xml.len() > 10 << 20);
         let r = prepare(&d.address, state.path(), "win11-cad", xml.clone());
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![uuid(1), uuid(2)]);
+        assert_eq!(d.mdev_devices(), vec![uuid(1), uuid(2)]);
         let r = release(&d.address, state.path(), "win11-cad", xml);
         assert_eq!(r.code, 0, "{}", r.stderr);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     });
 }
 
 #[test]
 fn more_than_32_mib_of_xml_is_refused() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let state = tempfile::tempdir().expect("temp dir");
         let mut xml = b"<domain><description>".to_vec();
         xml.resize(33 << 20, b'x');
         let r = hook(NO_BUS, state.path(), &["vm", "prepare", "begin", "-"], xml);
-        assert_eq!(r.code, 3, "{}", r.stderr);
-        assert!(r.stderr.contains("larger than 32 MiB"), "{}", r.stderr);
+        r.assert_failed(3, "larger than 32 MiB");
     });
 }
 
 #[test]
 fn installed_in_qemu_d_vgpuctl_is_the_hook() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let dir = tempfile::tempdir().expect("temp dir");
         let hooks = dir.path().join("qemu.d");
         std::fs::create_dir(&hooks).expect("mkdir");

@@ -4,30 +4,11 @@
 #[path = "common/daemon.rs"]
 mod common;
 
-use std::process::{Command, Output};
-
 use common::Daemon;
 
 const T4: &str = "0000:20:00.0";
 const U: &str = "c0ffee00-0000-4000-8000-0000000000f1";
 const PARAMS: &str = "nvidia/vgpu_params";
-
-fn vgpuctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-        .arg(format!("--address={}", d.address))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(d: &Daemon, args: &[&str]) {
-    let out = vgpuctl(d, args);
-    assert!(
-        out.status.success(),
-        "vgpuctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn params(d: &Daemon) -> String {
     std::fs::read_to_string(d.sys("bus/mdev/devices").join(U).join(PARAMS))
@@ -42,18 +23,15 @@ fn start() -> (Daemon, tempfile::TempDir) {
         &["nvidia-t4"],
         &["--definitions-dir", defs.path().to_str().unwrap()],
     );
-    ok(
-        &d,
-        &[
-            "create",
-            "GRID T4-2Q",
-            "--parent",
-            T4,
-            "--uuid",
-            U,
-            "--define",
-        ],
-    );
+    d.vgpuctl_ok(&[
+        "create",
+        "GRID T4-2Q",
+        "--parent",
+        T4,
+        "--uuid",
+        U,
+        "--define",
+    ]);
     (d, defs)
 }
 
@@ -65,32 +43,26 @@ fn definition(defs: &tempfile::TempDir) -> serde_json::Value {
 #[test]
 fn a_live_change_reaches_the_driver_and_a_defined_one_the_definition() {
     let (d, defs) = start();
-    ok(
-        &d,
-        &[
-            "modify",
-            U,
-            "--attr",
-            "nvidia/vgpu_params=frame_rate_limiter=0",
-            "--live",
-        ],
-    );
+    d.vgpuctl_ok(&[
+        "modify",
+        U,
+        "--attr",
+        "nvidia/vgpu_params=frame_rate_limiter=0",
+        "--live",
+    ]);
     assert_eq!(params(&d), "frame_rate_limiter=0");
     assert_eq!(
         definition(&defs)["attrs"],
         serde_json::json!([]),
         "--live leaves the definition"
     );
-    ok(
-        &d,
-        &[
-            "modify",
-            U,
-            "--attr",
-            "nvidia/vgpu_params=frame_rate_limiter=1",
-            "--defined",
-        ],
-    );
+    d.vgpuctl_ok(&[
+        "modify",
+        U,
+        "--attr",
+        "nvidia/vgpu_params=frame_rate_limiter=1",
+        "--defined",
+    ]);
     assert_eq!(
         params(&d),
         "frame_rate_limiter=0",
@@ -106,16 +78,13 @@ fn a_live_change_reaches_the_driver_and_a_defined_one_the_definition() {
 #[test]
 fn a_refused_live_change_keeps_the_old_value() {
     let (d, _defs) = start();
-    ok(
-        &d,
-        &[
-            "modify",
-            U,
-            "--attr",
-            "nvidia/vgpu_params=frame_rate_limiter=0",
-            "--live",
-        ],
-    );
+    d.vgpuctl_ok(&[
+        "modify",
+        U,
+        "--attr",
+        "nvidia/vgpu_params=frame_rate_limiter=0",
+        "--live",
+    ]);
     d.ctl_ok(&[
         "inject",
         &format!("*{U}/{PARAMS}"),
@@ -124,16 +93,13 @@ fn a_refused_live_change_keeps_the_old_value() {
         "--count",
         "1",
     ]);
-    let out = vgpuctl(
-        &d,
-        &[
-            "modify",
-            U,
-            "--attr",
-            "nvidia/vgpu_params=frame_rate_limiter=1",
-            "--live",
-        ],
-    );
+    let out = d.vgpuctl(&[
+        "modify",
+        U,
+        "--attr",
+        "nvidia/vgpu_params=frame_rate_limiter=1",
+        "--live",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(PARAMS),
@@ -146,9 +112,9 @@ fn a_refused_live_change_keeps_the_old_value() {
 #[test]
 fn a_change_must_say_where() {
     let (d, _defs) = start();
-    let out = vgpuctl(&d, &["modify", U, "--attr", "nvidia/vgpu_params=x"]);
+    let out = d.vgpuctl(&["modify", U, "--attr", "nvidia/vgpu_params=x"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let out = vgpuctl(&d, &["modify", U, "--attr", "remove=1", "--live"]);
+    let out = d.vgpuctl(&["modify", U, "--attr", "remove=1", "--live"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(d.sys("bus/mdev/devices").join(U).exists());
     d.stop();

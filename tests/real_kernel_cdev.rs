@@ -7,7 +7,7 @@
 #[path = "common/real_kernel.rs"]
 mod real_kernel;
 
-use real_kernel::GuestRun;
+use real_kernel::{assert_line, assert_no_dev_opened, GuestRun};
 
 const UUID: &str = "6c1d0000-0000-4000-8000-0000000000c1";
 
@@ -46,13 +46,6 @@ timeout 20 sh -c 'echo 1 > /sys/bus/mdev/devices/{UUID}/remove' && echo "REMOVED
     )
 }
 
-fn assert_line(log: &str, line: &str) {
-    assert!(
-        log.lines().any(|l| l.trim_end() == line),
-        "the probe printed no {line:?}:\n{log}"
-    );
-}
-
 /// What pci-probe shows of a working mtty: its UART's scratch register through VFIO region
 /// accesses, and its INTx twice (the second needs the first one unmasked after the guest's
 /// acknowledgement).
@@ -69,16 +62,6 @@ fn assert_mtty_probe(log: &str) {
     assert_line(log, "irq count=1");
     assert_line(log, "irq again count=1");
     assert_line(log, "pci-probe: done");
-}
-
-/// The VMM's opens as strace logged them: some (the dynamic loader's), none of a /dev node.
-fn assert_no_dev_opened(strace: &str) {
-    assert!(
-        strace.contains("openat("),
-        "strace logged no open:\n{strace}"
-    );
-    let dev: Vec<&str> = strace.lines().filter(|l| l.contains("\"/dev/")).collect();
-    assert!(dev.is_empty(), "the VMM opened /dev nodes: {dev:?}");
 }
 
 /// The checks every direct probe shares: the device exists both ways, the VMM ran the probe to

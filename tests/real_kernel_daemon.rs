@@ -119,11 +119,7 @@ exit 0
 /// The story runs once; each test below checks one chapter of it.
 fn story() -> &'static GuestRun {
     static RUN: OnceLock<GuestRun> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let run = real_kernel::run(SCRIPT);
-        run.assert_ok();
-        run
-    })
+    real_kernel::run_once(&RUN, SCRIPT)
 }
 
 fn json(run: &GuestRun, key: &str) -> serde_json::Value {

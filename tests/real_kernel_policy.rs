@@ -57,11 +57,7 @@ exit 0
 
 fn story() -> &'static GuestRun {
     static RUN: OnceLock<GuestRun> = OnceLock::new();
-    RUN.get_or_init(|| {
-        let run = real_kernel::run(SCRIPT);
-        run.assert_ok();
-        run
-    })
+    real_kernel::run_once(&RUN, SCRIPT)
 }
 
 #[test]

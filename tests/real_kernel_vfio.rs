@@ -6,7 +6,7 @@
 #[path = "common/real_kernel.rs"]
 mod real_kernel;
 
-use real_kernel::GuestRun;
+use real_kernel::{assert_line, assert_no_dev_opened, GuestRun};
 
 const UUID: &str = "6c1d0000-0000-4000-8000-0000000000a1";
 
@@ -31,23 +31,6 @@ exec 5<&- 6>&- 7<&- 8<&-
 timeout 20 sh -c 'echo 1 > /sys/bus/mdev/devices/{UUID}/remove' && echo "REMOVED=yes"
 "#
     )
-}
-
-/// The VMM's opens as strace logged them: some (the dynamic loader's), none of a /dev node.
-fn assert_no_dev_opened(strace: &str) {
-    assert!(
-        strace.contains("openat("),
-        "strace logged no open:\n{strace}"
-    );
-    let dev: Vec<&str> = strace.lines().filter(|l| l.contains("\"/dev/")).collect();
-    assert!(dev.is_empty(), "the VMM opened /dev nodes: {dev:?}");
-}
-
-fn assert_line(log: &str, line: &str) {
-    assert!(
-        log.lines().any(|l| l.trim_end() == line),
-        "the probe printed no {line:?}:\n{log}"
-    );
 }
 
 /// Runs `probe_script` and checks what every device shows: a VFIO device (not emulated), the

@@ -6,10 +6,7 @@
 #[path = "common/daemon.rs"]
 mod common;
 
-use std::process::{Command, Output};
-
 use common::{within, Daemon};
-use serde_json::Value;
 
 const T4: &str = "0000:20:00.0";
 
@@ -32,29 +29,9 @@ fn start() -> (Daemon, tempfile::TempDir) {
     (d, config)
 }
 
-fn vgpuctl(d: &Daemon, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-        .arg(format!("--address={}", d.address))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn json(d: &Daemon, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = vgpuctl(d, &all);
-    assert!(
-        out.status.success(),
-        "vgpuctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// UUIDs of the live devices on `parent` of `type_id`.
 fn devices(d: &Daemon, parent: &str, type_id: &str) -> Vec<String> {
-    json(d, &["list"])["devices"]
+    d.vgpuctl_json(&["list"])["devices"]
         .as_array()
         .unwrap()
         .iter()
@@ -73,9 +50,9 @@ fn serve_4q(d: &Daemon) -> String {
         "the ensure rule never made its two devices"
     );
     for u in devices(d, T4, "nvidia-231") {
-        json(d, &["remove", &u]);
+        d.vgpuctl_json(&["remove", &u]);
     }
-    json(d, &["create", "GRID T4-4Q", "--parent", T4])["uuid"]
+    d.vgpuctl_json(&["create", "GRID T4-4Q", "--parent", T4])["uuid"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -90,9 +67,9 @@ fn the_plan_is_empty_when_the_rules_are_met_and_names_what_is_in_the_way() {
         "the ensure rule never made its two devices"
     );
     assert_eq!(devices(&d, T4, "nvidia-231").len(), 2);
-    assert_eq!(json(&d, &["plan"])["plan"], serde_json::json!([]));
+    assert_eq!(d.vgpuctl_json(&["plan"])["plan"], serde_json::json!([]));
     let four = serve_4q(&d);
-    let plan = json(&d, &["plan"]);
+    let plan = d.vgpuctl_json(&["plan"]);
     let steps = plan["plan"].as_array().unwrap();
     assert_eq!(steps.len(), 1, "{plan}");
     assert_eq!(steps[0]["parent"], T4);
@@ -110,7 +87,7 @@ fn the_plan_is_empty_when_the_rules_are_met_and_names_what_is_in_the_way() {
 fn reshape_refuses_while_devices_are_in_the_way_and_drains_on_request() {
     let (d, _config) = start();
     let four = serve_4q(&d);
-    let out = vgpuctl(&d, &["reshape", T4, "GRID T4-2Q", "--count", "2"]);
+    let out = d.vgpuctl(&["reshape", T4, "GRID T4-2Q", "--count", "2"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&four) && err.contains("drain"), "{err}");
@@ -120,14 +97,11 @@ fn reshape_refuses_while_devices_are_in_the_way_and_drains_on_request() {
         "the refusal changed nothing"
     );
 
-    let done = json(
-        &d,
-        &["reshape", T4, "GRID T4-2Q", "--count", "2", "--drain"],
-    );
+    let done = d.vgpuctl_json(&["reshape", T4, "GRID T4-2Q", "--count", "2", "--drain"]);
     assert_eq!(done["created"].as_array().unwrap().len(), 2, "{done}");
     assert!(devices(&d, T4, "nvidia-232").is_empty());
     assert_eq!(devices(&d, T4, "nvidia-231").len(), 2);
-    assert_eq!(json(&d, &["plan"])["plan"], serde_json::json!([]));
+    assert_eq!(d.vgpuctl_json(&["plan"])["plan"], serde_json::json!([]));
     d.stop();
 }
 
@@ -136,7 +110,7 @@ fn reshape_never_drains_a_device_a_guest_uses() {
     let (d, _config) = start();
     let four = serve_4q(&d);
     d.ctl_ok(&["hold", &four]);
-    let out = vgpuctl(&d, &["reshape", T4, "GRID T4-2Q", "--drain"]);
+    let out = d.vgpuctl(&["reshape", T4, "GRID T4-2Q", "--drain"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     // Refused up front when vgpud already saw the holder, or by the remove that finds it.
@@ -155,24 +129,24 @@ fn reshape_never_drains_a_device_a_guest_uses() {
 fn reshaping_an_l40s_vf_drains_the_whole_gpu() {
     let d = Daemon::start(&["nvidia-l40s"]);
     let vf = |n: u8| format!("0000:20:00.{n}");
-    let a = json(&d, &["create", "NVIDIA L40S-2Q", "--parent", &vf(4)])["uuid"]
+    let a = d.vgpuctl_json(&["create", "NVIDIA L40S-2Q", "--parent", &vf(4)])["uuid"]
         .as_str()
         .unwrap()
         .to_owned();
-    let b = json(&d, &["create", "NVIDIA L40S-2Q", "--parent", &vf(5)])["uuid"]
+    let b = d.vgpuctl_json(&["create", "NVIDIA L40S-2Q", "--parent", &vf(5)])["uuid"]
         .as_str()
         .unwrap()
         .to_owned();
-    let out = vgpuctl(&d, &["reshape", &vf(4), "NVIDIA L40S-4Q"]);
+    let out = d.vgpuctl(&["reshape", &vf(4), "NVIDIA L40S-4Q"]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains(&a) && err.contains(&b),
         "both VFs' devices are in the way: {err}"
     );
-    let done = json(&d, &["reshape", &vf(4), "NVIDIA L40S-4Q", "--drain"]);
+    let done = d.vgpuctl_json(&["reshape", &vf(4), "NVIDIA L40S-4Q", "--drain"]);
     assert_eq!(done["created"].as_array().unwrap().len(), 1, "{done}");
-    let listed = json(&d, &["list"]);
+    let listed = d.vgpuctl_json(&["list"]);
     let types: Vec<&str> = listed["devices"]
         .as_array()
         .unwrap()

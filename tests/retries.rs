@@ -23,18 +23,9 @@ fn prepared(errno: &str, fails: u32) -> (Daemon, tempfile::TempDir) {
         &["--definitions-dir", defs.path().to_str().unwrap()],
     );
     d.ctl_ok(&["unplug", "mtty"]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-        .arg(format!("--address={}", d.address))
-        .args([
-            "define", "mtty-1", "--parent", "mtty", "--uuid", U, "--auto",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.vgpuctl_ok(&[
+        "define", "mtty-1", "--parent", "mtty", "--uuid", U, "--auto",
+    ]);
     d.ctl_ok(&[
         "inject",
         "*mtty-1/create",

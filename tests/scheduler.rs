@@ -23,21 +23,6 @@ parents = { vendor = "0x10de" }
 policy = "fixed-share"
 "#;
 
-fn json(d: &Daemon, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_vgpuctl"))
-        .arg(format!("--address={}", d.address))
-        .arg("--json")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
     let config = tempfile::tempdir().unwrap();
@@ -71,7 +56,7 @@ fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
         options[0].contains("pci=0000:21:00.0;RmPVMRL=0x30001"),
         "{text}"
     );
-    let parents = json(&d, &["parents"]);
+    let parents = d.vgpuctl_json(&["parents"]);
     let pf = parents["parents"]
         .as_array()
         .unwrap()
@@ -96,7 +81,7 @@ fn scheduler_rules_become_the_drivers_per_gpu_registry_key() {
 
     // Without rules the file goes (best effort is the driver's default).
     std::fs::remove_file(&rules).unwrap();
-    json(&d, &["reload"]);
+    d.vgpuctl_json(&["reload"]);
     assert!(within(10, || !file.exists()), "{} stayed", file.display());
     d.stop();
 }

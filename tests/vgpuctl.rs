@@ -4,29 +4,21 @@
 #[path = "common/daemon.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::Daemon;
+use common::{json_of, run_child, with_timeout, within, Daemon, Ran, VGPUCTL};
 use serde_json::Value as Json;
 
-const VGPUCTL: &str = env!("CARGO_BIN_EXE_vgpuctl");
 const T4: &str = "0000:20:00.0";
 const LIMIT: Duration = Duration::from_secs(120);
 const U1: &str = "5a1e0000-0000-4000-8000-000000000001";
 
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Ran {
     fn json(&self) -> Json {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+        json_of(&self.stdout)
     }
 
     fn ok(self) -> Self {
@@ -41,42 +33,14 @@ impl Ran {
 
 /// Runs vgpuctl with `args`, killing it if it runs longer than 60 s.
 fn vgpuctl(args: &[&str]) -> Ran {
-    let mut child = Command::new(VGPUCTL)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("vgpuctl starts");
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("vgpuctl {args:?} ran for more than 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Ran {
-        code: status.code().unwrap_or(-1),
-        stdout: reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
-    }
+    let mut cmd = Command::new(VGPUCTL);
+    cmd.args(args);
+    run_child(
+        cmd,
+        Vec::new(),
+        Duration::from_secs(60),
+        &format!("vgpuctl {args:?}"),
+    )
 }
 
 /// vgpuctl on the daemon's bus.
@@ -84,34 +48,6 @@ fn ctl(d: &Daemon, args: &[&str]) -> Ran {
     let mut all = vec!["--address", d.address.as_str()];
     all.extend_from_slice(args);
     vgpuctl(&all)
-}
-
-/// Runs a test body with a watchdog, so a hang fails the test instead of stalling the run.
-fn with_timeout(body: impl FnOnce() + Send + 'static) {
-    let (tx, rx) = mpsc::channel();
-    let worker = std::thread::spawn(move || {
-        body();
-        let _ = tx.send(());
-    });
-    match rx.recv_timeout(LIMIT) {
-        Ok(()) => {}
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            if let Err(panic) = worker.join() {
-                std::panic::resume_unwind(panic);
-            }
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("the test ran for more than {LIMIT:?}"),
-    }
-}
-
-fn mdev_devices(d: &Daemon) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d.sys("bus/mdev/devices"))
-        .expect("the simulator lists devices")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn has_keys(object: &Json, keys: &[&str]) {
@@ -139,7 +75,7 @@ const DEVICE_KEYS: &[&str] = &[
 
 #[test]
 fn parents_are_listed_as_a_table_and_as_json() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2", "mtty"]);
         let table = ctl(&d, &["parents"]).ok().stdout;
         assert!(table.starts_with("PARENT"), "{table}");
@@ -176,7 +112,7 @@ fn parents_are_listed_as_a_table_and_as_json() {
 
 #[test]
 fn types_are_filtered_by_parent() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4", "mtty"]);
         let j = ctl(&d, &["--json", "types", "--parent", "mtty"])
             .ok()
@@ -211,15 +147,10 @@ fn types_are_filtered_by_parent() {
 
 #[test]
 fn types_of_an_unknown_parent_is_not_found() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let r = ctl(&d, &["types", "--parent", "0000:99:00.0"]);
-        assert_eq!(r.code, 4, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("no parent device named 0000:99:00.0"),
-            "{}",
-            r.stderr
-        );
+        r.assert_failed(4, "no parent device named 0000:99:00.0");
     });
 }
 
@@ -227,7 +158,7 @@ fn types_of_an_unknown_parent_is_not_found() {
 
 #[test]
 fn create_list_and_remove_a_device() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4:2", "mtty"]);
         let j = ctl(
             &d,
@@ -250,7 +181,7 @@ fn create_list_and_remove_a_device() {
         assert_eq!(device["type_id"], "nvidia-231");
         assert_eq!(device["active"], true);
         assert_eq!(device["persistent"], false);
-        assert_eq!(mdev_devices(&d), vec![U1.to_owned()]);
+        assert_eq!(d.mdev_devices(), vec![U1.to_owned()]);
 
         let table = ctl(&d, &["list"]).ok().stdout;
         assert!(table.starts_with("UUID") && table.contains(U1), "{table}");
@@ -262,13 +193,13 @@ fn create_list_and_remove_a_device() {
         let j = ctl(&d, &["--json", "remove", U1]).ok().json();
         assert_eq!(j["uuid"], U1);
         assert_eq!(j["device"], Json::Null);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
     });
 }
 
 #[test]
 fn create_with_define_and_auto_is_persistent_and_autostarts() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let out = ctl(
             &d,
@@ -291,7 +222,7 @@ fn create_with_define_and_auto_is_persistent_and_autostarts() {
 
 #[test]
 fn a_definition_is_started_stopped_switched_and_undefined() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let j = ctl(
             &d,
@@ -303,11 +234,11 @@ fn a_definition_is_started_stopped_switched_and_undefined() {
         .json();
         assert_eq!(j["device"]["persistent"], true);
         assert_eq!(j["device"]["active"], false);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
 
         let j = ctl(&d, &["--json", "start", U1]).ok().json();
         assert_eq!(j["device"]["active"], true);
-        assert_eq!(mdev_devices(&d), vec![U1.to_owned()]);
+        assert_eq!(d.mdev_devices(), vec![U1.to_owned()]);
 
         let j = ctl(&d, &["--json", "autostart", U1, "on"]).ok().json();
         assert_eq!(j["device"]["autostart"], true);
@@ -316,7 +247,7 @@ fn a_definition_is_started_stopped_switched_and_undefined() {
 
         let j = ctl(&d, &["--json", "stop", U1]).ok().json();
         assert_eq!(j["device"]["active"], false);
-        assert!(mdev_devices(&d).is_empty());
+        assert!(d.mdev_devices().is_empty());
 
         let out = ctl(&d, &["undefine", U1]).ok();
         assert!(
@@ -331,7 +262,7 @@ fn a_definition_is_started_stopped_switched_and_undefined() {
 
 #[test]
 fn define_uuid_makes_a_live_device_persistent() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         ctl(&d, &["create", "mtty-1", "--uuid", U1]).ok();
         let j = ctl(&d, &["--json", "define", U1, "--auto"]).ok().json();
@@ -343,17 +274,16 @@ fn define_uuid_makes_a_live_device_persistent() {
 
 #[test]
 fn define_of_a_type_without_parent_is_a_usage_error() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let r = ctl(&d, &["define", "mtty-1"]);
-        assert_eq!(r.code, 2, "{}", r.stderr);
-        assert!(r.stderr.contains("--parent"), "{}", r.stderr);
+        r.assert_failed(2, "--parent");
     });
 }
 
 #[test]
 fn reload_prints_the_policy_in_force() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let j = ctl(&d, &["reload", "--json"]).ok().json();
         assert!(j["policy"].as_str().is_some_and(|s| !s.is_empty()), "{j}");
@@ -366,7 +296,7 @@ fn reload_prints_the_policy_in_force() {
 
 #[test]
 fn an_unknown_type_exits_4_with_the_dbus_error_name() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let r = ctl(&d, &["create", "X"]);
         assert_eq!(r.code, 4);
@@ -380,15 +310,10 @@ fn an_unknown_type_exits_4_with_the_dbus_error_name() {
 
 #[test]
 fn a_bad_uuid_exits_3() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let r = ctl(&d, &["remove", "not-a-uuid"]);
-        assert_eq!(r.code, 3, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("org.vgpud1.Error.InvalidArgument"),
-            "{}",
-            r.stderr
-        );
+        r.assert_failed(3, "org.vgpud1.Error.InvalidArgument");
         let r = ctl(&d, &["create", "mtty-1", "--uuid", "1234"]);
         assert_eq!(r.code, 3, "{}", r.stderr);
     });
@@ -396,56 +321,40 @@ fn a_bad_uuid_exits_3() {
 
 #[test]
 fn an_existing_uuid_exits_5() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         ctl(&d, &["create", "mtty-1", "--uuid", U1]).ok();
         let r = ctl(&d, &["create", "mtty-1", "--uuid", U1]);
-        assert_eq!(r.code, 5, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("org.vgpud1.Error.AlreadyExists"),
-            "{}",
-            r.stderr
-        );
+        r.assert_failed(5, "org.vgpud1.Error.AlreadyExists");
     });
 }
 
 #[test]
 fn no_capacity_exits_6() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         ctl(&d, &["create", "GRID T4-16Q"]).ok();
         let r = ctl(&d, &["create", "GRID T4-16Q"]);
-        assert_eq!(r.code, 6, "{}", r.stderr);
-        assert!(
-            r.stderr.contains("org.vgpud1.Error.NoCapacity"),
-            "{}",
-            r.stderr
-        );
+        r.assert_failed(6, "org.vgpud1.Error.NoCapacity");
     });
 }
 
 #[test]
 fn removing_a_held_device_exits_7() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         ctl(&d, &["create", "mtty-1", "--uuid", U1]).ok();
         d.ctl_ok(&["hold", U1]);
         let r = ctl(&d, &["remove", U1]);
-        assert_eq!(r.code, 7, "{}", r.stderr);
-        assert!(r.stderr.contains("org.vgpud1.Error.Busy"), "{}", r.stderr);
-        assert_eq!(mdev_devices(&d), vec![U1.to_owned()]);
+        r.assert_failed(7, "org.vgpud1.Error.Busy");
+        assert_eq!(d.mdev_devices(), vec![U1.to_owned()]);
         // A forced remove waits for the holder within --timeout; the kernel's remove then
         // stays pending, and vgpud reports the wait as timed out (Failed).
         let r = ctl(&d, &["--timeout", "4", "remove", "--force", U1]);
-        assert_eq!(r.code, 1, "{}", r.stderr);
-        assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+        r.assert_failed(1, "timed out");
         d.ctl_ok(&["release", U1]);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mdev_devices(&d).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
         assert!(
-            mdev_devices(&d).is_empty(),
+            within(20, || d.mdev_devices().is_empty()),
             "the pending remove completes on release"
         );
     });
@@ -453,7 +362,7 @@ fn removing_a_held_device_exits_7() {
 
 #[test]
 fn a_bus_that_is_not_there_exits_10() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let r = vgpuctl(&["--address", "unix:path=/nonexistent/vgpud-bus", "list"]);
         assert_eq!(r.code, 10, "{}", r.stderr);
         assert!(
@@ -469,7 +378,7 @@ fn a_bus_that_is_not_there_exits_10() {
 
 #[test]
 fn a_daemon_that_does_not_answer_exits_10() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         // The bus stays up while vgpud is gone from it.
         let address = d.address.clone();
@@ -497,7 +406,7 @@ fn a_daemon_that_does_not_answer_exits_10() {
 
 #[test]
 fn usage_errors_exit_2() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         assert_eq!(vgpuctl(&["frobnicate"]).code, 2);
         assert_eq!(vgpuctl(&["autostart", U1, "maybe"]).code, 2);
         assert_eq!(vgpuctl(&["create", "mtty-1", "--attr", "novalue"]).code, 2);
@@ -507,7 +416,7 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn launch_with_the_probe_payload_shows_the_vgpu_in_the_guest() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
         let r = ctl(&d, &["launch", U1, "--payload", "pci-probe"]);
@@ -527,7 +436,7 @@ fn launch_with_the_probe_payload_shows_the_vgpu_in_the_guest() {
 
 #[test]
 fn launch_with_two_devices_gives_the_guest_both() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4", "mtty"]);
         let u2 = "5a1e0000-0000-4000-8000-000000000002";
         ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
@@ -552,7 +461,7 @@ fn launch_with_two_devices_gives_the_guest_both() {
 
 #[test]
 fn launch_with_a_kernel_passes_kernel_initrd_and_cmdline_to_the_vmm() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["nvidia-t4"]);
         ctl(&d, &["create", "GRID T4-2Q", "--uuid", U1]).ok();
         let dir = tempfile::tempdir().unwrap();
@@ -599,7 +508,7 @@ fn launch_with_a_kernel_passes_kernel_initrd_and_cmdline_to_the_vmm() {
 
 #[test]
 fn launch_of_an_unknown_device_exits_4() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         assert_eq!(ctl(&d, &["launch", U1, "--payload", "pci-probe"]).code, 4);
     });
@@ -607,7 +516,7 @@ fn launch_of_an_unknown_device_exits_4() {
 
 #[test]
 fn errors_under_json_are_also_json_on_stdout() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let r = ctl(&d, &["--json", "create", "X"]);
         assert_eq!(r.code, 4);
@@ -675,7 +584,7 @@ fn monitor(
 
 #[test]
 fn monitor_prints_json_lines_for_added_changed_and_removed() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let lines = monitor(
             &d,
@@ -724,7 +633,7 @@ fn monitor_prints_json_lines_for_added_changed_and_removed() {
 
 #[test]
 fn monitor_prints_one_line_per_event_for_people() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let d = Daemon::start(&["mtty"]);
         let lines = monitor(
             &d,
@@ -753,7 +662,7 @@ fn monitor_prints_one_line_per_event_for_people() {
 
 #[test]
 fn policy_check_prints_file_line_column() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         let dir = tempfile::tempdir().expect("temp dir");
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "[placement]\nstrategy = \"sideways\"\n").expect("writes");
@@ -774,7 +683,7 @@ fn policy_check_prints_file_line_column() {
 
 #[test]
 fn completions_and_man_pages_come_from_the_cli_definition() {
-    with_timeout(|| {
+    with_timeout(LIMIT, || {
         for shell in ["bash", "zsh", "fish"] {
             let r = vgpuctl(&["completions", shell]).ok();
             assert!(r.stdout.contains("libvirt-hook"), "{shell}: {}", r.stdout);

@@ -72,11 +72,12 @@ fn jailed(cmd: &mut Command, kvm: &std::fs::File) {
 }
 
 fn open_kvm() -> std::fs::File {
+    require_kvm();
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .unwrap()
+        .unwrap_or_else(|e| panic!("/dev/kvm cannot be opened: {e}"))
 }
 
 fn assert_line(serial: &str, line: &str) {

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
@@ -173,4 +174,32 @@ pub fn run_with(script: &str, options: &[&str]) -> GuestRun {
         host_stderr,
         scratch,
     }
+}
+
+/// `script` run once on the real kernel (and checked to have ended well) for all the tests of a
+/// binary that each check one chapter of it; `cell` holds the run.
+pub fn run_once(cell: &'static OnceLock<GuestRun>, script: &str) -> &'static GuestRun {
+    cell.get_or_init(|| {
+        let run = run(script);
+        run.assert_ok();
+        run
+    })
+}
+
+/// The probe's log has `line` (trailing blanks aside).
+pub fn assert_line(log: &str, line: &str) {
+    assert!(
+        log.lines().any(|l| l.trim_end() == line),
+        "the probe printed no {line:?}:\n{log}"
+    );
+}
+
+/// The VMM's opens as strace logged them: some (the dynamic loader's), none of a /dev node.
+pub fn assert_no_dev_opened(strace: &str) {
+    assert!(
+        strace.contains("openat("),
+        "strace logged no open:\n{strace}"
+    );
+    let dev: Vec<&str> = strace.lines().filter(|l| l.contains("\"/dev/")).collect();
+    assert!(dev.is_empty(), "the VMM opened /dev nodes: {dev:?}");
 }
