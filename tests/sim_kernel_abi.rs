@@ -1,14 +1,14 @@
 //! The simulator against KERNEL-ABI.md §1 and §2: the errno of every `create`/`remove` case,
 //! capacity pools, NVIDIA's one-type rule, SR-IOV VF parents, the vendor-sysfs model, blocking
-//! removes and unbinds, uevents in kernel order, and fault injection. One case per test, each
-//! on its own simulator.
+//! removes and unbinds. One case per test, each on its own simulator. (Uevents and fault
+//! injection: sim_kernel_events.rs.)
 
 #[path = "common/sim.rs"]
 mod sim_fixture;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use libc::{EACCES, EBUSY, EEXIST, EINVAL, EIO, ENOENT, ENOSPC, EUSERS};
+use libc::{EACCES, EBUSY, EEXIST, EINVAL, ENOENT, ENOSPC, EUSERS};
 use sim_fixture::*;
 use vgpud_sim::control::Request;
 
@@ -112,18 +112,11 @@ fn reading_create_is_eacces_like_kernfs() {
 
 // ---- create: exhausted pools, each driver's errno ------------------------------------------------
 
-fn fill(sim: &Sim, parent: &str, type_id: &str, n: usize) {
-    for i in 0..n {
-        sim.create(parent, type_id)
-            .unwrap_or_else(|e| panic!("create #{} of {type_id}: {e:?}", i + 1));
-    }
-}
-
 #[test]
 fn mtty_gives_24_single_ports_then_enospc() {
     let sim = Sim::start(&["mtty"]);
     assert_eq!(sim.available("mtty", "mtty-1"), 24);
-    fill(&sim, "mtty", "mtty-1", 24);
+    sim.fill("mtty", "mtty-1", 24);
     assert_eq!(sim.available("mtty", "mtty-1"), 0);
     assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(ENOSPC)));
     assert_eq!(sim.devices().len(), 24);
@@ -133,7 +126,7 @@ fn mtty_gives_24_single_ports_then_enospc() {
 fn mtty_gives_12_dual_ports_then_enospc() {
     let sim = Sim::start(&["mtty"]);
     assert_eq!(sim.available("mtty", "mtty-2"), 12);
-    fill(&sim, "mtty", "mtty-2", 12);
+    sim.fill("mtty", "mtty-2", 12);
     assert_eq!(sim.create("mtty", "mtty-2"), Err(WriteErr::Write(ENOSPC)));
     assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(ENOSPC)));
 }
@@ -161,7 +154,7 @@ fn mtty_types_share_one_pool_of_ports() {
 #[test]
 fn mtty_with_one_port_left_refuses_a_dual_port() {
     let sim = Sim::start(&["mtty"]);
-    fill(&sim, "mtty", "mtty-2", 11);
+    sim.fill("mtty", "mtty-2", 11);
     sim.created("mtty", "mtty-1");
     assert_eq!(
         sim.availability("mtty"),
@@ -202,7 +195,7 @@ fn mbochs_gives_256_mb_of_memory_then_enospc() {
             ("mbochs-small".into(), 48)
         ]
     );
-    fill(&sim, "mbochs", "mbochs-large", 3);
+    sim.fill("mbochs", "mbochs-large", 3);
     assert_eq!(
         sim.create("mbochs", "mbochs-small"),
         Err(WriteErr::Write(ENOSPC))
@@ -213,7 +206,7 @@ fn mbochs_gives_256_mb_of_memory_then_enospc() {
 fn t4_gives_8_of_a_2q_then_einval() {
     let sim = Sim::start(&["nvidia-t4"]);
     assert_eq!(sim.available(GPU0, "nvidia-231"), 8);
-    fill(&sim, GPU0, "nvidia-231", 8);
+    sim.fill(GPU0, "nvidia-231", 8);
     assert_eq!(sim.create(GPU0, "nvidia-231"), Err(WriteErr::Write(EINVAL)));
 }
 
@@ -548,263 +541,4 @@ fn ctl_unbind_with_a_held_device_blocks_until_release() {
         .expect("unbind never finished");
     assert!(r.is_ok(), "{r:?}");
     assert!(sim.parents().is_empty());
-}
-
-// ---- uevents ----------------------------------------------------------------------------------------
-
-#[test]
-fn create_sends_add_then_bind_with_the_driver() {
-    let sim = Sim::start(&["mtty"]);
-    let events = sim.subscribe();
-    let uuid = sim.created("mtty", "mtty-1");
-    let got = events.take(3);
-    // The vendor driver's probe registers the VFIO device (vfio-dev/vfioN) before `bind`.
-    assert_eq!(
-        summaries(&got),
-        ["add mdev", "add vfio-dev", "bind mdev DRIVER=mtty"]
-    );
-    let devpath = format!("/devices/virtual/mtty/mtty/{uuid}");
-    assert_eq!(got[0].devpath, devpath);
-    assert_eq!(got[1].devpath, format!("{devpath}/vfio-dev/vfio0"));
-    assert_eq!(got[2].devpath, devpath);
-    assert_eq!(events.within(Duration::from_millis(100)), None);
-}
-
-#[test]
-fn remove_sends_unbind_then_remove() {
-    let sim = Sim::start(&["nvidia-t4"]);
-    let uuid = sim.created(GPU0, "nvidia-231");
-    let events = sim.subscribe();
-    sim.remove_raw(&uuid, b"1").unwrap();
-    let got = events.take(3);
-    assert_eq!(
-        summaries(&got),
-        ["remove vfio-dev", "unbind mdev", "remove mdev"]
-    );
-    assert_eq!(got[1].devpath, format!("/devices/pci0000:20/{GPU0}/{uuid}"));
-}
-
-#[test]
-fn driver_unbind_removes_devices_then_unregisters_then_unbinds() {
-    let sim = Sim::start(&["nvidia-t4"]);
-    let a = sim.created(GPU0, "nvidia-231");
-    let b = sim.created(GPU0, "nvidia-231");
-    let events = sim.subscribe();
-    write_attr(&sim.path("bus/pci/drivers/nvidia/unbind"), GPU0.as_bytes()).unwrap();
-    let got = events.take(8);
-    assert_eq!(
-        summaries(&got),
-        [
-            "remove vfio-dev",
-            "unbind mdev",
-            "remove mdev",
-            "remove vfio-dev",
-            "unbind mdev",
-            "remove mdev",
-            "change pci MDEV_STATE=unregistered",
-            "unbind pci"
-        ]
-    );
-    let mut removed = vec![got[1].sysname().to_owned(), got[4].sysname().to_owned()];
-    removed.sort();
-    let mut want = vec![a, b];
-    want.sort();
-    assert_eq!(removed, want);
-    assert_eq!(got[7].devpath, format!("/devices/pci0000:20/{GPU0}"));
-}
-
-#[test]
-fn driver_bind_registers_then_binds() {
-    let sim = Sim::start(&["nvidia-t4"]);
-    write_attr(&sim.path("bus/pci/drivers/nvidia/unbind"), GPU0.as_bytes()).unwrap();
-    let events = sim.subscribe();
-    write_attr(&sim.path("bus/pci/drivers/nvidia/bind"), GPU0.as_bytes()).unwrap();
-    let got = events.take(2);
-    assert_eq!(
-        summaries(&got),
-        ["change pci MDEV_STATE=registered", "bind pci DRIVER=nvidia"]
-    );
-    assert_eq!(sim.parents(), [GPU0]);
-}
-
-#[test]
-fn hot_plug_sends_add_then_registered_then_bind() {
-    let sim = Sim::start(&["mtty"]);
-    let events = sim.subscribe();
-    sim.ctl(Request::Plug {
-        profile: Some("nvidia-t4".into()),
-        parent: None,
-    });
-    let got = events.take(3);
-    assert_eq!(
-        summaries(&got),
-        [
-            "add pci",
-            "change pci MDEV_STATE=registered",
-            "bind pci DRIVER=nvidia"
-        ]
-    );
-    assert_eq!(got[0].prop("PCI_ID"), Some("10DE:1EB8"));
-    assert_eq!(sim.parents(), [GPU0, "mtty"]);
-}
-
-#[test]
-fn a_core_counter_refusal_sends_nothing() {
-    let sim = Sim::start(&["mdpy"]);
-    fill(&sim, "mdpy", "mdpy-vga", 4);
-    let events = sim.subscribe();
-    let r = sim.create_raw("mdpy", "mdpy-vga", &uuid_line(&new_uuid()));
-    assert_eq!(r, Err(WriteErr::Write(EUSERS)));
-    assert_eq!(events.within(Duration::from_millis(200)), None);
-}
-
-#[test]
-fn a_vendor_refusal_sends_add_then_remove() {
-    let sim = Sim::start(&["mtty"]);
-    fill(&sim, "mtty", "mtty-1", 24);
-    let events = sim.subscribe();
-    let uuid = new_uuid();
-    let r = sim.create_raw("mtty", "mtty-1", &uuid_line(&uuid));
-    assert_eq!(r, Err(WriteErr::Write(ENOSPC)));
-    // device_add() announced the device before the driver's probe refused it.
-    let got = events.take(2);
-    assert_eq!(summaries(&got), ["add mdev", "remove mdev"]);
-    assert_eq!(got[0].sysname(), uuid);
-}
-
-#[test]
-fn a_create_refused_before_device_add_sends_nothing() {
-    let sim = Sim::start(&["mtty"]);
-    let taken = sim.created("mtty", "mtty-1");
-    let events = sim.subscribe();
-    assert!(sim.create_raw("mtty", "mtty-1", b"not-a-uuid").is_err());
-    assert!(sim
-        .create_raw("mtty", "mtty-1", &uuid_line(&taken))
-        .is_err());
-    let next = sim.created("mtty", "mtty-1");
-    assert_eq!(
-        events.next().sysname(),
-        next,
-        "the first event is the good create's"
-    );
-}
-
-#[test]
-fn seqnums_strictly_increase() {
-    let sim = Sim::start(&["nvidia-t4"]);
-    let events = sim.subscribe();
-    let uuid = sim.created(GPU0, "nvidia-231");
-    sim.remove_raw(&uuid, b"1").unwrap();
-    sim.ctl(Request::Unbind {
-        parent: GPU0.into(),
-    });
-    sim.ctl(Request::Bind {
-        parent: GPU0.into(),
-    });
-    let got = events.take(8);
-    for pair in got.windows(2) {
-        assert!(
-            pair[1].seqnum > pair[0].seqnum,
-            "{} then {}",
-            pair[0].seqnum,
-            pair[1].seqnum
-        );
-    }
-    assert!(got[0].seqnum > 0);
-}
-
-#[test]
-fn two_subscribers_both_get_every_event() {
-    let sim = Sim::start(&["mtty"]);
-    let first = sim.subscribe();
-    let second = sim.subscribe();
-    let a = sim.created("mtty", "mtty-1");
-    sim.created("mtty", "mtty-2");
-    sim.remove_raw(&a, b"1").unwrap();
-    let one = first.take(9);
-    let two = second.take(9);
-    assert_eq!(one, two);
-    assert_eq!(
-        summaries(&one),
-        [
-            "add mdev",
-            "add vfio-dev",
-            "bind mdev DRIVER=mtty",
-            "add mdev",
-            "add vfio-dev",
-            "bind mdev DRIVER=mtty",
-            "remove vfio-dev",
-            "unbind mdev",
-            "remove mdev"
-        ]
-    );
-}
-
-#[test]
-fn a_subscriber_gets_events_from_the_moment_connect_returns() {
-    let sim = Sim::start(&["mtty"]);
-    // Like a netlink bind: nothing in between may be lost, however fast the first event comes.
-    for _ in 0..50 {
-        let events = sim.subscribe();
-        let uuid = sim.created("mtty", "mtty-1");
-        assert_eq!(events.next().sysname(), uuid);
-        sim.remove_raw(&uuid, b"1").unwrap();
-    }
-}
-
-// ---- fault injection --------------------------------------------------------------------------------
-
-#[test]
-fn an_injected_errno_fails_exactly_the_next_write() {
-    let sim = Sim::start(&["mtty"]);
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: Some("EIO".into()),
-        delay_ms: None,
-        count: None,
-    });
-    assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(EIO)));
-    assert!(sim.devices().is_empty(), "the failed write created nothing");
-    sim.created("mtty", "mtty-1");
-}
-
-#[test]
-fn an_injected_errno_applies_to_its_path_only() {
-    let sim = Sim::start(&["mtty"]);
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: Some("EIO".into()),
-        delay_ms: None,
-        count: None,
-    });
-    sim.created("mtty", "mtty-2");
-    assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(EIO)));
-}
-
-#[test]
-fn an_injected_delay_slows_the_write_but_not_readers() {
-    let sim = Sim::start(&["mtty"]);
-    let delay = Duration::from_millis(1000);
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: None,
-        delay_ms: Some(delay.as_millis() as u64),
-        count: None,
-    });
-    let pending = PendingWrite::spawn(
-        sim.type_dir("mtty", "mtty-1").join("create"),
-        uuid_line(&new_uuid()),
-    );
-    assert!(pending.still_pending_after(Duration::from_millis(50)));
-    let started = Instant::now();
-    assert_eq!(sim.available("mtty", "mtty-2"), 12);
-    let read_took = started.elapsed();
-    let (r, write_took) = pending.wait();
-    assert_eq!(r, Ok(()));
-    assert!(write_took >= delay, "the write took only {write_took:?}");
-    assert!(
-        read_took < delay / 2,
-        "a read during the delayed write took {read_took:?}"
-    );
-    assert_eq!(sim.devices().len(), 1);
 }

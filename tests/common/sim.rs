@@ -274,6 +274,14 @@ impl Sim {
         Ok(uuid)
     }
 
+    /// Creates `n` devices of a type, each of which must succeed.
+    pub fn fill(&self, parent: &str, type_id: &str, n: usize) {
+        for i in 0..n {
+            self.create(parent, type_id)
+                .unwrap_or_else(|e| panic!("create #{} of {type_id}: {e:?}", i + 1));
+        }
+    }
+
     /// `create` that must succeed.
     pub fn created(&self, parent: &str, type_id: &str) -> String {
         self.create(parent, type_id)
