@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::backend::sysfs::{SysPath, SysfsRoot, WriteError};
-use crate::backend::{read_iommu_group, read_parent_base, Backend};
+use crate::backend::{group_number, read_parent_base, Backend};
 use vgpud_model::error::{Error, Result};
 use vgpud_model::{BackendKind, Device, MdevType, MdevUuid, Parent, ParentName, TypeId};
 
@@ -101,20 +101,30 @@ impl MdevBackend {
                 "device has no parent directory",
             ));
         };
-        let type_link = link.join("mdev_type");
-        let type_id = match self.root.read_link_name(&type_link)? {
+        // The three links from the device's own directory, opened once (no walk through the
+        // bus/mdev/devices link per read).
+        let dir = self.root.resolved(&sysfs_path).unwrap_or(link);
+        let Some(names) = self
+            .root
+            .link_names(&dir, &["mdev_type", "iommu_group", "driver"])?
+        else {
+            return Ok(None);
+        };
+        let [type_name, group_name, driver]: [Option<String>; 3] = names
+            .try_into()
+            .map_err(|_| Error::bad_attribute(dir.as_path(), "links read back short"))?;
+        let type_id = match type_name {
             None => None,
-            Some(t) => Some(
-                TypeId::new(t)
-                    .map_err(|e| Error::bad_attribute(type_link.as_path(), e.to_string()))?,
-            ),
+            Some(t) => Some(TypeId::new(t).map_err(|e| {
+                Error::bad_attribute(dir.join("mdev_type").as_path(), e.to_string())
+            })?),
         };
         Ok(Some(Device {
             uuid: *uuid,
             parent,
             type_id,
-            iommu_group: read_iommu_group(&self.root, &link.join("iommu_group"))?,
-            driver: self.root.read_link_name(&link.join("driver"))?,
+            iommu_group: group_number(&dir.join("iommu_group"), group_name)?,
+            driver,
             active: true,
             sysfs_path,
             backend: BackendKind::Mdev,

@@ -303,7 +303,12 @@ fn read_hex_u16(root: &SysfsRoot, path: &SysPath) -> Result<Option<u16>> {
 
 /// The group number from an `iommu_group` link.
 pub(crate) fn read_iommu_group(root: &SysfsRoot, link: &SysPath) -> Result<Option<u32>> {
-    match root.read_link_name(link)? {
+    group_number(link, root.read_link_name(link)?)
+}
+
+/// The group number an `iommu_group` link at `link` names, if there is one.
+pub(crate) fn group_number(link: &SysPath, name: Option<String>) -> Result<Option<u32>> {
+    match name {
         None => Ok(None),
         Some(name) => name.parse().map(Some).map_err(|_| {
             Error::bad_attribute(

@@ -350,40 +350,62 @@ impl SysfsRoot {
         let (Some(dir), Some(file)) = (path.0.parent(), path.0.file_name()) else {
             return Ok(None);
         };
-        // The directory holding the link, resolved beneath the root, then the link itself.
-        let dir_fd = match self.open_beneath(dir, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        let Some(file) = file.to_str() else {
+            return Ok(None);
+        };
+        let dir = SysPath(dir.to_path_buf());
+        Ok(self
+            .link_names(&dir, &[file])?
+            .and_then(|mut names| names.pop().flatten()))
+    }
+
+    /// The last component of what each of the symlinks `names` in the directory `dir` points
+    /// to, in order (`None` for a name that is no link there); `None` when `dir` does not
+    /// exist. The directory is opened once. Only names are read from links (a type id, a group
+    /// number, a driver), so a target is judged from the directory's canonical path without
+    /// being opened: the kernel writes sysfs links as relative paths between canonical
+    /// directories, and a target outside the root is refused, dangling or not.
+    pub fn link_names(&self, dir: &SysPath, names: &[&str]) -> Result<Option<Vec<Option<String>>>> {
+        let dir_fd = match self.open_beneath(&dir.0, OFlag::O_PATH | OFlag::O_DIRECTORY) {
             Ok(Beneath::Opened(f)) => f,
             Ok(Beneath::Missing) => return Ok(None),
-            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
-            Err(e) => return Err(Error::io(&path.0, e)),
+            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(dir.0.clone())),
+            Err(e) => return Err(Error::io(&dir.0, e)),
         };
-        let target = match nix::fcntl::readlinkat(Some(dir_fd.as_raw_fd()), file) {
-            Ok(t) => PathBuf::from(t),
-            Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => return Ok(None),
-            Err(nix::errno::Errno::EINVAL) => {
-                return Err(Error::bad_attribute(&path.0, "not a symbolic link"))
+        let mut dir_real = None;
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            let path = dir.0.join(name);
+            let target = match nix::fcntl::readlinkat(Some(dir_fd.as_raw_fd()), *name) {
+                Ok(t) => PathBuf::from(t),
+                Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+                    out.push(None);
+                    continue;
+                }
+                Err(nix::errno::Errno::EINVAL) => {
+                    return Err(Error::bad_attribute(&path, "not a symbolic link"))
+                }
+                Err(e) => return Err(Error::io(&path, io::Error::from(e))),
+            };
+            let real = match &dir_real {
+                Some(r) => r,
+                None => dir_real.insert(Self::path_of(&dir_fd).map_err(|e| Error::io(&dir.0, e))?),
+            };
+            let last = normalize(&real.join(&target));
+            if !self.contains(&last) {
+                return Err(Error::OutsideRoot(path));
             }
-            Err(e) => return Err(Error::io(&path.0, io::Error::from(e))),
-        };
-        // Where it points must be inside the root: followed beneath the root when it exists,
-        // judged lexically when it dangles (a driver link while the driver is going away).
-        let dir_real = Self::path_of(&dir_fd).map_err(|e| Error::io(&path.0, e))?;
-        let last = match self.open_beneath(&dir_real.join(file), OFlag::O_PATH) {
-            Ok(Beneath::Opened(f)) => Self::path_of(&f).map_err(|e| Error::io(&path.0, e))?,
-            Ok(Beneath::Missing) => normalize(&dir_real.join(&target)),
-            Ok(Beneath::Outside) => return Err(Error::OutsideRoot(path.0.clone())),
-            Err(e) => return Err(Error::io(&path.0, e)),
-        };
-        if !self.contains(&last) {
-            return Err(Error::OutsideRoot(path.0.clone()));
+            match last.file_name().and_then(|n| n.to_str()) {
+                Some(n) => out.push(Some(n.to_owned())),
+                None => {
+                    return Err(Error::bad_attribute(
+                        &path,
+                        "link target has no UTF-8 last component",
+                    ))
+                }
+            }
         }
-        match last.file_name().and_then(|n| n.to_str()) {
-            Some(name) => Ok(Some(name.to_owned())),
-            None => Err(Error::bad_attribute(
-                &path.0,
-                "link target has no UTF-8 last component",
-            )),
-        }
+        Ok(Some(out))
     }
 
     /// Names in the directory at `path`, sorted; empty when it does not exist.
