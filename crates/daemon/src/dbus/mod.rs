@@ -31,16 +31,14 @@ pub async fn serve(
     mut changes: mpsc::UnboundedReceiver<Update>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> zbus::Result<(Publisher, tokio::task::JoinHandle<()>)> {
-    let publisher = Publisher::new(conn.clone());
     let bouncer = Arc::new(bouncer::Bouncer::new(conn.clone()));
     tokio::spawn(bouncer.clone().watch());
     let ctx = Arc::new(Ctx {
         manager,
-        publisher: publisher.clone(),
         bouncer,
         metrics,
     });
-    publisher.set_ctx(&ctx);
+    let publisher = Publisher::new(conn.clone(), ctx.clone());
     conn.object_server()
         .at(names::ROOT_PATH, zbus::fdo::ObjectManager)
         .await?;

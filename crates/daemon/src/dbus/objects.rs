@@ -15,7 +15,6 @@ use super::args::{
 use super::bouncer::Bouncer;
 use super::error::VgpudError;
 use super::names;
-use super::publisher::Publisher;
 use crate::manager::{Caller, CreateRequest, ManagerHandle};
 use vgpud_model::error::Error;
 use vgpud_model::{MdevType, MdevUuid, Parent};
@@ -26,7 +25,6 @@ const MDEV_TYPE: &str = "org.vgpud1.MdevType";
 /// What every object needs to act.
 pub struct Ctx {
     pub manager: ManagerHandle,
-    pub publisher: Publisher,
     pub bouncer: Arc<Bouncer>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }

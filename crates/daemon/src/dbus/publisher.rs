@@ -3,7 +3,7 @@
 //! turns additions and removals into InterfacesAdded / InterfacesRemoved.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use zbus::zvariant::OwnedObjectPath;
@@ -28,25 +28,17 @@ struct Published {
 pub struct Publisher {
     conn: Connection,
     state: Arc<Mutex<Published>>,
-    ctx: Arc<std::sync::OnceLock<Weak<Ctx>>>,
+    /// What the objects it registers act through.
+    ctx: Arc<Ctx>,
 }
 
 impl Publisher {
-    pub fn new(conn: Connection) -> Self {
+    pub fn new(conn: Connection, ctx: Arc<Ctx>) -> Self {
         Self {
             conn,
             state: Arc::default(),
-            ctx: Arc::default(),
+            ctx,
         }
-    }
-
-    /// The objects need the context that holds this publisher: tie the knot once.
-    pub fn set_ctx(&self, ctx: &Arc<Ctx>) {
-        let _ = self.ctx.set(Arc::downgrade(ctx));
-    }
-
-    fn ctx(&self) -> Option<Arc<Ctx>> {
-        self.ctx.get().and_then(Weak::upgrade)
     }
 
     pub async fn update(&self, update: Update) {
@@ -75,7 +67,7 @@ impl Publisher {
 
     async fn apply_locked(&self, state: &mut Published, change: Change) -> zbus::Result<()> {
         let server = self.conn.object_server();
-        let Some(ctx) = self.ctx() else { return Ok(()) };
+        let ctx = self.ctx.clone();
         match change {
             Change::ParentAdded(p) | Change::ParentUpdated(p) => {
                 let path = names::parent_path(&p.name);

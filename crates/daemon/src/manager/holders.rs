@@ -29,8 +29,19 @@ pub fn device_nodes(dev_root: &Path, group: Option<u32>, sysfs_dir: &Path) -> Ve
         .filter(|n| n.exists());
     group
         .into_iter()
-        .chain(crate::manager::guests::vfio_cdev(sysfs_dir, dev_root))
+        .chain(vfio_cdev(sysfs_dir, dev_root))
         .collect()
+}
+
+/// The device's VFIO cdev: `<sysfs dir>/vfio-dev/vfioN` names `<dev>/vfio/devices/vfioN`.
+pub fn vfio_cdev(sysfs_dir: &Path, dev_root: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(sysfs_dir.join("vfio-dev")).ok()?;
+    entries.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        name.strip_prefix("vfio")?.parse::<u32>().ok()?;
+        let node = dev_root.join("vfio/devices").join(&name);
+        node.exists().then_some(node)
+    })
 }
 
 /// Every process under `proc_root` with a descriptor open on `node`, one entry per process,

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::manager::holders::group_node;
+use crate::manager::holders::{group_node, vfio_cdev};
 use crate::manager::DeviceView;
 use vgpud_model::error::{Error, Result};
 use vgpud_model::MdevUuid;
@@ -92,17 +92,6 @@ pub fn vfio_attach(sysfs_dir: &Path, dev_root: &Path) -> AttachSpec {
             }
         }
     }
-}
-
-/// The device's VFIO cdev: `<sysfs dir>/vfio-dev/vfioN` names `<dev>/vfio/devices/vfioN`.
-pub fn vfio_cdev(sysfs_dir: &Path, dev_root: &Path) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(sysfs_dir.join("vfio-dev")).ok()?;
-    entries.flatten().find_map(|e| {
-        let name = e.file_name().into_string().ok()?;
-        name.strip_prefix("vfio")?.parse::<u32>().ok()?;
-        let node = dev_root.join("vfio/devices").join(&name);
-        node.exists().then_some(node)
-    })
 }
 
 /// The simulated host: the simulator describes the PCI function a guest would see; the VMM

@@ -18,8 +18,8 @@ pub mod record;
 use crate::manager::holders::{group_node, holders_of};
 use launch as guests;
 pub use launch::{
-    vfio_cdev, CallerFile, DeviceSource, GuestConfig, GuestState, GuestView, LaunchOptions,
-    SimSource, VfioSource, RETENTION_ENV, SECCOMP_WITHOUT_ENV,
+    CallerFile, DeviceSource, GuestConfig, GuestState, GuestView, LaunchOptions, SimSource,
+    VfioSource, RETENTION_ENV, SECCOMP_WITHOUT_ENV,
 };
 use vgpud_model::MdevUuid;
 use vgpud_policy::Action;
