@@ -48,53 +48,11 @@ struct CtlArgs {
     command: CtlCommand,
 }
 
+/// The control channel's requests, and what only the command line does.
 #[derive(Subcommand)]
 enum CtlCommand {
-    /// Print parents, devices and counters as JSON.
-    Status,
-    /// Hot-plug a new GPU of PROFILE, or re-plug an unplugged one with --parent.
-    Plug {
-        profile: Option<String>,
-        #[arg(long)]
-        parent: Option<String>,
-    },
-    /// Hot-unplug a parent (and its VFs).
-    Unplug {
-        parent: String,
-    },
-    /// Bind the parent's driver (it registers with the mdev core).
-    Bind {
-        parent: String,
-    },
-    /// Unbind the parent's driver (its vGPUs go first).
-    Unbind {
-        parent: String,
-    },
-    /// Hold a vGPU open as a VM would; `remove` blocks until `release`.
-    Hold {
-        device: String,
-    },
-    Release {
-        device: String,
-    },
-    /// Fail and/or delay the next write(s) to PATH (relative to the mount). A PATH with `*`
-    /// is a pattern over canonical paths (`*` matches anything, `/` included), so it can name
-    /// files that do not exist yet: `'*/nvidia/vgpu_params'`.
-    Inject {
-        path: String,
-        #[arg(long)]
-        errno: Option<String>,
-        #[arg(long)]
-        delay_ms: Option<u64>,
-        #[arg(long)]
-        count: Option<u32>,
-    },
-    /// Drop every pending injection.
-    ClearInjections,
-    /// The PCI identity a guest sees for a vGPU.
-    GuestPci {
-        device: String,
-    },
+    #[command(flatten)]
+    Request(Request),
     /// Print uevents as they come, one line each, until interrupted.
     Monitor,
 }
@@ -165,31 +123,9 @@ fn ctl(args: CtlArgs) -> Result<(), String> {
     let run_dir = args
         .run_dir
         .unwrap_or_else(|| sim::default_run_dir(&mountpoint));
-    if let CtlCommand::Monitor = args.command {
-        return monitor(&sim::uevent_socket(&run_dir));
-    }
     let req = match args.command {
-        CtlCommand::Status => Request::Status,
-        CtlCommand::Plug { profile, parent } => Request::Plug { profile, parent },
-        CtlCommand::Unplug { parent } => Request::Unplug { parent },
-        CtlCommand::Bind { parent } => Request::Bind { parent },
-        CtlCommand::Unbind { parent } => Request::Unbind { parent },
-        CtlCommand::Hold { device } => Request::Hold { device },
-        CtlCommand::Release { device } => Request::Release { device },
-        CtlCommand::Inject {
-            path,
-            errno,
-            delay_ms,
-            count,
-        } => Request::Inject {
-            path,
-            errno,
-            delay_ms,
-            count,
-        },
-        CtlCommand::ClearInjections => Request::ClearInjections,
-        CtlCommand::GuestPci { device } => Request::GuestPci { device },
-        CtlCommand::Monitor => unreachable!("handled above"),
+        CtlCommand::Monitor => return monitor(&sim::uevent_socket(&run_dir)),
+        CtlCommand::Request(req) => req,
     };
     let socket = sim::control_socket(&run_dir);
     let mut client = Client::connect(&socket)

@@ -17,52 +17,50 @@ use super::kernel::{Injection, Kernel, Role};
 use super::profile::DeviceTemplate;
 use super::{errno, tree};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A request on the control channel; also the commands of `vgpud-sim ctl`, which sends them.
+#[derive(Debug, Clone, Serialize, Deserialize, clap::Subcommand)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    /// Parents, devices and counters.
+    /// Parents, devices and counters (as JSON).
     Status,
-    /// Plug a new GPU of a profile, or re-plug an unplugged one by name.
+    /// Plug a new GPU of PROFILE, or re-plug an unplugged one by name (--parent).
     Plug {
         #[serde(default)]
         profile: Option<String>,
         #[serde(default)]
+        #[arg(long)]
         parent: Option<String>,
     },
-    /// Surprise-remove a device (and its VFs); blocks while one of its vGPUs is held.
-    Unplug {
-        parent: String,
-    },
-    Bind {
-        parent: String,
-    },
-    /// Unbind the driver; blocks while one of its vGPUs is held, like the kernel.
-    Unbind {
-        parent: String,
-    },
-    /// Hold a vGPU open as a VM would: `remove` blocks until it is released.
-    Hold {
-        device: String,
-    },
-    Release {
-        device: String,
-    },
-    /// Fail (errno) and/or delay the next `count` writes to a path, or to every canonical path
-    /// matching a pattern with `*` (which matches any run of characters, `/` included).
+    /// Surprise-remove a parent (and its VFs); blocks while one of its vGPUs is held.
+    Unplug { parent: String },
+    /// Bind the parent's driver (it registers with the mdev core).
+    Bind { parent: String },
+    /// Unbind the parent's driver (its vGPUs go first); blocks while one of its vGPUs is held,
+    /// like the kernel.
+    Unbind { parent: String },
+    /// Hold a vGPU open as a VM would: `remove` blocks until `release`.
+    Hold { device: String },
+    /// Let go of a vGPU held with `hold`.
+    Release { device: String },
+    /// Fail (errno) and/or delay the next COUNT writes to PATH (relative to the mount). A PATH
+    /// with `*` is a pattern over canonical paths (`*` matches any run of characters, `/`
+    /// included), so it can name files that do not exist yet: `'*/nvidia/vgpu_params'`.
     Inject {
         path: String,
         #[serde(default)]
+        #[arg(long)]
         errno: Option<String>,
         #[serde(default)]
+        #[arg(long)]
         delay_ms: Option<u64>,
         #[serde(default)]
+        #[arg(long)]
         count: Option<u32>,
     },
+    /// Drop every pending injection.
     ClearInjections,
-    /// The PCI function a guest would see for a vGPU (from the profile).
-    GuestPci {
-        device: String,
-    },
+    /// The PCI identity a guest sees for a vGPU (from the profile).
+    GuestPci { device: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -579,19 +579,13 @@ impl Filesystem for SysFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        Requests::count(&self.requests().readdir);
-        let entries = match self.entries(ino) {
-            Ok(entries) => entries,
+        let listing = match self.listing(ino, offset) {
+            Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
-        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
+        for (next, entry) in listing {
             let kind = kind_of(&entry.node);
-            if reply.add(
-                INodeNo(path_ino(&entry.path)),
-                (i + 1) as u64,
-                kind,
-                &entry.name,
-            ) {
+            if reply.add(INodeNo(path_ino(&entry.path)), next, kind, &entry.name) {
                 break;
             }
         }
@@ -607,12 +601,11 @@ impl Filesystem for SysFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        Requests::count(&self.requests().readdir);
-        let entries = match self.entries(ino) {
-            Ok(entries) => entries,
+        let listing = match self.listing(ino, offset) {
+            Ok(listing) => listing,
             Err(e) => return reply.error(e),
         };
-        for (i, entry) in entries.into_iter().enumerate().skip(offset as usize) {
+        for (next, entry) in listing {
             let dot = entry.name == "." || entry.name == "..";
             let ino = if dot {
                 path_ino(&entry.path)
@@ -626,14 +619,7 @@ impl Filesystem for SysFs {
                 TTL
             };
             let attr = self.attr(ino, &entry.node);
-            if reply.add(
-                INodeNo(ino),
-                (i + 1) as u64,
-                &entry.name,
-                &ttl,
-                &attr,
-                Generation(0),
-            ) {
+            if reply.add(INodeNo(ino), next, &entry.name, &ttl, &attr, Generation(0)) {
                 if !dot {
                     self.shared.inodes.forget(ino, 1);
                 }
@@ -662,6 +648,22 @@ fn kind_of(node: &Node) -> FileType {
 
 impl SysFs {
     /// `.`, `..` and the children of a directory, resolved on one snapshot of the state.
+    /// A listing of directory `ino` from `offset` on, for readdir and readdirplus (counted as
+    /// one readdir): each entry with the offset that resumes after it.
+    fn listing(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, Entry)>, Errno> {
+        Requests::count(&self.requests().readdir);
+        let entries = self.entries(ino)?;
+        Ok(entries
+            .into_iter()
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, entry)| ((i + 1) as u64, entry)))
+    }
+
     fn entries(&self, ino: INodeNo) -> Result<Vec<Entry>, Errno> {
         let path = self.path_of(ino).ok_or(Errno::ENOENT)?;
         let k = self.shared.lock();

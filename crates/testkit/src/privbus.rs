@@ -379,6 +379,22 @@ mod tests {
         names.iter().map(|n| n.to_string()).collect()
     }
 
+    /// Awaits `f`, failing the test after TIMEOUT instead of hanging it.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(TIMEOUT, f).await.unwrap()
+    }
+
+    /// Starts a bus of `kind` and asserts that it lists the bus itself among its names.
+    async fn assert_answers_list_names(kind: BusKind) -> PrivateBus {
+        let bus = PrivateBus::start(kind).unwrap();
+        let names = within(async { list_names(&connect(&bus).await).await }).await;
+        assert!(
+            names.iter().any(|n| n == "org.freedesktop.DBus"),
+            "{names:?}"
+        );
+        bus
+    }
+
     /// Runs a command as user nobody (uid 65534) and returns (success, stdout + stderr).
     async fn as_nobody(program: &str, args: &[&str]) -> (bool, String) {
         let out = tokio::process::Command::new("setpriv")
@@ -461,47 +477,25 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn system_bus_answers_list_names() {
-        let bus = PrivateBus::start(BusKind::System).unwrap();
+        let bus = assert_answers_list_names(BusKind::System).await;
         assert!(bus.address().starts_with("unix:path="), "{}", bus.address());
-        let names = tokio::time::timeout(TIMEOUT, async {
-            let conn = connect(&bus).await;
-            list_names(&conn).await
-        })
-        .await
-        .unwrap();
-        assert!(
-            names.iter().any(|n| n == "org.freedesktop.DBus"),
-            "{names:?}"
-        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn session_bus_answers_list_names() {
-        let bus = PrivateBus::start(BusKind::Session).unwrap();
-        let names = tokio::time::timeout(TIMEOUT, async {
-            let conn = connect(&bus).await;
-            list_names(&conn).await
-        })
-        .await
-        .unwrap();
-        assert!(
-            names.iter().any(|n| n == "org.freedesktop.DBus"),
-            "{names:?}"
-        );
+        assert_answers_list_names(BusKind::Session).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn busctl_lists_the_private_bus() {
         let bus = PrivateBus::start(BusKind::System).unwrap();
-        let out = tokio::time::timeout(
-            TIMEOUT,
+        let out = within(
             tokio::process::Command::new("busctl")
                 .arg(format!("--address={}", bus.address()))
                 .args(["list", "--no-pager"])
                 .output(),
         )
         .await
-        .unwrap()
         .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -579,75 +573,50 @@ mod tests {
         conn
     }
 
+    /// A strict system bus with our policy on which root owns org.vgpud; the connection
+    /// keeps the name.
+    async fn our_bus_served_as_root() -> (PrivateBus, zbus::Connection) {
+        let bus = PrivateBus::start_with_policy(BusKind::SystemStrict, &[OUR_POLICY]).unwrap();
+        let root = within(serve_as_root(&bus)).await;
+        (bus, root)
+    }
+
+    /// `call_as_nobody` on org.vgpud's object, within TIMEOUT.
+    async fn call_ours_as_nobody(bus: &PrivateBus, method: &str) -> (bool, String) {
+        within(call_as_nobody(bus, "org.vgpud", "/org/vgpud", method, &[])).await
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn only_root_may_own_our_name() {
         let bus = PrivateBus::start_with_policy(BusKind::SystemStrict, &[OUR_POLICY]).unwrap();
-        let (ok, text) = tokio::time::timeout(
-            TIMEOUT,
-            call_as_nobody(
-                &bus,
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus.RequestName",
-                &["string:org.vgpud", "uint32:0"],
-            ),
-        )
-        .await
-        .unwrap();
+        let (ok, text) = within(call_as_nobody(
+            &bus,
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName",
+            &["string:org.vgpud", "uint32:0"],
+        ))
+        .await;
         assert!(!ok && text.contains("AccessDenied"), "{text}");
-        let _root = tokio::time::timeout(TIMEOUT, serve_as_root(&bus))
-            .await
-            .unwrap();
+        let _root = within(serve_as_root(&bus)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn anyone_may_call_our_interfaces() {
-        let bus = PrivateBus::start_with_policy(BusKind::SystemStrict, &[OUR_POLICY]).unwrap();
-        let _root = tokio::time::timeout(TIMEOUT, serve_as_root(&bus))
-            .await
-            .unwrap();
+        let (bus, _root) = our_bus_served_as_root().await;
         for method in ["org.vgpud1.Manager.Ping", "org.freedesktop.DBus.Peer.Ping"] {
-            let (ok, text) = tokio::time::timeout(
-                TIMEOUT,
-                call_as_nobody(&bus, "org.vgpud", "/org/vgpud", method, &[]),
-            )
-            .await
-            .unwrap();
+            let (ok, text) = call_ours_as_nobody(&bus, method).await;
             assert!(ok, "{method}: {text}");
         }
-        let (ok, text) = tokio::time::timeout(
-            TIMEOUT,
-            call_as_nobody(
-                &bus,
-                "org.vgpud",
-                "/org/vgpud",
-                "org.freedesktop.DBus.Introspectable.Introspect",
-                &[],
-            ),
-        )
-        .await
-        .unwrap();
+        let (ok, text) =
+            call_ours_as_nobody(&bus, "org.freedesktop.DBus.Introspectable.Introspect").await;
         assert!(ok && text.contains("org.vgpud1.Manager"), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn other_interfaces_of_our_name_are_closed() {
-        let bus = PrivateBus::start_with_policy(BusKind::SystemStrict, &[OUR_POLICY]).unwrap();
-        let _root = tokio::time::timeout(TIMEOUT, serve_as_root(&bus))
-            .await
-            .unwrap();
-        let (ok, text) = tokio::time::timeout(
-            TIMEOUT,
-            call_as_nobody(
-                &bus,
-                "org.vgpud",
-                "/org/vgpud",
-                "org.vgpud1.Secret.Ping",
-                &[],
-            ),
-        )
-        .await
-        .unwrap();
+        let (bus, _root) = our_bus_served_as_root().await;
+        let (ok, text) = call_ours_as_nobody(&bus, "org.vgpud1.Secret.Ping").await;
         assert!(!ok && text.contains("AccessDenied"), "{text}");
     }
 }

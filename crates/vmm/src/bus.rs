@@ -265,7 +265,22 @@ mod tests {
         )
         .unwrap();
         let dev = EmulatedDevice::new(&desc).unwrap();
-        IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)])
+        bus_with(vec![Box::new(dev)])
+    }
+
+    fn bus_with(devices: Vec<Box<dyn PassthroughDevice>>) -> IoBus {
+        IoBus::new(Uart::new(Box::new(std::io::sink())), devices)
+    }
+
+    /// Registers in BAR0 and host memory in BAR1 (prefetchable).
+    fn ram_device() -> EmulatedDevice {
+        let desc = parse_description(
+            "ram",
+            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":4096},
+               {"index":1,"size":8192,"prefetchable":true}]}"#,
+        )
+        .unwrap();
+        EmulatedDevice::new(&desc).unwrap()
     }
 
     fn cfg_read(b: &mut IoBus, dev: u8, reg: u8) -> u32 {
@@ -338,7 +353,7 @@ mod tests {
             Box::new(EmulatedDevice::new(&desc).unwrap()),
             Box::new(EmulatedDevice::new(&desc).unwrap()),
         ];
-        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), devices);
+        let mut b = bus_with(devices);
         assert_eq!(cfg_read(&mut b, device_slot(0), 0), 0x0002_0001);
         assert_eq!(cfg_read(&mut b, device_slot(1), 0), 0x0002_0001);
         assert_eq!(cfg_read(&mut b, device_slot(2), 0), 0xffff_ffff);
@@ -356,14 +371,8 @@ mod tests {
 
     #[test]
     fn host_ports_peek_memory_bars_and_count_their_traps() {
-        let desc = parse_description(
-            "ram",
-            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":4096},
-               {"index":1,"size":8192,"prefetchable":true}]}"#,
-        )
-        .unwrap();
-        let dev = EmulatedDevice::new(&desc).unwrap();
-        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)]);
+        let dev = ram_device();
+        let mut b = bus_with(vec![Box::new(dev)]);
         cfg_write(&mut b, DEVICE_SLOT, 0x14, 0xe000_0000);
         cfg_write(&mut b, DEVICE_SLOT, 0x04, 2);
         // No slots on this bus: the access traps, is counted, and lands in the memory.
@@ -427,15 +436,9 @@ mod tests {
 
     #[test]
     fn guest_programming_reaches_the_routes_and_slots_seams() {
-        let desc = parse_description(
-            "t4",
-            r#"{"vendor":1,"device":2,"class_code":196608,"bars":[{"index":0,"size":4096},
-               {"index":1,"size":8192,"prefetchable":true}]}"#,
-        )
-        .unwrap();
-        let dev = EmulatedDevice::new(&desc).unwrap();
+        let dev = ram_device();
         let (routes, slots) = (Recorder::default(), Recorder::default());
-        let mut b = IoBus::new(Uart::new(Box::new(std::io::sink())), vec![Box::new(dev)])
+        let mut b = bus_with(vec![Box::new(dev)])
             .with_routes(routes.clone())
             .with_slots(slots.clone());
         cfg_write(&mut b, DEVICE_SLOT, 0x14, 0xe000_0000);

@@ -343,10 +343,26 @@ mod tests {
         "class_code":197120,"bars":[{"index":0,"size":16777216},
         {"index":1,"size":268435456,"prefetchable":true,"is64":true}]}"#;
 
+    fn t4() -> EmulatedDevice {
+        EmulatedDevice::new(&parse_description("t4.json", T4).unwrap()).unwrap()
+    }
+
+    /// The device's MSI message is vector 0x41 at the local APIC, and a raise signals it.
+    fn assert_raise_sends_msi_0x41(dev: &mut EmulatedDevice) {
+        assert_eq!(
+            dev.msi_message(),
+            Some(MsiMessage {
+                address: 0xfee0_0000,
+                data: 0x41
+            })
+        );
+        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
+        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+    }
+
     #[test]
     fn description_parses_and_builds_ids() {
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         assert_eq!(dev.config_read(0, 4), 0x1eb8_10de);
         assert_eq!(dev.config_read(0x2c, 4), 0x1309_10de);
         assert_eq!(dev.config_read(0x08, 4) >> 8, 0x030200);
@@ -378,8 +394,7 @@ mod tests {
 
     #[test]
     fn scratch_round_trip_and_irq_signal() {
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         dev.bar_write(0, REG_SCRATCH, &0x5aa5_c33cu32.to_le_bytes());
         let mut buf = [0u8; 4];
         dev.bar_read(0, REG_SCRATCH, &mut buf);
@@ -393,21 +408,12 @@ mod tests {
     #[test]
     fn msix_vector_zero_is_programmed_through_bar0() {
         use crate::msix::{MSIX_CAP_OFFSET, TABLE_OFFSET};
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         dev.bar_write(0, TABLE_OFFSET, &0xfee0_0000u32.to_le_bytes());
         dev.bar_write(0, TABLE_OFFSET + 8, &0x41u32.to_le_bytes());
         dev.bar_write(0, TABLE_OFFSET + 12, &0u32.to_le_bytes());
         dev.config_write(MSIX_CAP_OFFSET + 2, 2, 0x8000);
-        assert_eq!(
-            dev.msi_message(),
-            Some(MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x41
-            })
-        );
-        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
-        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        assert_raise_sends_msi_0x41(&mut dev);
         let mut buf = [0u8; 4];
         dev.bar_read(0, TABLE_OFFSET + 8, &mut buf);
         assert_eq!(u32::from_le_bytes(buf), 0x41);
@@ -415,8 +421,7 @@ mod tests {
 
     #[test]
     fn last_prefetchable_bar_is_host_memory() {
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         let ram = dev.ram_bars();
         assert_eq!(ram.len(), 1);
         assert_eq!((ram[0].index, ram[0].size), (1, 256 << 20));
@@ -436,8 +441,7 @@ mod tests {
     fn vendor_capability_heads_the_list_and_signs_the_device() {
         use crate::msi::{CAP_ID_MSI, MSI_CAP_OFFSET};
         use crate::pci::find_capability;
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         let mut read = |o: u16| dev.config_read(o, 4);
         assert_eq!(read(CAP_POINTER) & 0xff, u32::from(VENDOR_CAP_OFFSET));
         let header = read(VENDOR_CAP_OFFSET);
@@ -453,20 +457,11 @@ mod tests {
     #[test]
     fn enabled_msi_takes_the_interrupt_from_intx() {
         use crate::msi::MSI_CAP_OFFSET;
-        let desc = parse_description("t4.json", T4).unwrap();
-        let mut dev = EmulatedDevice::new(&desc).unwrap();
+        let mut dev = t4();
         dev.config_write(MSI_CAP_OFFSET + 4, 4, 0xfee0_0000);
         dev.config_write(MSI_CAP_OFFSET + 12, 2, 0x41);
         dev.config_write(MSI_CAP_OFFSET + 2, 2, 1);
-        assert_eq!(
-            dev.msi_message(),
-            Some(MsiMessage {
-                address: 0xfee0_0000,
-                data: 0x41
-            })
-        );
-        dev.bar_write(0, REG_RAISE_IRQ, &[1, 0, 0, 0]);
-        assert_eq!(dev.msi_eventfd().unwrap().read().unwrap(), 1);
+        assert_raise_sends_msi_0x41(&mut dev);
         assert!(dev.irq_eventfd().unwrap().read().is_err(), "no INTx");
         assert_eq!((dev.irq_count(), dev.msi_count()), (1, 1));
         dev.config_write(MSI_CAP_OFFSET + 2, 2, 0);

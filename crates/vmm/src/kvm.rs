@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use kvm_bindings::{
     kvm_fpu, kvm_irq_routing_entry, kvm_irq_routing_irqchip, kvm_irq_routing_msi, kvm_pit_config,
-    kvm_segment, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
+    kvm_segment, kvm_sregs, kvm_userspace_memory_region, KvmIrqRouting, KVM_IRQCHIP_IOAPIC,
     KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
     KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_HALTED,
 };
@@ -327,7 +327,9 @@ impl Machine {
     /// Writes the GDT and the payload, and points vCPU 0 at the entry in protected mode.
     /// Other vCPUs stay in wait-for-SIPI, as on real hardware.
     pub fn load(&mut self, payload: &Payload) -> Result<(), VmmError> {
-        self.write_gdt(&gdt_entries())?;
+        let mut sregs =
+            self.sregs_on_gdt(&gdt_entries(), segment(0x08, true), segment(0x10, false))?;
+        sregs.cr0 |= CR0_PE;
         let end = payload.load_addr + payload.image.len() as u64;
         if end > self.mem.last_addr().0 {
             return Err(VmmError::PayloadTooLarge(payload.name.clone()));
@@ -336,22 +338,6 @@ impl Machine {
             .write_slice(&payload.image, GuestAddress(payload.load_addr))
             .map_err(|_| VmmError::Memory)?;
         let bsp = self.bsp()?;
-        let mut sregs = bsp
-            .get_sregs()
-            .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
-        sregs.cs = segment(0x08, true);
-        for seg in [
-            &mut sregs.ds,
-            &mut sregs.es,
-            &mut sregs.fs,
-            &mut sregs.gs,
-            &mut sregs.ss,
-        ] {
-            *seg = segment(0x10, false);
-        }
-        sregs.gdt.base = GDT_ADDR;
-        sregs.gdt.limit = (gdt_entries().len() * 8 - 1) as u16;
-        sregs.cr0 |= CR0_PE;
         bsp.set_sregs(&sregs)
             .map_err(|e| VmmError::Kvm("KVM_SET_SREGS", e))?;
         let mut regs = bsp
@@ -371,23 +357,12 @@ impl Machine {
         self.vm
             .create_pit2(kvm_pit_config::default())
             .map_err(|e| VmmError::Kvm("KVM_CREATE_PIT2", e))?;
-        self.write_gdt(&long_mode_gdt_entries())?;
+        let mut sregs = self.sregs_on_gdt(
+            &long_mode_gdt_entries(),
+            long_mode_code(BOOT_CS),
+            segment(BOOT_DS, false),
+        )?;
         let bsp = self.bsp()?;
-        let mut sregs = bsp
-            .get_sregs()
-            .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
-        sregs.cs = long_mode_code(BOOT_CS);
-        for seg in [
-            &mut sregs.ds,
-            &mut sregs.es,
-            &mut sregs.fs,
-            &mut sregs.gs,
-            &mut sregs.ss,
-        ] {
-            *seg = segment(BOOT_DS, false);
-        }
-        sregs.gdt.base = GDT_ADDR;
-        sregs.gdt.limit = (long_mode_gdt_entries().len() * 8 - 1) as u16;
         sregs.idt.base = 0;
         sregs.idt.limit = 0;
         sregs.cr3 = PML4;
@@ -423,6 +398,35 @@ impl Machine {
 
     fn bsp(&self) -> Result<&VcpuFd, VmmError> {
         self.vcpus.first().ok_or(VmmError::NoVcpu)
+    }
+
+    /// vCPU 0's special registers with the GDT `entries` written to guest memory and loaded,
+    /// CS = `code` and every data segment = `data`; the caller adds the control registers
+    /// and sets them.
+    fn sregs_on_gdt(
+        &self,
+        entries: &[u64],
+        code: kvm_segment,
+        data: kvm_segment,
+    ) -> Result<kvm_sregs, VmmError> {
+        self.write_gdt(entries)?;
+        let mut sregs = self
+            .bsp()?
+            .get_sregs()
+            .map_err(|e| VmmError::Kvm("KVM_GET_SREGS", e))?;
+        sregs.cs = code;
+        for seg in [
+            &mut sregs.ds,
+            &mut sregs.es,
+            &mut sregs.fs,
+            &mut sregs.gs,
+            &mut sregs.ss,
+        ] {
+            *seg = data;
+        }
+        sregs.gdt.base = GDT_ADDR;
+        sregs.gdt.limit = (entries.len() * 8 - 1) as u16;
+        Ok(sregs)
     }
 
     fn write_gdt(&self, entries: &[u64]) -> Result<(), VmmError> {

@@ -421,6 +421,19 @@ mod tests {
         .unwrap()
     }
 
+    /// A display controller (class 0300) with the T4's BARs and interrupt pin INTA.
+    fn t4_like() -> ConfigSpace {
+        let ids = PciIds {
+            vendor: 1,
+            device: 2,
+            subsystem_vendor: 0,
+            subsystem_device: 0,
+            class_code: 0x030000,
+            revision: 0,
+        };
+        ConfigSpace::new(ids, t4_bars(), 1)
+    }
+
     #[test]
     fn config_address_decodes_fields() {
         let a = ConfigAddress::decode(0x8001_0a3c).unwrap();
@@ -512,15 +525,7 @@ mod tests {
 
     #[test]
     fn sub_dword_bar_writes_merge() {
-        let ids = PciIds {
-            vendor: 1,
-            device: 2,
-            subsystem_vendor: 0,
-            subsystem_device: 0,
-            class_code: 0x030000,
-            revision: 0,
-        };
-        let mut c = ConfigSpace::new(ids, t4_bars(), 1);
+        let mut c = t4_like();
         c.write(0x10, 4, 0xc000_0000);
         c.write(0x13, 1, 0xe0);
         assert_eq!(c.read(0x10, 4), 0xe000_0000);
@@ -529,15 +534,7 @@ mod tests {
 
     #[test]
     fn decoding_follows_command_register() {
-        let ids = PciIds {
-            vendor: 1,
-            device: 2,
-            subsystem_vendor: 0,
-            subsystem_device: 0,
-            class_code: 0x030000,
-            revision: 0,
-        };
-        let mut c = ConfigSpace::new(ids, t4_bars(), 1);
+        let mut c = t4_like();
         assert!(c.decoding_regions().is_empty());
         c.write(4, 2, u32::from(COMMAND_MEMORY));
         assert_eq!(c.decoding_regions().len(), 3);
@@ -563,15 +560,7 @@ mod tests {
     }
 
     fn device_with_msi() -> ConfigSpace {
-        let ids = PciIds {
-            vendor: 1,
-            device: 2,
-            subsystem_vendor: 0,
-            subsystem_device: 0,
-            class_code: 0x030000,
-            revision: 0,
-        };
-        ConfigSpace::new(ids, t4_bars(), 1).with_msi()
+        t4_like().with_msi()
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Capacity: what a type can still take from its parent's pool, and the bookkeeping when an
 //! instance takes or gives back its share.
 
-use super::{Kernel, Parent, Role};
+use super::{Kernel, Parent, Pool, Role};
 use crate::profile::TypeSpec;
 
 impl Kernel {
@@ -29,31 +29,19 @@ impl Kernel {
     }
 
     pub(super) fn take_capacity(&mut self, parent: &str, type_id: &str) {
-        let Some(p) = self.parents.get_mut(parent) else {
+        let Some((instances, cost, pool)) = self.charge(parent, type_id) else {
             return;
         };
-        p.instances += 1;
-        let cost = p
-            .types()
-            .iter()
-            .find(|t| t.id == type_id)
-            .map_or(0, |t| t.cost);
-        let pool = &mut self.pools[p.pool];
+        *instances += 1;
         pool.used += cost;
         *pool.types_in_use.entry(type_id.to_owned()).or_default() += 1;
     }
 
     pub(super) fn release_capacity(&mut self, parent: &str, type_id: &str) {
-        let Some(p) = self.parents.get_mut(parent) else {
+        let Some((instances, cost, pool)) = self.charge(parent, type_id) else {
             return;
         };
-        p.instances = p.instances.saturating_sub(1);
-        let cost = p
-            .types()
-            .iter()
-            .find(|t| t.id == type_id)
-            .map_or(0, |t| t.cost);
-        let pool = &mut self.pools[p.pool];
+        *instances = instances.saturating_sub(1);
         pool.used = pool.used.saturating_sub(cost);
         if let Some(n) = pool.types_in_use.get_mut(type_id) {
             *n -= 1;
@@ -61,6 +49,18 @@ impl Kernel {
                 pool.types_in_use.remove(type_id);
             }
         }
+    }
+
+    /// What one device of `type_id` on `parent` counts against: the parent's instance count,
+    /// the type's cost, and the parent's pool. `None` for an unknown parent.
+    fn charge(&mut self, parent: &str, type_id: &str) -> Option<(&mut u32, u64, &mut Pool)> {
+        let p = self.parents.get_mut(parent)?;
+        let cost = p
+            .types()
+            .iter()
+            .find(|t| t.id == type_id)
+            .map_or(0, |t| t.cost);
+        Some((&mut p.instances, cost, &mut self.pools[p.pool]))
     }
 
     /// Type ids the VF can take now (nvidia/creatable_vgpu_types).

@@ -98,38 +98,35 @@ impl Kernel {
                     physfn: None,
                     virtfns: vf_names.clone(),
                 };
-                out.push(Parent {
-                    name: pf_name.clone(),
-                    devpath: format!("{container}/{pf_name}"),
-                    pci: Some(pci.clone()),
+                // The PF and its VFs: one unit, on one NUMA node.
+                let function = |name: &String, pci: PciInfo, role: Role| Parent {
+                    name: name.clone(),
+                    devpath: format!("{container}/{name}"),
+                    pci: Some(pci),
                     numa_node: numa,
-                    role: if t.model == ParentModel::Mdev {
-                        Role::MdevParent
-                    } else {
-                        Role::Plain
-                    },
+                    role,
                     unit: pf_name.clone(),
                     ..base.clone()
-                });
-                for vf in vf_names {
-                    out.push(Parent {
-                        name: vf.clone(),
-                        devpath: format!("{container}/{vf}"),
-                        pci: Some(PciInfo {
-                            device: t.vf_device.unwrap_or(t.device),
-                            physfn: Some(pf_name.clone()),
-                            virtfns: Vec::new(),
-                            ..pci.clone()
-                        }),
-                        numa_node: numa,
-                        role: if t.model == ParentModel::NvidiaVendor {
-                            Role::VendorVf
-                        } else {
-                            Role::MdevParent
-                        },
-                        unit: pf_name.clone(),
-                        ..base.clone()
-                    });
+                };
+                let pf_role = if t.model == ParentModel::Mdev {
+                    Role::MdevParent
+                } else {
+                    Role::Plain
+                };
+                out.push(function(&pf_name, pci.clone(), pf_role));
+                let vf_role = if t.model == ParentModel::NvidiaVendor {
+                    Role::VendorVf
+                } else {
+                    Role::MdevParent
+                };
+                for vf in &vf_names {
+                    let vf_pci = PciInfo {
+                        device: t.vf_device.unwrap_or(t.device),
+                        physfn: Some(pf_name.clone()),
+                        virtfns: Vec::new(),
+                        ..pci.clone()
+                    };
+                    out.push(function(vf, vf_pci, vf_role));
                 }
             }
         }
@@ -275,13 +272,7 @@ impl Kernel {
         match p.role {
             Role::MdevParent => {
                 p.unregistering = true;
-                let uuids: Vec<String> = self
-                    .devices
-                    .values()
-                    .filter(|d| d.parent == name)
-                    .map(|d| d.uuid.clone())
-                    .collect();
-                for u in uuids {
+                for u in self.devices_on(name) {
                     if let Some(d) = self.devices.get_mut(&u) {
                         d.removing = true;
                         d.linked = false;
@@ -301,16 +292,19 @@ impl Kernel {
         Ok(waiting)
     }
 
-    /// Completes an unbind once nothing is held: mdevs go (unbind, remove), the parent
-    /// unregisters (`change MDEV_STATE=unregistered`), then the driver lets go (`unbind`).
-    pub fn finish_unbind(&mut self, name: &str) {
-        let uuids: Vec<String> = self
-            .devices
+    /// The UUIDs of the mdevs on parent `name`.
+    fn devices_on(&self, name: &str) -> Vec<String> {
+        self.devices
             .values()
             .filter(|d| d.parent == name)
             .map(|d| d.uuid.clone())
-            .collect();
-        for u in uuids {
+            .collect()
+    }
+
+    /// Completes an unbind once nothing is held: mdevs go (unbind, remove), the parent
+    /// unregisters (`change MDEV_STATE=unregistered`), then the driver lets go (`unbind`).
+    pub fn finish_unbind(&mut self, name: &str) {
+        for u in self.devices_on(name) {
             self.finish_remove(&u);
         }
         let Some(p) = self.parents.get(name) else {

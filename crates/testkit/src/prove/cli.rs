@@ -181,10 +181,7 @@ async fn run_load(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
                     r.create.p50_p99(),
                     r.remove.p50_p99(),
                     r.unexpected.len(),
-                    r.unexpected
-                        .first()
-                        .map(|e| format!(" (first: {e})"))
-                        .unwrap_or_default()
+                    first_of(&r.unexpected)
                 ),
             ));
             rows.push(Row::new(
@@ -243,7 +240,7 @@ async fn run_crash(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
             "{} acknowledged operations; {} violations{}; restart to the bus name {}; {} devices and {} definitions at the end; {:.0} s",
             r.acknowledged,
             r.violations.len(),
-            r.violations.first().map(|v| format!(" (first: {v})")).unwrap_or_default(),
+            first_of(&r.violations),
             restart.p50_p99(),
             r.final_devices,
             r.final_definitions,
@@ -265,10 +262,7 @@ fn run_parser_fuzz(p: &Plan, seed: u64, rows: &mut Vec<Row>) {
                 r.cases,
                 r.rate(),
                 r.findings.len(),
-                r.findings
-                    .first()
-                    .map(|f| format!(" (first: {f})"))
-                    .unwrap_or_default()
+                first_of(&r.findings)
             ),
         ));
     }
@@ -292,10 +286,7 @@ async fn run_fuzz(bins: &Bins, p: &Plan, seed: u64, rows: &mut Vec<Row>) {
             r.refused_by_bus,
             r.timeouts,
             r.findings.len(),
-            r.findings
-                .first()
-                .map(|f| format!(" (first: {f})"))
-                .unwrap_or_default()
+            first_of(&r.findings)
         ),
     ));
 }
@@ -349,6 +340,14 @@ async fn run_compare(bins: &Bins, p: &Plan, rows: &mut Vec<Row>) {
             Err(e) => rows.push(Row::new("compare", format!("{gpus} GPUs"), false, e)),
         }
     }
+}
+
+/// " (first: X)" naming the first of `items`, or nothing when there are none.
+fn first_of(items: &[impl std::fmt::Display]) -> String {
+    items
+        .first()
+        .map(|x| format!(" (first: {x})"))
+        .unwrap_or_default()
 }
 
 fn print_table(rows: &[Row]) {

@@ -23,6 +23,9 @@ pub fn profiles() -> Vec<String> {
     vec!["mtty".into(), "nvidia-t4:4".into()]
 }
 
+/// The mtty type's create file, relative to the simulator's mount.
+const MTTY_CREATE: &str = "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create";
+
 fn inject(path: &str, errno: Option<&str>, delay_ms: Option<u64>) -> Request {
     Request::Inject {
         path: path.to_owned(),
@@ -78,6 +81,32 @@ impl Ctx<'_> {
             .map_err(|e| e.to_string())
     }
 
+    /// Creates an mtty device; its proxy and UUID.
+    async fn create_mtty(&self) -> Result<(DeviceProxy<'_>, String), String> {
+        let path = self
+            .create_on("mtty", "mtty-1", &[])
+            .await
+            .map_err(|e| error_text(&e))?;
+        let dev = self.device(path).await?;
+        let uuid = dev.uuid().await.map_err(|e| e.to_string())?;
+        Ok((dev, uuid))
+    }
+
+    async fn remove(&self, path: OwnedObjectPath) -> Result<(), String> {
+        self.device(path)
+            .await?
+            .remove(HashMap::new())
+            .await
+            .map_err(|e| error_text(&e))
+    }
+
+    /// The picture once it has settled; `when` names the moment in the error.
+    async fn settled(&self, when: &str) -> Result<check::Picture, String> {
+        check::settled(self.rig.conn(), &self.rig.sim.mount, SETTLE)
+            .await
+            .map_err(|d| format!("{when}: {}", d.join("; ")))
+    }
+
     fn ctl(&self, req: Request) -> Result<serde_json::Value, String> {
         self.rig.sim.ctl(&req)
     }
@@ -97,10 +126,8 @@ impl Ctx<'_> {
 
     /// The picture settles to agreement; the devices in sysfs.
     async fn consistent(&self) -> Result<usize, String> {
-        check::settled(self.rig.conn(), &self.rig.sim.mount, SETTLE)
-            .await
-            .map(|p| p.devices.len())
-            .map_err(|d| format!("D-Bus and sysfs disagree: {}", d.join("; ")))
+        let picture = self.settled("D-Bus and sysfs disagree").await?;
+        Ok(picture.devices.len())
     }
 }
 
@@ -182,11 +209,7 @@ macro_rules! case {
 
 case!(create_eio, |ctx| {
     let before = ctx.consistent().await?;
-    ctx.ctl(inject(
-        "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create",
-        Some("EIO"),
-        None,
-    ))?;
+    ctx.ctl(inject(MTTY_CREATE, Some("EIO"), None))?;
     let text = expect_class(ctx.create_on("mtty", "mtty-1", &[]).await, "Failed")?;
     let after = ctx.consistent().await?;
     if after != before {
@@ -199,11 +222,7 @@ case!(create_eio, |ctx| {
 });
 
 case!(create_enospc, |ctx| {
-    ctx.ctl(inject(
-        "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create",
-        Some("ENOSPC"),
-        None,
-    ))?;
+    ctx.ctl(inject(MTTY_CREATE, Some("ENOSPC"), None))?;
     let text = expect_class(ctx.create_on("mtty", "mtty-1", &[]).await, "NoCapacity")?;
     ctx.consistent().await?;
     Ok(format!("NoCapacity, consistent ({text})"))
@@ -211,11 +230,7 @@ case!(create_enospc, |ctx| {
 
 case!(create_eexist, |ctx| {
     let uuid = vgpud_model::MdevUuid::new_v4().to_string();
-    ctx.ctl(inject(
-        "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create",
-        Some("EEXIST"),
-        None,
-    ))?;
+    ctx.ctl(inject(MTTY_CREATE, Some("EEXIST"), None))?;
     let r = ctx
         .create_on("mtty", "mtty-1", &[("uuid", Value::from(uuid.as_str()))])
         .await;
@@ -225,12 +240,7 @@ case!(create_eexist, |ctx| {
 });
 
 case!(remove_eio, |ctx| {
-    let path = ctx
-        .create_on("mtty", "mtty-1", &[])
-        .await
-        .map_err(|e| error_text(&e))?;
-    let dev = ctx.device(path).await?;
-    let uuid = dev.uuid().await.map_err(|e| e.to_string())?;
+    let (dev, uuid) = ctx.create_mtty().await?;
     ctx.ctl(inject(
         &format!("bus/mdev/devices/{uuid}/remove"),
         Some("EIO"),
@@ -322,9 +332,7 @@ case!(unbind_rebind, |ctx| {
     ctx.ctl(Request::Unbind {
         parent: parent.clone(),
     })?;
-    let gone = check::settled(ctx.rig.conn(), &ctx.rig.sim.mount, SETTLE)
-        .await
-        .map_err(|d| format!("after unbind: {}", d.join("; ")))?;
+    let gone = ctx.settled("after unbind").await?;
     if gone.parents.contains_key(&parent) {
         return Err(format!(
             "{parent} is still an mdev parent after its driver was unbound"
@@ -333,9 +341,7 @@ case!(unbind_rebind, |ctx| {
     ctx.ctl(Request::Bind {
         parent: parent.clone(),
     })?;
-    let back = check::settled(ctx.rig.conn(), &ctx.rig.sim.mount, SETTLE)
-        .await
-        .map_err(|d| format!("after bind: {}", d.join("; ")))?;
+    let back = ctx.settled("after bind").await?;
     if !back.parents.contains_key(&parent) {
         return Err(format!("{parent} did not come back after bind"));
     }
@@ -343,11 +349,7 @@ case!(unbind_rebind, |ctx| {
 });
 
 case!(slow_write, |ctx| {
-    ctx.ctl(inject(
-        "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create",
-        None,
-        Some(3000),
-    ))?;
+    ctx.ctl(inject(MTTY_CREATE, None, Some(3000)))?;
     let t0 = Instant::now();
     let slow = ctx.create_on("mtty", "mtty-1", &[]);
     let others = async {
@@ -360,22 +362,14 @@ case!(slow_write, |ctx| {
             .create_on(&ctx.t4, &ctx.t4_type, &[])
             .await
             .map_err(|e| error_text(&e))?;
-        ctx.device(path)
-            .await?
-            .remove(HashMap::new())
-            .await
-            .map_err(|e| error_text(&e))?;
+        ctx.remove(path).await?;
         Ok::<_, String>((listed, t2.elapsed(), t0.elapsed()))
     };
     let (slow, others) = tokio::join!(slow, others);
     let slow_took = t0.elapsed();
     let (listed, round_trip, others_done) = others?;
     let path = slow.map_err(|e| format!("the slow create failed: {}", error_text(&e)))?;
-    ctx.device(path)
-        .await?
-        .remove(HashMap::new())
-        .await
-        .map_err(|e| error_text(&e))?;
+    ctx.remove(path).await?;
     if others_done >= slow_took {
         return Err("other callers were answered only after the slow write finished".into());
     }
@@ -389,12 +383,7 @@ case!(slow_write, |ctx| {
 });
 
 case!(held_device, |ctx| {
-    let path = ctx
-        .create_on("mtty", "mtty-1", &[])
-        .await
-        .map_err(|e| error_text(&e))?;
-    let dev = ctx.device(path).await?;
-    let uuid = dev.uuid().await.map_err(|e| e.to_string())?;
+    let (dev, uuid) = ctx.create_mtty().await?;
     ctx.ctl(Request::Hold {
         device: uuid.clone(),
     })?;

@@ -129,29 +129,14 @@ pub fn long_mode_elf() -> Result<Vec<u8>, PayloadError> {
     a.call(puts)?;
     a.mov(al, b'\n' as i32)?;
     a.out(dx, al)?;
-    a.mov(al, 0)?;
-    a.out(DEBUG_EXIT_PORT as i32, al)?;
-    a.cli()?;
-    a.hlt()?;
+    exit(&mut a, 0)?;
     a.set_label(&mut bad)?;
-    a.mov(al, 4)?;
-    a.out(DEBUG_EXIT_PORT as i32, al)?;
-    a.cli()?;
-    a.hlt()?;
-    let mut done = a.create_label();
+    exit(&mut a, 4)?;
     a.set_label(&mut puts)?;
-    a.lodsb()?;
-    a.test(al, al)?;
-    a.jz(done)?;
-    a.out(dx, al)?;
-    a.jmp(puts)?;
-    a.set_label(&mut done)?;
+    uart_puts(&mut a)?;
     a.ret()?;
     let mut code = a.assemble(ELF_LOAD)?;
-    if code.len() as u64 > msg - ELF_LOAD {
-        return Err(PayloadError::TooLarge);
-    }
-    code.resize((msg - ELF_LOAD) as usize, 0x90);
+    pad(&mut code, msg - ELF_LOAD)?;
     code.extend_from_slice(b"elf64: cmdline=\0");
     Ok(elf64_image(&code, ELF_LOAD, ELF_CODE_OFFSET))
 }
@@ -196,18 +181,9 @@ pub fn elf64_image(code: &[u8], addr: u64, file_offset: u64) -> Vec<u8> {
 /// Prints `HELLO` and exits with 0; the text sits in the first bytes, before the entry.
 fn hello() -> Result<Vec<u8>, PayloadError> {
     let mut image = simple(|a| {
-        let mut next = a.create_label();
-        let mut done = a.create_label();
         a.cld()?;
         a.mov(esi, LOAD_ADDR as u32)?;
-        a.mov(edx, UART)?;
-        a.set_label(&mut next)?;
-        a.lodsb()?;
-        a.test(al, al)?;
-        a.jz(done)?;
-        a.out(dx, al)?;
-        a.jmp(next)?;
-        a.set_label(&mut done)?;
+        uart_puts(a)?;
         exit(a, 0)
     })?;
     let text = [HELLO.as_bytes(), &[0]].concat();
@@ -226,6 +202,31 @@ fn simple(
     let mut image = vec![0x90; ENTRY_OFFSET as usize];
     image.extend(a.assemble(LOAD_ADDR + ENTRY_OFFSET)?);
     Ok(image)
+}
+
+/// Pads `code` with NOPs to `len` bytes; an error if it is longer already.
+fn pad(code: &mut Vec<u8>, len: u64) -> Result<(), PayloadError> {
+    if code.len() as u64 > len {
+        return Err(PayloadError::TooLarge);
+    }
+    code.resize(len as usize, 0x90);
+    Ok(())
+}
+
+/// Writes the NUL-terminated string at ESI (RSI in long mode) to the UART; leaves EDX = UART.
+/// The UART here is always ready, so LSR is not polled.
+fn uart_puts(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.mov(edx, UART)?;
+    a.set_label(&mut next)?;
+    a.lodsb()?;
+    a.test(al, al)?;
+    a.jz(done)?;
+    a.out(dx, al)?;
+    a.jmp(next)?;
+    a.set_label(&mut done)?;
+    a.nop()
 }
 
 /// Exits through the debug port with `code`.

@@ -7,13 +7,16 @@
 mod kind;
 mod steps;
 
+use std::collections::HashMap;
+
+use iced_x86::code_asm::asm_traits::CodeAsmMov;
 use iced_x86::code_asm::*;
 use iced_x86::IcedError;
 
-use super::{exit, PayloadError, DATA_OFFSET, ENTRY_OFFSET, LOAD_ADDR, UART};
+use super::{exit, pad, uart_puts, PayloadError, DATA_OFFSET, ENTRY_OFFSET, LOAD_ADDR, UART};
 use crate::device::{REG_RAISE_IRQ, REG_SCRATCH};
-use kind::{detect, KIND_OTHER, VAR_KIND};
-use steps::{msi, msix, raise_and_wait, ram_bar};
+use kind::{detect, VAR_KIND};
+use steps::{msi, msix, raise_and_wait, ram_bar, report_count, skip_unless_raisable};
 
 const STACK_TOP: u32 = 0xf000;
 const IDT_BASE: u32 = 0x800;
@@ -45,17 +48,28 @@ const LAPIC_EOI: u64 = 0xfee0_00b0;
 pub const RELOCATED_MEM: u32 = 0xe000_0000;
 pub const RELOCATED_IO: u32 = 0xd000;
 pub const SCRATCH_PATTERN: u32 = 0x5aa5_c33c;
+/// The command register and its decode-enable bits.
+const PCI_COMMAND: u32 = 0x04;
+const COMMAND_MEMORY: u32 = 0x02;
+const COMMAND_IO_MEMORY_MASTER: u32 = 0x07;
 
-/// Strings live after the code at fixed addresses known before the code is assembled.
+/// Strings live after the code at fixed addresses known before the code is assembled; each
+/// text is stored once.
+#[derive(Default)]
 struct Data {
     bytes: Vec<u8>,
+    placed: HashMap<String, u32>,
 }
 
 impl Data {
     fn str(&mut self, s: &str) -> u32 {
+        if let Some(&addr) = self.placed.get(s) {
+            return addr;
+        }
         let addr = (LOAD_ADDR + DATA_OFFSET) as u32 + self.bytes.len() as u32;
         self.bytes.extend_from_slice(s.as_bytes());
         self.bytes.push(0);
+        self.placed.insert(s.to_owned(), addr);
         addr
     }
 }
@@ -77,6 +91,111 @@ fn print(a: &mut CodeAssembler, s: &Subs, addr: u32) -> Result<(), IcedError> {
 fn hex(a: &mut CodeAssembler, s: &Subs, digits: u32) -> Result<(), IcedError> {
     a.mov(ecx, digits)?;
     a.call(s.puthex)
+}
+
+/// Prints `label`, then the low `digits` hex digits of `value` (a register, memory or a
+/// constant).
+fn print_hex<T>(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    label: &str,
+    (value, digits): (T, u32),
+) -> Result<(), IcedError>
+where
+    CodeAssembler: CodeAsmMov<AsmRegister32, T>,
+{
+    print(a, s, d.str(label))?;
+    a.mov(eax, value)?;
+    hex(a, s, digits)
+}
+
+/// `print_hex`, then a newline.
+fn print_line<T>(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    label: &str,
+    value: (T, u32),
+) -> Result<(), IcedError>
+where
+    CodeAssembler: CodeAsmMov<AsmRegister32, T>,
+{
+    print_hex(a, s, d, label, value)?;
+    print(a, s, d.str("\n"))
+}
+
+/// Prints `label` and the device number of the function in EBX (two hex digits).
+fn print_device(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    label: &str,
+) -> Result<(), IcedError> {
+    print(a, s, d.str(label))?;
+    a.mov(eax, ebx)?;
+    a.shr(eax, 11)?;
+    hex(a, s, 2)
+}
+
+/// Prints "`step`: not applicable (`why`)" and jumps to `end`: the step is skipped, not
+/// passed.
+fn not_applicable(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    (step, why): (&str, &str),
+    end: CodeLabel,
+) -> Result<(), IcedError> {
+    print(a, s, d.str(&format!("{step}: not applicable ({why})\n")))?;
+    a.jmp(end)
+}
+
+/// Sets `bits` in the config register at `reg` of the function in EBX (ECX = `reg` after).
+fn cfg_set<T>(a: &mut CodeAssembler, s: &Subs, reg: T, bits: u32) -> Result<(), IcedError>
+where
+    CodeAssembler: CodeAsmMov<AsmRegister32, T>,
+{
+    a.mov(ecx, reg)?;
+    a.call(s.cfg_read)?;
+    a.or(eax, bits as i32)?;
+    a.call(s.cfg_write)
+}
+
+/// Clears `bits` in the config register at `reg` of the function in EBX (ECX = `reg` after).
+fn cfg_clear<T>(a: &mut CodeAssembler, s: &Subs, reg: T, bits: u32) -> Result<(), IcedError>
+where
+    CodeAssembler: CodeAsmMov<AsmRegister32, T>,
+{
+    a.mov(ecx, reg)?;
+    a.call(s.cfg_read)?;
+    a.and(eax, !bits as i32)?;
+    a.call(s.cfg_write)
+}
+
+/// Runs `body` for each BAR of the function in EBX with EDI = BAR index, ECX = its config
+/// register and EAX = its value. `body` goes on to the next BAR by jumping to the label it is
+/// given or by falling through; it steps over a 64-bit BAR's high half by incrementing EDI.
+fn each_bar(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    body: impl FnOnce(&mut CodeAssembler, CodeLabel) -> Result<(), IcedError>,
+) -> Result<(), IcedError> {
+    let mut top = a.create_label();
+    let mut next = a.create_label();
+    let mut done = a.create_label();
+    a.xor(edi, edi)?;
+    a.set_label(&mut top)?;
+    a.cmp(edi, 6)?;
+    a.jae(done)?;
+    a.lea(ecx, dword_ptr(edi * 4 + 0x10))?;
+    a.call(s.cfg_read)?;
+    body(a, next)?;
+    a.set_label(&mut next)?;
+    a.inc(edi)?;
+    a.jmp(top)?;
+    a.set_label(&mut done)?;
+    a.nop() // the caller may put its own label next
 }
 
 /// Prints the low `digits` hex digits of EAX, then the `ok` string when EAX equals `want`;
@@ -122,27 +241,15 @@ fn interrupt_handler() -> Result<Vec<u8>, PayloadError> {
     a.sti()?;
     a.jmp(dword_ptr(VAR_RET))?;
     let mut code = a.assemble(LOAD_ADDR)?;
-    if code.len() as u64 > ENTRY_OFFSET {
-        return Err(PayloadError::TooLarge);
-    }
-    code.resize(ENTRY_OFFSET as usize, 0x90);
+    pad(&mut code, ENTRY_OFFSET)?;
     Ok(code)
 }
 
 fn subroutines(a: &mut CodeAssembler, s: &mut Subs) -> Result<(), IcedError> {
-    // puts: ESI = NUL-terminated string. The UART here is always ready, so LSR is not polled.
+    // puts: ESI = NUL-terminated string.
     a.set_label(&mut s.puts)?;
-    let mut next = a.create_label();
-    let mut done = a.create_label();
     a.push(edx)?;
-    a.mov(edx, UART)?;
-    a.set_label(&mut next)?;
-    a.lodsb()?;
-    a.test(al, al)?;
-    a.jz(done)?;
-    a.out(dx, al)?;
-    a.jmp(next)?;
-    a.set_label(&mut done)?;
+    uart_puts(a)?;
     a.pop(edx)?;
     a.ret()?;
 
@@ -204,83 +311,68 @@ fn subroutines(a: &mut CodeAssembler, s: &mut Subs) -> Result<(), IcedError> {
 
 /// Lists BARs of the function in EBX: sizing by writing all-ones, then restoring.
 fn list_bars(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let (s_bar, s_io, s_m32, s_m64, s_pf) = (
-        d.str("  bar"),
+    let (s_io, s_m32, s_m64, s_pf) = (
         d.str(" io"),
         d.str(" mem32"),
         d.str(" mem64"),
         d.str(" prefetch"),
     );
-    let (s_addr, s_size, s_nl) = (d.str(" addr="), d.str(" size="), d.str("\n"));
-    let mut top = a.create_label();
-    let mut next = a.create_label();
-    let mut done = a.create_label();
-    let mut io = a.create_label();
-    let mut mem32 = a.create_label();
-    let mut no_pf = a.create_label();
-    let mut sized = a.create_label();
-    a.xor(edi, edi)?;
-    a.set_label(&mut top)?;
-    a.cmp(edi, 6)?;
-    a.jae(done)?;
-    a.lea(ecx, dword_ptr(edi * 4 + 0x10))?;
-    a.call(s.cfg_read)?;
-    a.mov(dword_ptr(VAR_ORIG), eax)?;
-    a.mov(eax, -1)?;
-    a.call(s.cfg_write)?;
-    a.call(s.cfg_read)?;
-    a.mov(dword_ptr(VAR_MASK), eax)?;
-    a.mov(eax, dword_ptr(VAR_ORIG))?;
-    a.call(s.cfg_write)?;
-    a.cmp(dword_ptr(VAR_MASK), 0)?;
-    a.je(next)?;
-    print(a, s, s_bar)?;
-    a.mov(eax, edi)?;
-    hex(a, s, 1)?;
-    a.test(dword_ptr(VAR_ORIG), 1)?;
-    a.jnz(io)?;
-    a.test(dword_ptr(VAR_ORIG), 4)?;
-    a.jz(mem32)?;
-    print(a, s, s_m64)?;
-    a.inc(edi)?; // the high half is the next register
-    a.jmp(no_pf)?;
-    a.set_label(&mut mem32)?;
-    print(a, s, s_m32)?;
-    a.set_label(&mut no_pf)?;
-    let mut after_pf = a.create_label();
-    a.test(dword_ptr(VAR_ORIG), 8)?;
-    a.jz(after_pf)?;
-    print(a, s, s_pf)?;
-    a.set_label(&mut after_pf)?;
-    a.mov(eax, 0xffff_fff0u32 as i32)?;
-    a.jmp(sized)?;
-    a.set_label(&mut io)?;
-    print(a, s, s_io)?;
-    a.mov(eax, 0xffff_fffcu32 as i32)?;
-    a.set_label(&mut sized)?;
-    // EAX = type-bit mask: addr = orig & mask, size = ~(mask_read & mask) + 1
-    a.push(eax)?;
-    print(a, s, s_addr)?;
-    a.mov(eax, dword_ptr(esp))?;
-    a.and(eax, dword_ptr(VAR_ORIG))?;
-    hex(a, s, 8)?;
-    print(a, s, s_size)?;
-    a.pop(eax)?;
-    a.and(eax, dword_ptr(VAR_MASK))?;
-    a.not(eax)?;
-    a.inc(eax)?;
-    hex(a, s, 8)?;
-    print(a, s, s_nl)?;
-    a.set_label(&mut next)?;
-    a.inc(edi)?;
-    a.jmp(top)?;
-    a.set_label(&mut done)?;
-    a.nop() // the caller may put its own label next
+    let (s_size, s_nl) = (d.str(" size="), d.str("\n"));
+    each_bar(a, s, |a, next| {
+        let mut io = a.create_label();
+        let mut mem32 = a.create_label();
+        let mut no_pf = a.create_label();
+        let mut after_pf = a.create_label();
+        let mut sized = a.create_label();
+        a.mov(dword_ptr(VAR_ORIG), eax)?;
+        a.mov(eax, -1)?;
+        a.call(s.cfg_write)?;
+        a.call(s.cfg_read)?;
+        a.mov(dword_ptr(VAR_MASK), eax)?;
+        a.mov(eax, dword_ptr(VAR_ORIG))?;
+        a.call(s.cfg_write)?;
+        a.cmp(dword_ptr(VAR_MASK), 0)?;
+        a.je(next)?;
+        print_hex(a, s, d, "  bar", (edi, 1))?;
+        a.test(dword_ptr(VAR_ORIG), 1)?;
+        a.jnz(io)?;
+        a.test(dword_ptr(VAR_ORIG), 4)?;
+        a.jz(mem32)?;
+        print(a, s, s_m64)?;
+        a.inc(edi)?; // the high half is the next register
+        a.jmp(no_pf)?;
+        a.set_label(&mut mem32)?;
+        print(a, s, s_m32)?;
+        a.set_label(&mut no_pf)?;
+        a.test(dword_ptr(VAR_ORIG), 8)?;
+        a.jz(after_pf)?;
+        print(a, s, s_pf)?;
+        a.set_label(&mut after_pf)?;
+        a.mov(eax, 0xffff_fff0u32 as i32)?;
+        a.jmp(sized)?;
+        a.set_label(&mut io)?;
+        print(a, s, s_io)?;
+        a.mov(eax, 0xffff_fffcu32 as i32)?;
+        a.set_label(&mut sized)?;
+        // EAX = type-bit mask: addr = orig & mask, size = ~(mask_read & mask) + 1
+        a.push(eax)?;
+        print(a, s, d.str(" addr="))?;
+        a.mov(eax, dword_ptr(esp))?;
+        a.and(eax, dword_ptr(VAR_ORIG))?;
+        hex(a, s, 8)?;
+        print(a, s, s_size)?;
+        a.pop(eax)?;
+        a.and(eax, dword_ptr(VAR_MASK))?;
+        a.not(eax)?;
+        a.inc(eax)?;
+        hex(a, s, 8)?;
+        print(a, s, s_nl)
+    })
 }
 
 /// Scans bus 0, prints every function, records the first non-bridge one in VAR_TARGET.
 fn scan(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let (s_fn, s_dot, s_sp, s_colon) = (d.str("00:"), d.str("."), d.str(" "), d.str(":"));
+    let (s_dot, s_sp, s_colon) = (d.str("."), d.str(" "), d.str(":"));
     let (s_class, s_nl) = (d.str(" class "), d.str("\n"));
     let mut top = a.create_label();
     let mut absent = a.create_label();
@@ -297,10 +389,7 @@ fn scan(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> 
     a.cmp(eax, -1)?;
     a.je(absent)?;
     a.push(eax)?;
-    print(a, s, s_fn)?;
-    a.mov(eax, ebx)?;
-    a.shr(eax, 11)?;
-    hex(a, s, 2)?;
+    print_device(a, s, d, "00:")?;
     print(a, s, s_dot)?;
     a.mov(eax, ebx)?;
     a.shr(eax, 8)?;
@@ -361,31 +450,19 @@ fn scan(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> 
 /// Moves BAR0 of the target, round-trips a scratch register, raises and counts an interrupt,
 /// then runs the MSI, MSI-X and memory-BAR steps, each as the device's kind allows.
 fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("pci-probe: no device found\n");
-    let s_target = d.str("target 00:");
-    let s_moved = d.str("bar0 moved to ");
-    let s_nl = d.str("\n");
-    let s_done = d.str("pci-probe: done\n");
     let mut found = a.create_label();
     let mut io = a.create_label();
     let mut moved = a.create_label();
     a.cmp(dword_ptr(VAR_TARGET), -1)?;
     a.jne(found)?;
-    print(a, s, s_none)?;
+    print(a, s, d.str("pci-probe: no device found\n"))?;
     exit(a, 1)?;
     a.set_label(&mut found)?;
     a.mov(ebx, dword_ptr(VAR_TARGET))?;
-    print(a, s, s_target)?;
-    a.mov(eax, ebx)?;
-    a.shr(eax, 11)?;
-    hex(a, s, 2)?;
-    print(a, s, s_nl)?;
+    print_device(a, s, d, "target 00:")?;
+    print(a, s, d.str("\n"))?;
     detect(a, s, d)?;
-    // Enable IO, memory and bus mastering.
-    a.mov(ecx, 4)?;
-    a.call(s.cfg_read)?;
-    a.or(eax, 7)?;
-    a.call(s.cfg_write)?;
+    cfg_set(a, s, PCI_COMMAND, COMMAND_IO_MEMORY_MASTER)?;
     // Relocate BAR0.
     a.mov(ecx, 0x10)?;
     a.call(s.cfg_read)?;
@@ -403,52 +480,38 @@ fn exercise(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedErr
     a.and(eax, 0xffff_fffcu32 as i32)?;
     a.set_label(&mut moved)?;
     a.mov(dword_ptr(VAR_BASE), eax)?;
-    print(a, s, s_moved)?;
-    a.mov(eax, dword_ptr(VAR_BASE))?;
-    hex(a, s, 8)?;
-    print(a, s, s_nl)?;
+    print_line(a, s, d, "bar0 moved to ", (dword_ptr(VAR_BASE), 8))?;
     kind::scratch(a, s, d)?;
     intx(a, s, d)?;
     msi(a, s, d)?;
     msix(a, s, d)?;
     ram_bar(a, s, d)?;
-    print(a, s, s_done)?;
+    print(a, s, d.str("pci-probe: done\n"))?;
     exit(a, 0)
 }
 
 /// Unmasks the target's INTx line in the 8259 pair, has the device raise one interrupt and
-/// expects exactly one, then a second one. Not applicable without an interrupt pin or a known way to raise one.
+/// expects exactly one, then a second one. Not applicable without an interrupt pin or a known
+/// way to raise one.
 fn intx(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_line = d.str("irq line=");
-    let s_count = d.str("irq count=");
-    let s_again = d.str("irq again count=");
-    let s_nl = d.str("\n");
-    let s_no_pin = d.str("irq: not applicable (interrupt pin 0)\n");
-    let s_no_way = d.str("irq: not applicable (no known way to make this device interrupt)\n");
+    let mut has_pin = a.create_label();
     let mut slave = a.create_label();
     let mut unmasked = a.create_label();
-    let mut no_pin = a.create_label();
     let mut end = a.create_label();
     a.mov(ecx, 0x3c)?;
     a.call(s.cfg_read)?;
     a.test(eax, 0xff00)?;
-    a.jz(no_pin)?;
-    a.cmp(dword_ptr(VAR_KIND), KIND_OTHER)?;
-    let mut can = a.create_label();
-    a.jne(can)?;
-    print(a, s, s_no_way)?;
-    a.jmp(end)?;
-    a.set_label(&mut no_pin)?;
-    print(a, s, s_no_pin)?;
-    a.jmp(end)?;
-    a.set_label(&mut can)?;
-    print(a, s, s_line)?;
+    a.jnz(has_pin)?;
+    not_applicable(a, s, d, ("irq", "interrupt pin 0"), end)?;
+    a.set_label(&mut has_pin)?;
+    skip_unless_raisable(a, s, d, "irq", end)?;
+    print(a, s, d.str("irq line="))?;
     a.mov(ecx, 0x3c)?;
     a.call(s.cfg_read)?;
     a.and(eax, 0xf)?;
     a.push(eax)?;
     hex(a, s, 2)?;
-    print(a, s, s_nl)?;
+    print(a, s, d.str("\n"))?;
     a.pop(ecx)?;
     a.mov(eax, 1)?;
     a.cmp(ecx, 8)?;
@@ -465,36 +528,19 @@ fn intx(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> 
     a.mov(al, 0xfb)?; // cascade (IRQ2) only on the master
     a.out(0x21, al)?;
     a.set_label(&mut unmasked)?;
-    a.sti()?;
     raise_and_wait(a, s)?;
-    print(a, s, s_count)?;
-    a.mov(eax, dword_ptr(VAR_COUNT))?;
-    hex(a, s, 1)?;
-    print(a, s, s_nl)?;
-    let mut first = a.create_label();
-    a.cmp(dword_ptr(VAR_COUNT), 1)?;
-    a.je(first)?;
-    exit(a, 3)?;
+    report_count(a, s, d, "irq count=", 3)?;
     // A second one: a level-triggered line must have been released by the acknowledgement
     // (KVM's resample eventfd unmasking VFIO's automasked INTx), or no new edge reaches the
     // 8259.
-    a.set_label(&mut first)?;
-    a.mov(dword_ptr(VAR_COUNT), 0)?;
-    a.sti()?;
     raise_and_wait(a, s)?;
-    print(a, s, s_again)?;
-    a.mov(eax, dword_ptr(VAR_COUNT))?;
-    hex(a, s, 1)?;
-    print(a, s, s_nl)?;
-    a.cmp(dword_ptr(VAR_COUNT), 1)?;
-    a.je(end)?;
-    exit(a, 3)?;
+    report_count(a, s, d, "irq again count=", 3)?;
     a.set_label(&mut end)?;
     a.nop()
 }
 
 pub(super) fn pci_probe() -> Result<Vec<u8>, PayloadError> {
-    let mut d = Data { bytes: Vec::new() };
+    let mut d = Data::default();
     let mut a = CodeAssembler::new(32)?;
     let mut s = Subs {
         puts: a.create_label(),
@@ -511,18 +557,23 @@ pub(super) fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     // IDT: vectors 0x20..0x2f (both PICs after remapping) go to the handler at LOAD_ADDR.
     let mut fill = a.create_label();
     let handler = LOAD_ADDR as u32;
+    // A 32-bit interrupt gate: selector 0x08 and the handler's address, present, DPL 0.
+    let (gate_low, gate_high) = (
+        (0x08 << 16) | (handler & 0xffff),
+        (handler & 0xffff_0000) | 0x8e00,
+    );
     a.mov(edi, IDT_BASE + 0x20 * 8)?;
     a.mov(ecx, 16)?;
     a.set_label(&mut fill)?;
-    a.mov(dword_ptr(edi), (0x08 << 16) | (handler & 0xffff))?;
-    a.mov(dword_ptr(edi + 4), (handler & 0xffff_0000) | 0x8e00)?;
+    a.mov(dword_ptr(edi), gate_low)?;
+    a.mov(dword_ptr(edi + 4), gate_high)?;
     a.add(edi, 8)?;
     a.loop_(fill)?;
     // ... and the MSI and MSI-X vectors.
     for vector in [MSI_VECTOR, MSIX_VECTOR] {
         let gate = u64::from(IDT_BASE) + u64::from(vector) * 8;
-        a.mov(dword_ptr(gate), (0x08 << 16) | (handler & 0xffff))?;
-        a.mov(dword_ptr(gate + 4), (handler & 0xffff_0000) | 0x8e00)?;
+        a.mov(dword_ptr(gate), gate_low)?;
+        a.mov(dword_ptr(gate + 4), gate_high)?;
     }
     a.mov(word_ptr(VAR_IDTR), (MSIX_VECTOR + 1) * 8 - 1)?;
     a.mov(dword_ptr(VAR_IDTR + 2), IDT_BASE)?;
@@ -551,10 +602,7 @@ pub(super) fn pci_probe() -> Result<Vec<u8>, PayloadError> {
     let code = a.assemble(LOAD_ADDR + ENTRY_OFFSET)?;
     let mut image = interrupt_handler()?;
     image.extend(code);
-    if image.len() as u64 > DATA_OFFSET {
-        return Err(PayloadError::TooLarge);
-    }
-    image.resize(DATA_OFFSET as usize, 0x90);
+    pad(&mut image, DATA_OFFSET)?;
     image.extend(d.bytes);
     Ok(image)
 }

@@ -2,7 +2,7 @@
 //! domains with hostile UUIDs and metadata, huge and deeply nested documents. The parser must
 //! refuse with a sentence or return UUIDs that are valid and really in the document.
 
-use super::mutate::{huge_repeat, mutate, splice, Rng};
+use super::mutate::{huge_repeat, mutate, mutated_example, spliced_examples, Rng};
 use super::{path_safe, Case};
 use vgpuctl::hook::domain::{self, METADATA_NS};
 use vgpuctl::hook::state;
@@ -118,16 +118,8 @@ fn check(text: &str) -> Result<(), String> {
 
 fn xml(rng: &mut Rng) -> Vec<u8> {
     match rng.below(6) {
-        0 | 1 => {
-            let mut bytes = rng.pick(EXAMPLES).as_bytes().to_vec();
-            mutate(rng, &mut bytes, TOKENS);
-            bytes
-        }
-        2 => {
-            let a = rng.pick(EXAMPLES).as_bytes();
-            let b = rng.pick(EXAMPLES).as_bytes();
-            splice(rng, a, b)
-        }
+        0 | 1 => mutated_example(rng, EXAMPLES, TOKENS),
+        2 => spliced_examples(rng, EXAMPLES),
         3 => deep(rng).into_bytes(),
         _ => {
             let mut bytes = generated(rng).into_bytes();

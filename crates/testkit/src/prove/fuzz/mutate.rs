@@ -256,6 +256,20 @@ pub fn huge_repeat(rng: &mut Rng, input: &mut Vec<u8>) {
     input.truncate(HUGE);
 }
 
+/// One of `examples`, mutated with `tokens` as in [`mutate`].
+pub fn mutated_example(rng: &mut Rng, examples: &[&str], tokens: &[&str]) -> Vec<u8> {
+    let mut bytes = rng.pick(examples).as_bytes().to_vec();
+    mutate(rng, &mut bytes, tokens);
+    bytes
+}
+
+/// Two of `examples` (perhaps the same one twice) joined by [`splice`].
+pub fn spliced_examples(rng: &mut Rng, examples: &[&str]) -> Vec<u8> {
+    let a = rng.pick(examples).as_bytes();
+    let b = rng.pick(examples).as_bytes();
+    splice(rng, a, b)
+}
+
 /// Joins two inputs at random points: the head of one and the tail of the other.
 pub fn splice(rng: &mut Rng, a: &[u8], b: &[u8]) -> Vec<u8> {
     let mut out = a[..rng.below(a.len() + 1)].to_vec();

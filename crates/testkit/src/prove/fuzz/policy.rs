@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use super::mutate::{mutate, splice, Rng};
+use super::mutate::{mutate, mutated_example, spliced_examples, Rng};
 use super::Case;
 use vgpud_model::{BackendKind, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId};
 use vgpud_policy::{
@@ -92,15 +92,9 @@ fn through_files(bytes: &[u8]) -> Result<(), String> {
 
 fn policy_bytes(rng: &mut Rng) -> Vec<u8> {
     match rng.below(4) {
-        0 | 1 => {
-            let mut bytes = rng.pick(EXAMPLES).as_bytes().to_vec();
-            mutate(rng, &mut bytes, TOKENS);
-            bytes
-        }
+        0 | 1 => mutated_example(rng, EXAMPLES, TOKENS),
         2 => {
-            let a = rng.pick(EXAMPLES).as_bytes();
-            let b = rng.pick(EXAMPLES).as_bytes();
-            let mut bytes = splice(rng, a, b);
+            let mut bytes = spliced_examples(rng, EXAMPLES);
             if rng.one_in(2) {
                 mutate(rng, &mut bytes, TOKENS);
             }

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use super::mutate::{huge_repeat, mutate, Rng};
+use super::mutate::{huge_repeat, mutate, mutated_example, Rng};
 use super::{path_safe, Case};
 use vgpud_daemon::store::{parse_mdevctl_json, to_mdevctl_json, Definition, Meta, Start, Store};
 use vgpud_model::{MdevUuid, ParentName, TypeId};
@@ -115,8 +115,7 @@ fn json(rng: &mut Rng) -> Vec<u8> {
             bytes
         }
         _ => {
-            let mut bytes = rng.pick(EXAMPLES).as_bytes().to_vec();
-            mutate(rng, &mut bytes, TOKENS);
+            let mut bytes = mutated_example(rng, EXAMPLES, TOKENS);
             if rng.one_in(32) {
                 huge_repeat(rng, &mut bytes);
             }

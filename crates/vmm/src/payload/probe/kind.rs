@@ -65,12 +65,9 @@ pub(super) fn detect(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<()
 /// The register round trip through BAR0 at VAR_BASE: the emulated device's 32-bit scratch
 /// register, or the 16550's 8-bit scratch register (SCR, offset 7).
 pub(super) fn scratch(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_wrote = d.str("scratch wrote ");
-    let s_uart = d.str("uart scratch bar0+7 wrote ");
     let s_read = d.str(" read ");
     let s_ok = d.str(" ok\n");
     let s_bad = d.str(" MISMATCH\n");
-    let s_none = d.str("scratch: not applicable (no scratch register known)\n");
     let mut uart = a.create_label();
     let mut none = a.create_label();
     let mut pio = a.create_label();
@@ -81,9 +78,7 @@ pub(super) fn scratch(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     a.cmp(dword_ptr(VAR_KIND), KIND_EMULATED)?;
     a.jne(none)?;
     // The emulated device: MMIO or port I/O, whichever BAR0 is.
-    print(a, s, s_wrote)?;
-    a.mov(eax, SCRATCH_PATTERN)?;
-    hex(a, s, 8)?;
+    print_hex(a, s, d, "scratch wrote ", (SCRATCH_PATTERN, 8))?;
     print(a, s, s_read)?;
     a.mov(edx, dword_ptr(VAR_BASE))?;
     a.mov(eax, SCRATCH_PATTERN)?;
@@ -103,9 +98,13 @@ pub(super) fn scratch(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     expect_eax(a, s, (SCRATCH_PATTERN, 8), (s_ok, s_bad), 2)?;
     a.jmp(end)?;
     a.set_label(&mut uart)?;
-    print(a, s, s_uart)?;
-    a.mov(eax, UART_SCRATCH_PATTERN)?;
-    hex(a, s, 2)?;
+    print_hex(
+        a,
+        s,
+        d,
+        "uart scratch bar0+7 wrote ",
+        (UART_SCRATCH_PATTERN, 2),
+    )?;
     print(a, s, s_read)?;
     a.mov(edx, dword_ptr(VAR_BASE))?;
     a.add(edx, UART_SCR)?;
@@ -116,7 +115,7 @@ pub(super) fn scratch(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     expect_eax(a, s, (UART_SCRATCH_PATTERN, 2), (s_ok, s_bad), 2)?;
     a.jmp(end)?;
     a.set_label(&mut none)?;
-    print(a, s, s_none)?;
+    not_applicable(a, s, d, ("scratch", "no scratch register known"), end)?;
     a.set_label(&mut end)?;
     a.nop()
 }

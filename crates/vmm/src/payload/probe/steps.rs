@@ -5,9 +5,12 @@ use super::*;
 use crate::bus::{HOST_PEEK_PORT, HOST_TRAPS_PORT};
 use crate::device::RAM_PEEK_OFFSET;
 
-/// Asks the device in EBX for one interrupt (`kind::raise`) and waits, bounded, for the
-/// handler to count it; returns with interrupts off.
+/// Zeroes the count, enables interrupts, asks the device in EBX for one interrupt
+/// (`kind::raise`) and waits, bounded, for the handler to count it; returns with interrupts
+/// off.
 pub(super) fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), IcedError> {
+    a.mov(dword_ptr(VAR_COUNT), 0)?;
+    a.sti()?;
     kind::raise(a, s)?;
     // Only the handler increments VAR_COUNT.
     let mut wait = a.create_label();
@@ -23,58 +26,86 @@ pub(super) fn raise_and_wait(a: &mut CodeAssembler, s: &Subs) -> Result<(), Iced
     kind::quiet(a)
 }
 
+/// Prints `label` and the interrupt count (one hex digit) on a line; a count other than one
+/// ends the guest with `code`.
+pub(super) fn report_count(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    label: &str,
+    code: i32,
+) -> Result<(), IcedError> {
+    let nl = d.str("\n");
+    print(a, s, d.str(label))?;
+    a.mov(eax, dword_ptr(VAR_COUNT))?;
+    expect_eax(a, s, (1, 1), (nl, nl), code)
+}
+
+/// Goes on when pci-probe knows how to make the device interrupt (`kind`); otherwise `step`
+/// is not applicable and the code jumps to `end`.
+pub(super) fn skip_unless_raisable(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    step: &str,
+    end: CodeLabel,
+) -> Result<(), IcedError> {
+    let mut can = a.create_label();
+    a.cmp(dword_ptr(VAR_KIND), kind::KIND_OTHER)?;
+    a.jne(can)?;
+    let why = "no known way to make this device interrupt";
+    not_applicable(a, s, d, (step, why), end)?;
+    a.set_label(&mut can)?;
+    a.nop()
+}
+
+/// Goes on with the offset of capability `id` in VAR_CAP when the device in EBX has one;
+/// otherwise `step` is not applicable ("no `name` capability") and the code jumps to `end`.
+fn find_cap_or_skip(
+    a: &mut CodeAssembler,
+    s: &Subs,
+    d: &mut Data,
+    (step, id, name): (&str, u32, &str),
+    end: CodeLabel,
+) -> Result<(), IcedError> {
+    let mut found = a.create_label();
+    find_cap(a, s, id)?;
+    a.cmp(dword_ptr(VAR_CAP), 0)?;
+    a.jne(found)?;
+    not_applicable(a, s, d, (step, &format!("no {name} capability")), end)?;
+    a.set_label(&mut found)?;
+    a.nop()
+}
+
 /// The last prefetchable memory BAR of the device in EBX (host memory behind a KVM memory
 /// slot: the emulated device's, or a VFIO region mmapped from the device fd): writes a pattern
 /// through it, has the VMM report what it reads in that memory (`HOST_PEEK_PORT`), moves the
 /// BAR with decoding off (sizing it on the way), reads the pattern back at the new address,
 /// and expects no access to have trapped to the VMM (`HOST_TRAPS_PORT`).
 pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("ram bar: not applicable (no prefetchable memory BAR)\n");
-    let s_bar = d.str("ram bar");
-    let s_at = d.str(" at ");
-    let s_wrote = d.str(" wrote ");
-    let s_host = d.str(" host saw ");
-    let s_big = d.str("ram bar too large to move\n");
-    let s_moved = d.str("ram bar moved to ");
-    let s_read = d.str(" read ");
     let s_ok = d.str(" ok\n");
     let s_bad = d.str(" MISMATCH\n");
-    let s_traps = d.str("ram traps=");
-    let s_trapped = d.str(" TRAPPED (not a memory slot)\n");
-    let s_nl = d.str("\n");
-    let mut top = a.create_label();
-    let mut next = a.create_label();
-    let mut not_pf = a.create_label();
-    let mut scanned = a.create_label();
     let mut have = a.create_label();
     let mut too_big = a.create_label();
     let mut traps = a.create_label();
     let mut end = a.create_label();
     a.mov(dword_ptr(VAR_RAM_INDEX), -1)?;
-    a.xor(edi, edi)?;
-    a.set_label(&mut top)?;
-    a.cmp(edi, 6)?;
-    a.jae(scanned)?;
-    a.lea(ecx, dword_ptr(edi * 4 + 0x10))?;
-    a.call(s.cfg_read)?;
-    a.test(eax, 1)?;
-    a.jnz(next)?; // IO BAR
-    a.test(eax, 8)?;
-    a.jz(not_pf)?;
-    a.mov(dword_ptr(VAR_RAM_INDEX), edi)?;
-    a.set_label(&mut not_pf)?;
-    a.and(eax, 6)?;
-    a.cmp(eax, 4)?;
-    a.jne(next)?;
-    a.inc(edi)?; // a 64-bit BAR's high half
-    a.set_label(&mut next)?;
-    a.inc(edi)?;
-    a.jmp(top)?;
-    a.set_label(&mut scanned)?;
+    each_bar(a, s, |a, next| {
+        let mut not_pf = a.create_label();
+        a.test(eax, 1)?;
+        a.jnz(next)?; // IO BAR
+        a.test(eax, 8)?;
+        a.jz(not_pf)?;
+        a.mov(dword_ptr(VAR_RAM_INDEX), edi)?;
+        a.set_label(&mut not_pf)?;
+        a.and(eax, 6)?;
+        a.cmp(eax, 4)?;
+        a.jne(next)?;
+        a.inc(edi) // a 64-bit BAR's high half
+    })?;
     a.cmp(dword_ptr(VAR_RAM_INDEX), -1)?;
     a.jne(have)?;
-    print(a, s, s_none)?;
-    a.jmp(end)?;
+    not_applicable(a, s, d, ("ram bar", "no prefetchable memory BAR"), end)?;
     a.set_label(&mut have)?;
     a.mov(ecx, dword_ptr(VAR_RAM_INDEX))?;
     a.lea(ecx, dword_ptr(ecx * 4 + 0x10))?;
@@ -82,18 +113,12 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     a.call(s.cfg_read)?;
     a.and(eax, !0xf)?;
     a.mov(dword_ptr(VAR_RAM_BASE), eax)?;
-    print(a, s, s_bar)?;
-    a.mov(eax, dword_ptr(VAR_RAM_INDEX))?;
-    hex(a, s, 1)?;
-    print(a, s, s_at)?;
-    a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
-    hex(a, s, 8)?;
+    print_hex(a, s, d, "ram bar", (dword_ptr(VAR_RAM_INDEX), 1))?;
+    print_hex(a, s, d, " at ", (dword_ptr(VAR_RAM_BASE), 8))?;
     a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
     a.mov(dword_ptr(edx + RAM_PEEK_OFFSET as i32), RAM_PATTERN)?;
-    print(a, s, s_wrote)?;
-    a.mov(eax, RAM_PATTERN)?;
-    hex(a, s, 8)?;
-    print(a, s, s_host)?;
+    print_hex(a, s, d, " wrote ", (RAM_PATTERN, 8))?;
+    print(a, s, d.str(" host saw "))?;
     // Selector: device index (slot - 1) << 28 | BAR << 24 | offset.
     a.mov(eax, ebx)?;
     a.shr(eax, 11)?;
@@ -108,10 +133,7 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     a.in_(eax, dx)?;
     expect_eax(a, s, (RAM_PATTERN, 8), (s_ok, s_bad), 6)?;
     // Memory decoding off while the BAR is sized and moved, as firmware does.
-    a.mov(ecx, 4)?;
-    a.call(s.cfg_read)?;
-    a.and(eax, !2)?;
-    a.call(s.cfg_write)?;
+    cfg_clear(a, s, PCI_COMMAND, COMMAND_MEMORY)?;
     a.mov(ecx, dword_ptr(VAR_RAM_REG))?;
     a.mov(eax, -1)?;
     a.call(s.cfg_write)?;
@@ -123,34 +145,28 @@ pub(super) fn ram_bar(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(
     a.ja(too_big)?;
     a.mov(eax, RELOCATED_RAM)?;
     a.call(s.cfg_write)?;
-    a.mov(ecx, 4)?;
-    a.call(s.cfg_read)?;
-    a.or(eax, 2)?;
-    a.call(s.cfg_write)?;
+    cfg_set(a, s, PCI_COMMAND, COMMAND_MEMORY)?;
     a.mov(ecx, dword_ptr(VAR_RAM_REG))?;
     a.call(s.cfg_read)?;
     a.and(eax, !0xf)?;
     a.mov(dword_ptr(VAR_RAM_BASE), eax)?;
-    print(a, s, s_moved)?;
-    a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
-    hex(a, s, 8)?;
-    print(a, s, s_read)?;
+    print_hex(a, s, d, "ram bar moved to ", (dword_ptr(VAR_RAM_BASE), 8))?;
+    print(a, s, d.str(" read "))?;
     a.mov(edx, dword_ptr(VAR_RAM_BASE))?;
     a.mov(eax, dword_ptr(edx + RAM_PEEK_OFFSET as i32))?;
     expect_eax(a, s, (RAM_PATTERN, 8), (s_ok, s_bad), 6)?;
     a.jmp(traps)?;
     a.set_label(&mut too_big)?;
+    // Back where it was, decoding again.
     a.mov(eax, dword_ptr(VAR_RAM_BASE))?;
     a.call(s.cfg_write)?;
-    a.mov(ecx, 4)?;
-    a.call(s.cfg_read)?;
-    a.or(eax, 2)?;
-    a.call(s.cfg_write)?;
-    print(a, s, s_big)?;
+    cfg_set(a, s, PCI_COMMAND, COMMAND_MEMORY)?;
+    print(a, s, d.str("ram bar too large to move\n"))?;
     a.set_label(&mut traps)?;
-    print(a, s, s_traps)?;
+    print(a, s, d.str("ram traps="))?;
     a.mov(edx, u32::from(HOST_TRAPS_PORT))?;
     a.in_(eax, dx)?;
+    let (s_nl, s_trapped) = (d.str("\n"), d.str(" TRAPPED (not a memory slot)\n"));
     expect_eax(a, s, (0, 1), (s_nl, s_trapped), 8)?;
     a.set_label(&mut end)?;
     a.nop()
@@ -194,40 +210,19 @@ pub(super) fn find_cap(a: &mut CodeAssembler, s: &Subs, id: u32) -> Result<(), I
 /// data = MSIX_VECTOR, unmasked), enables MSI-X, and counts one interrupt, which can only
 /// come as that vector. Not applicable without MSI-X or a known way to raise an interrupt.
 pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("msix: not applicable (no MSI-X capability)\n");
-    let s_no_way = d.str("msix: not applicable (no known way to make this device interrupt)\n");
-    let s_cap = d.str("msix cap at ");
-    let s_table = d.str(" table bar");
-    let s_plus = d.str("+");
-    let s_vector = d.str(" vector=");
-    let s_count = d.str("msix count=");
-    let s_nl = d.str("\n");
-    let mut found = a.create_label();
     let mut end = a.create_label();
-    find_cap(a, s, 0x11)?;
-    a.cmp(dword_ptr(VAR_CAP), 0)?;
-    a.jne(found)?;
-    print(a, s, s_none)?;
-    a.jmp(end)?;
-    a.set_label(&mut found)?;
-    let mut can = a.create_label();
-    a.cmp(dword_ptr(VAR_KIND), kind::KIND_OTHER)?;
-    a.jne(can)?;
-    print(a, s, s_no_way)?;
-    a.jmp(end)?;
-    a.set_label(&mut can)?;
-    print(a, s, s_cap)?;
-    a.mov(eax, dword_ptr(VAR_CAP))?;
-    hex(a, s, 2)?;
+    find_cap_or_skip(a, s, d, ("msix", 0x11, "MSI-X"), end)?;
+    skip_unless_raisable(a, s, d, "msix", end)?;
+    print_hex(a, s, d, "msix cap at ", (dword_ptr(VAR_CAP), 2))?;
     a.mov(ecx, dword_ptr(VAR_CAP))?;
     a.add(ecx, 4)?;
     a.call(s.cfg_read)?; // table offset | BIR
     a.mov(dword_ptr(VAR_TABLE), eax)?;
-    print(a, s, s_table)?;
+    print(a, s, d.str(" table bar"))?;
     a.mov(eax, dword_ptr(VAR_TABLE))?;
     a.and(eax, 7)?;
     hex(a, s, 1)?;
-    print(a, s, s_plus)?;
+    print(a, s, d.str("+"))?;
     a.mov(eax, dword_ptr(VAR_TABLE))?;
     a.and(eax, !7)?;
     hex(a, s, 3)?;
@@ -246,24 +241,10 @@ pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), 
     a.mov(dword_ptr(edx + 4), 0)?;
     a.mov(dword_ptr(edx + 8), MSIX_VECTOR)?;
     a.mov(dword_ptr(edx + 12), 0)?; // unmask
-    a.mov(ecx, dword_ptr(VAR_CAP))?;
-    a.call(s.cfg_read)?;
-    a.or(eax, 0x8000_0000u32 as i32)?; // message control bit 15: MSI-X enable
-    a.call(s.cfg_write)?;
-    print(a, s, s_vector)?;
-    a.mov(eax, MSIX_VECTOR)?;
-    hex(a, s, 2)?;
-    print(a, s, s_nl)?;
-    a.mov(dword_ptr(VAR_COUNT), 0)?;
-    a.sti()?;
+    cfg_set(a, s, dword_ptr(VAR_CAP), 0x8000_0000)?; // message control bit 15: MSI-X enable
+    print_line(a, s, d, " vector=", (MSIX_VECTOR, 2))?;
     raise_and_wait(a, s)?;
-    print(a, s, s_count)?;
-    a.mov(eax, dword_ptr(VAR_COUNT))?;
-    hex(a, s, 1)?;
-    print(a, s, s_nl)?;
-    a.cmp(dword_ptr(VAR_COUNT), 1)?;
-    a.je(end)?;
-    exit(a, 7)?;
+    report_count(a, s, d, "msix count=", 7)?;
     a.set_label(&mut end)?;
     a.nop()
 }
@@ -273,30 +254,10 @@ pub(super) fn msix(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), 
 /// arrive through MSI: the vector is not an 8259 one. Not applicable without MSI or a known way
 /// to raise an interrupt.
 pub(super) fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), IcedError> {
-    let s_none = d.str("msi: not applicable (no MSI capability)\n");
-    let s_no_way = d.str("msi: not applicable (no known way to make this device interrupt)\n");
-    let s_cap = d.str("msi cap at ");
-    let s_vector = d.str("msi enabled vector=");
-    let s_count = d.str("msi count=");
-    let s_nl = d.str("\n");
-    let mut found = a.create_label();
     let mut end = a.create_label();
-    find_cap(a, s, 0x05)?;
-    a.cmp(dword_ptr(VAR_CAP), 0)?;
-    a.jne(found)?;
-    print(a, s, s_none)?;
-    a.jmp(end)?;
-    a.set_label(&mut found)?;
-    let mut can = a.create_label();
-    a.cmp(dword_ptr(VAR_KIND), kind::KIND_OTHER)?;
-    a.jne(can)?;
-    print(a, s, s_no_way)?;
-    a.jmp(end)?;
-    a.set_label(&mut can)?;
-    print(a, s, s_cap)?;
-    a.mov(eax, dword_ptr(VAR_CAP))?;
-    hex(a, s, 2)?;
-    print(a, s, s_nl)?;
+    find_cap_or_skip(a, s, d, ("msi", 0x05, "MSI"), end)?;
+    skip_unless_raisable(a, s, d, "msi", end)?;
+    print_line(a, s, d, "msi cap at ", (dword_ptr(VAR_CAP), 2))?;
     // Software-enable the local APIC (spurious vector 0xff) and mask both 8259s.
     a.mov(dword_ptr(LAPIC_SVR), 0x1ff)?;
     a.mov(al, 0xff)?;
@@ -324,29 +285,12 @@ pub(super) fn msi(a: &mut CodeAssembler, s: &Subs, d: &mut Data) -> Result<(), I
     a.set_label(&mut data)?;
     a.mov(eax, MSI_VECTOR)?;
     a.call(s.cfg_write)?;
-    a.mov(ecx, dword_ptr(VAR_CAP))?;
-    a.call(s.cfg_read)?;
-    a.or(eax, 0x1_0000)?; // message control bit 0: MSI enable
-    a.call(s.cfg_write)?;
-    print(a, s, s_vector)?;
-    a.mov(eax, MSI_VECTOR)?;
-    hex(a, s, 2)?;
-    print(a, s, s_nl)?;
-    a.mov(dword_ptr(VAR_COUNT), 0)?;
-    a.sti()?;
+    cfg_set(a, s, dword_ptr(VAR_CAP), 0x1_0000)?; // message control bit 0: MSI enable
+    print_line(a, s, d, "msi enabled vector=", (MSI_VECTOR, 2))?;
     raise_and_wait(a, s)?;
     // MSI off again: MSI and MSI-X must not be enabled together.
-    a.mov(ecx, dword_ptr(VAR_CAP))?;
-    a.call(s.cfg_read)?;
-    a.and(eax, !0x1_0000)?;
-    a.call(s.cfg_write)?;
-    print(a, s, s_count)?;
-    a.mov(eax, dword_ptr(VAR_COUNT))?;
-    hex(a, s, 1)?;
-    print(a, s, s_nl)?;
-    a.cmp(dword_ptr(VAR_COUNT), 1)?;
-    a.je(end)?;
-    exit(a, 5)?;
+    cfg_clear(a, s, dword_ptr(VAR_CAP), 0x1_0000)?;
+    report_count(a, s, d, "msi count=", 5)?;
     a.set_label(&mut end)?;
     a.nop()
 }
