@@ -1,9 +1,9 @@
-//! Test fixtures for the policy module: parents modelled on real GPUs, subjects, devices, and
-//! a policy from TOML text. Each test builds its own.
+//! Test fixtures for policies: parents modelled on real GPUs, subjects, devices, and a policy
+//! from TOML text. Each test builds its own.
 
 use std::path::Path;
 
-use super::{merge, parse_file, Owned, Policy, Subject};
+use crate::{merge, parse_file, Owned, Policy, Subject};
 use vgpud_model::{BackendKind, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId};
 
 pub fn pn(s: &str) -> ParentName {
@@ -23,7 +23,8 @@ pub fn policy(text: &str) -> Policy {
     }
 }
 
-fn parent(
+/// A parent of the mdev backend with these PCI ids, driver and types (id, name, free).
+pub fn parent(
     name: &str,
     pci: Option<(u16, u16)>,
     driver: Option<&str>,

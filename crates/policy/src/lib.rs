@@ -12,8 +12,10 @@ mod load;
 mod parse;
 mod rules;
 
-#[cfg(test)]
-mod fixtures;
+/// Parents modelled on real GPUs, subjects and policies from text, for tests here and for the
+/// proof suite's policy fuzzing (feature `fixtures`).
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 #[cfg(test)]
 mod shipped_tests;
 

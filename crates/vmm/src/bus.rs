@@ -1,8 +1,9 @@
 //! Routing of the guest's port I/O and MMIO exits: the UART, the debug exit port, PCI
 //! configuration mechanism #1 and the passthrough devices' BARs wherever the guest put them.
 
+use super::config::{extract, merge};
 use super::device::PassthroughDevice;
-use super::pci::{extract, host_bridge, merge, ConfigAddress, ConfigSpace};
+use super::pci::{host_bridge, ConfigAddress, ConfigSpace};
 use super::pci::{CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT};
 use super::seams::{Action, ExitHandler, InterruptRoutes, MemorySlots};
 use super::uart::{Uart, COM1_BASE};

@@ -233,7 +233,7 @@ impl PassthroughDevice for EmulatedDevice {
             o if o == VENDOR_CAP_OFFSET + 4 => EMULATED_SIGNATURE,
             _ => return self.config.read(offset, size),
         };
-        super::pci::extract(dword, offset, size)
+        super::config::extract(dword, offset, size)
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {

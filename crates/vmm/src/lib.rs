@@ -4,8 +4,10 @@
 
 pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod description;
 pub mod device;
+pub mod interrupts;
 pub mod jail;
 pub mod kvm;
 pub mod linux;

@@ -5,8 +5,8 @@
 //! Vector 0 is the one routed (one interrupt source per device in this VMM); every entry
 //! keeps what the guest wrote. Pure: the device decides, the bus routes.
 
+use super::config::{extract, merge};
 use super::msi::{msi_change, MsiChange, MsiMessage};
-use super::pci::{extract, merge};
 
 /// Capability ID of MSI-X.
 pub const CAP_ID_MSIX: u8 = 0x11;

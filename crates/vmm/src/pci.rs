@@ -2,9 +2,11 @@
 //! a type-0 header, the host bridge, and configuration mechanism #1 (0xCF8/0xCFC).
 //! Everything here is pure so the rules are unit-tested without KVM.
 
-use super::description::GuestBar;
-use super::msi::{MessageInterrupts, Msi, MSI_CAP_OFFSET};
+use super::config::{extract, merge};
+use super::interrupts::MessageInterrupts;
+use super::msi::{Msi, MSI_CAP_OFFSET};
 use super::msix::{Msix, MSIX_CAP_OFFSET};
+use vgpud_model::guest::GuestBar;
 
 /// Port of the CONFIG_ADDRESS register of configuration mechanism #1.
 pub const CONFIG_ADDRESS_PORT: u16 = 0xcf8;
@@ -192,28 +194,6 @@ impl Bars {
 pub fn size_from_mask(mask: u32, io: bool) -> u64 {
     let low = if io { mask & !0x3 } else { mask & !0xf };
     u64::from((!low).wrapping_add(1))
-}
-
-/// Reads `size` bytes at `offset` out of a dword-addressed space.
-pub fn extract(dword: u32, offset: u16, size: u8) -> u32 {
-    let shift = u32::from(offset & 3) * 8;
-    let value = dword >> shift;
-    match size {
-        1 => value & 0xff,
-        2 => value & 0xffff,
-        _ => value,
-    }
-}
-
-/// Merges a `size`-byte write at `offset` into the dword that holds it.
-pub fn merge(old: u32, offset: u16, size: u8, value: u32) -> u32 {
-    let shift = u32::from(offset & 3) * 8;
-    let mask: u32 = match size {
-        1 => 0xff,
-        2 => 0xffff,
-        _ => 0xffff_ffff,
-    };
-    (old & !(mask << shift)) | ((value & mask) << shift)
 }
 
 const STATUS_CAP_LIST: u32 = 1 << 20; // status bit 4, seen in dword 1
@@ -627,13 +607,5 @@ mod tests {
         // The capability header (id, next) is read-only.
         c.write(MSI_CAP_OFFSET, 2, 0xffff);
         assert_eq!(c.read(MSI_CAP_OFFSET, 2), u32::from(CAP_ID_MSI));
-    }
-
-    #[test]
-    fn extract_and_merge_lanes() {
-        assert_eq!(extract(0x1122_3344, 1, 1), 0x33);
-        assert_eq!(extract(0x1122_3344, 2, 2), 0x1122);
-        assert_eq!(merge(0x1122_3344, 2, 2, 0xaabb), 0xaabb_3344);
-        assert_eq!(merge(0x1122_3344, 0, 4, 0xdead_beef), 0xdead_beef);
     }
 }

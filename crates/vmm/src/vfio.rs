@@ -21,7 +21,8 @@ pub use context::VfioContext;
 
 use super::description::GuestBar;
 use super::device::PassthroughDevice;
-use super::msi::{MessageInterrupts, Msi, MsiChange, MsiMessage, Switched, CAP_ID_MSI};
+use super::interrupts::{MessageInterrupts, Switched};
+use super::msi::{Msi, MsiChange, MsiMessage, CAP_ID_MSI};
 use super::msix::{Msix, CAP_ID_MSIX};
 use super::pci::{find_capability, BarRegion, Bars, COMMAND_IO, COMMAND_MEMORY};
 use super::seams::RamBar;
@@ -502,7 +503,7 @@ impl PassthroughDevice for VfioPassthrough {
                 u32::from_le_bytes(buf)
             }
         };
-        super::pci::extract(value, offset, size)
+        super::config::extract(value, offset, size)
     }
 
     fn config_write(&mut self, offset: u16, size: u8, value: u32) {
@@ -529,7 +530,7 @@ impl PassthroughDevice for VfioPassthrough {
         match dword {
             0x10..=0x24 => {
                 let i = usize::from((dword - 0x10) / 4);
-                let merged = super::pci::merge(self.virtual_bars.read(i), offset, size, value);
+                let merged = super::config::merge(self.virtual_bars.read(i), offset, size, value);
                 self.virtual_bars.write(i, merged);
             }
             0x30 => {}
@@ -537,7 +538,7 @@ impl PassthroughDevice for VfioPassthrough {
             _ => {
                 if dword == 4 {
                     self.command =
-                        super::pci::merge(u32::from(self.command), offset, size, value) as u16;
+                        super::config::merge(u32::from(self.command), offset, size, value) as u16;
                 }
                 let bytes = value.to_le_bytes();
                 let n = usize::from(size).min(4);

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use super::mutate::{mutate, mutated_example, spliced_examples, Rng};
 use super::Case;
-use vgpud_model::{BackendKind, MdevType, MdevUuid, Parent, ParentName, PciIdentity, TypeId};
+use vgpud_model::{MdevUuid, Parent};
+use vgpud_policy::fixtures;
 use vgpud_policy::{
     check_files, merge, parse_file, Action, Decision, Diagnostic, EnsureCount, Glob, Owned, Policy,
     Subject,
@@ -408,43 +409,11 @@ fn subjects() -> Vec<Subject> {
     ]
 }
 
-fn name(s: &str) -> ParentName {
-    ParentName::new(s).expect("fixture parent names are valid")
-}
-
-fn type_id(s: &str) -> TypeId {
-    TypeId::new(s).expect("fixture type ids are valid")
-}
-
 /// A T4 and an A100 on two NUMA nodes, and the mtty sample.
 fn host() -> Vec<Parent> {
     let parent = |n: &str, pci: Option<(u16, u16)>, node, types: &[(&str, &str, u32)]| Parent {
-        name: name(n),
-        sysfs_path: format!("/sys/bus/pci/devices/{n}").into(),
-        backend: BackendKind::Mdev,
-        pci: pci.map(|(vendor, device)| PciIdentity {
-            vendor,
-            device,
-            class: 0x030200,
-            subsystem_vendor: None,
-            subsystem_device: None,
-        }),
-        driver: Some("nvidia".into()),
         numa_node: node,
-        iommu_group: None,
-        physfn: None,
-        virtfns: vec![],
-        types: types
-            .iter()
-            .map(|(id, type_name, available)| MdevType {
-                id: type_id(id),
-                name: Some((*type_name).to_owned()),
-                description: None,
-                device_api: "vfio-pci".into(),
-                available_instances: *available,
-                parent: name(n),
-            })
-            .collect(),
+        ..fixtures::parent(n, pci, Some("nvidia"), types)
     };
     vec![
         parent(
