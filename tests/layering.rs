@@ -1,7 +1,9 @@
 //! The workspace's arrows, as the built programs show them: vgpuctl (and so every client that
 //! links what it links: vgpud-model, vgpud-api, vgpud-policy) carries none of the VMM's or the
-//! simulator's crates. Cargo already refuses a `use` across a missing dependency; this checks
-//! what the linker kept, by the crates' names in symbols and panic locations.
+//! simulator's crates, and the daemon none of the VMM's (it speaks to vgpud-vmm through
+//! vgpud-launch, the command-line contract). Cargo already refuses a `use` across a missing
+//! dependency; this checks what the linker kept, by the crates' names in symbols and panic
+//! locations.
 
 use std::path::Path;
 
@@ -36,6 +38,12 @@ fn vgpuctl_links_no_vmm_or_simulator_crate() {
         Vec::<&str>::new(),
         "vgpuctl must link only the model, the API and the policy"
     );
+}
+
+#[test]
+fn the_daemon_links_no_hypervisor_crate() {
+    // FUSE is there for `vgpud --simulate`, the simulated host in the same process.
+    assert_eq!(crates_in(env!("CARGO_BIN_EXE_vgpud")), vec!["fuser"]);
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub const HOST_TRAPS_PORT: u16 = 0xe4;
 /// The PCI slot (bus 0) of the first passthrough device; device `i` sits in slot `1 + i`.
 pub const DEVICE_SLOT: u8 = 1;
 /// How many passthrough devices a guest can have (one INTx line each, see `INTX_GSIS`).
-pub const MAX_DEVICES: usize = 4;
+pub use vgpud_launch::MAX_DEVICES;
 /// The 8259/IOAPIC line of device `i`'s INTx; firmware writes it into the interrupt line.
 pub const INTX_GSIS: [u32; MAX_DEVICES] = [10, 11, 9, 5];
 

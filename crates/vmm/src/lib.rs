@@ -21,8 +21,6 @@ pub mod uart;
 pub mod vfio;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -30,10 +28,16 @@ pub use device::{EmulatedDevice, PassthroughDevice};
 pub use jail::{FileArg, Jail};
 pub use kvm::{GuestExit, StopPoint};
 pub use vfio::{VfioError, VfioPassthrough};
+pub use vgpud_launch::{Boot, DeviceSpec, InvalidLaunch, VmmConfig, MAX_MEMORY_MIB};
 
 const IO_WINDOW: u64 = 0xc000;
 const MEM_WINDOW: (u64, u64) = (0xc000_0000, 0xe000_0000);
-const MAX_MEMORY_MIB: u32 = 3 * 1024;
+
+impl From<InvalidLaunch> for VmmError {
+    fn from(e: InvalidLaunch) -> Self {
+        VmmError::InvalidArgument(e.0)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
@@ -87,248 +91,13 @@ pub enum VmmError {
     Irqfd(#[source] kvm_ioctls::Error),
 }
 
-/// A passthrough device of a guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSpec {
-    /// A PCI function built from a JSON description (`vgpud-sim ctl DIR guest-pci UUID`).
-    Emulated(FileArg),
-    /// A VFIO device by sysfs path (the group API; the VMM opens its group and the container
-    /// by their /dev paths: run by hand, never jailed).
-    Vfio(PathBuf),
-    /// A VFIO device of a group (/dev/vfio/<group> as vgpud opened it) attached to
-    /// `--vfio-container`; `dir`, its sysfs directory, only names it (its last element is what
-    /// VFIO_GROUP_GET_DEVICE_FD takes) and is never opened.
-    VfioGroup { group: FileArg, dir: PathBuf },
-    /// A VFIO device cdev (/dev/vfio/devices/vfioN) as vgpud opened it, bound to `--iommufd`.
-    VfioCdev(FileArg),
-}
-
-impl std::str::FromStr for DeviceSpec {
-    type Err = VmmError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || {
-            VmmError::InvalidArgument(format!(
-                "device {s:?} must be emulated:FILE.json, vfio:/sys/bus/mdev/devices/UUID, vfio-group:fd:N:/sys/... or vfio-cdev:fd:N"
-            ))
-        };
-        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
-        if rest.is_empty() {
-            return Err(bad());
-        }
-        match kind {
-            "emulated" => Ok(Self::Emulated(rest.parse().map_err(|_| bad())?)),
-            "vfio" => Ok(Self::Vfio(rest.into())),
-            "vfio-cdev" => Ok(Self::VfioCdev(rest.parse().map_err(|_| bad())?)),
-            "vfio-group" => {
-                let (group, dir) = rest.split_once(":/sys/").ok_or_else(bad)?;
-                Ok(Self::VfioGroup {
-                    group: group.parse().map_err(|_| bad())?,
-                    dir: format!("/sys/{dir}").into(),
-                })
-            }
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl DeviceSpec {
-    /// The `--device` argument that parses back to this.
-    pub fn arg(&self) -> String {
-        match self {
-            Self::Emulated(f) => format!("emulated:{f}"),
-            Self::Vfio(p) => format!("vfio:{}", p.display()),
-            Self::VfioCdev(f) => format!("vfio-cdev:{f}"),
-            Self::VfioGroup { group, dir } => format!("vfio-group:{group}:{}", dir.display()),
-        }
-    }
-}
-
+/// The process exit status for a guest exit: the payload's code, 0 for a final halt,
+/// 143 (128 + SIGTERM) when stopped, 125 for a triple fault.
 /// The descriptor vgpud gave for a shared VFIO node, or its /dev path (a VMM run by hand).
 fn given_or(given: &Option<FileArg>, path: &str) -> FileArg {
     given.clone().unwrap_or_else(|| path.into())
 }
 
-/// What to run in the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Boot {
-    /// A built-in payload name or a raw image file (`fd:N` or a path; 32-bit protected mode,
-    /// see `payload`).
-    Payload(String),
-    Kernel {
-        kernel: FileArg,
-        initrd: Option<FileArg>,
-        cmdline: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct VmmConfig {
-    pub memory_mib: u32,
-    pub vcpus: u8,
-    /// In PCI slot order (00:01.0, 00:02.0, ...).
-    pub devices: Vec<DeviceSpec>,
-    pub boot: Boot,
-    pub serial_log: Option<FileArg>,
-    pub console: bool,
-    /// /dev/kvm as vgpud opened it (the VMM opens it itself without).
-    pub kvm: Option<FileArg>,
-    /// /dev/iommu as vgpud opened it, for `DeviceSpec::VfioCdev` devices.
-    pub iommufd: Option<FileArg>,
-    /// /dev/vfio/vfio as vgpud opened it, for `DeviceSpec::VfioGroup` devices.
-    pub vfio_container: Option<FileArg>,
-    /// The VM's UUID (`-uuid`, as QEMU's command line carries it).
-    pub uuid: Option<String>,
-    /// Who the VMM becomes once its devices are open; `None` runs it as started.
-    pub jail: Option<Jail>,
-    /// The seccomp allow-list before the vCPUs start: `Some(None)` the whole list,
-    /// `Some(Some(call))` without `call` (tests).
-    pub seccomp: Option<Option<String>>,
-}
-
-impl VmmConfig {
-    pub fn validate(&self) -> Result<(), VmmError> {
-        if !(1..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(VmmError::InvalidArgument(format!(
-                "memory must be 1..={MAX_MEMORY_MIB} MiB (below the PCI hole), not {}",
-                self.memory_mib
-            )));
-        }
-        if !(1..=64).contains(&self.vcpus) {
-            return Err(VmmError::InvalidArgument(format!(
-                "vcpus must be 1..=64, not {}",
-                self.vcpus
-            )));
-        }
-        if self.devices.len() > bus::MAX_DEVICES {
-            return Err(VmmError::InvalidArgument(format!(
-                "a guest takes at most {} devices, not {}",
-                bus::MAX_DEVICES,
-                self.devices.len()
-            )));
-        }
-        if self.jail.is_some() {
-            self.descriptors_only()?;
-        }
-        for (i, d) in self.devices.iter().enumerate() {
-            if self.devices[..i].contains(d) {
-                return Err(VmmError::InvalidArgument(format!(
-                    "device {} is given twice",
-                    d.arg()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// A jailed VMM takes its files as descriptors: it must not open what a caller names with
-    /// the root it starts as, nor any /dev node.
-    fn descriptors_only(&self) -> Result<(), VmmError> {
-        let mut files: Vec<FileArg> = Vec::new();
-        match &self.boot {
-            Boot::Payload(name) if payload::builtin(name).is_none() => {
-                files.push(name.as_str().into())
-            }
-            Boot::Payload(_) => {}
-            Boot::Kernel { kernel, initrd, .. } => {
-                files.push(kernel.clone());
-                files.extend(initrd.clone());
-            }
-        }
-        files.extend(self.serial_log.clone());
-        files.extend(self.kvm.clone());
-        files.extend(self.iommufd.clone());
-        let groups = self
-            .devices
-            .iter()
-            .any(|d| matches!(d, DeviceSpec::VfioGroup { .. }));
-        match &self.vfio_container {
-            Some(f) => files.push(f.clone()),
-            None if groups => files.push("/dev/vfio/vfio".into()),
-            None => {}
-        }
-        for d in &self.devices {
-            match d {
-                DeviceSpec::Emulated(f)
-                | DeviceSpec::VfioCdev(f)
-                | DeviceSpec::VfioGroup { group: f, .. } => files.push(f.clone()),
-                DeviceSpec::Vfio(p) => files.push(FileArg::Path(p.clone())),
-            }
-        }
-        match files.iter().find(|f| matches!(f, FileArg::Path(_))) {
-            Some(f) => Err(VmmError::InvalidArgument(format!(
-                "{f}: a jailed VMM takes files as descriptors (fd:N)"
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    /// The `vgpud-vmm` command line for this configuration, for a daemon that spawns it.
-    pub fn command(&self, binary: &Path) -> Command {
-        let mut cmd = Command::new(binary);
-        cmd.arg("--memory-mib")
-            .arg(self.memory_mib.to_string())
-            .arg("--vcpus")
-            .arg(self.vcpus.to_string());
-        for d in &self.devices {
-            cmd.arg("--device").arg(d.arg());
-        }
-        match &self.boot {
-            Boot::Payload(p) => cmd.arg("--payload").arg(p),
-            Boot::Kernel {
-                kernel,
-                initrd,
-                cmdline,
-            } => {
-                cmd.arg("--kernel")
-                    .arg(kernel.to_string())
-                    .arg("--cmdline")
-                    .arg(cmdline);
-                if let Some(i) = initrd {
-                    cmd.arg("--initrd").arg(i.to_string());
-                }
-                &mut cmd
-            }
-        };
-        if let Some(log) = &self.serial_log {
-            cmd.arg("--serial-log").arg(log.to_string());
-        }
-        if self.console {
-            cmd.arg("--console");
-        }
-        if let Some(kvm) = &self.kvm {
-            cmd.arg("--kvm").arg(kvm.to_string());
-        }
-        if let Some(container) = &self.vfio_container {
-            cmd.arg("--vfio-container").arg(container.to_string());
-        }
-        if let Some(iommufd) = &self.iommufd {
-            cmd.arg("--iommufd").arg(iommufd.to_string());
-        }
-        if let Some(uuid) = &self.uuid {
-            cmd.arg("-uuid").arg(uuid);
-        }
-        if let Some(j) = &self.jail {
-            cmd.arg("--jail-uid")
-                .arg(j.uid.to_string())
-                .arg("--jail-gid")
-                .arg(j.gid.to_string());
-        }
-        match &self.seccomp {
-            Some(None) => {
-                cmd.arg("--seccomp");
-            }
-            Some(Some(without)) => {
-                cmd.arg("--seccomp").arg("--seccomp-without").arg(without);
-            }
-            None => {}
-        }
-        cmd
-    }
-}
-
-/// The process exit status for a guest exit: the payload's code, 0 for a final halt,
-/// 143 (128 + SIGTERM) when stopped, 125 for a triple fault.
 pub fn exit_status(exit: &GuestExit) -> i32 {
     match exit {
         GuestExit::Code(c) => i32::from(*c),
@@ -585,119 +354,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn device_specs_parse() {
-        assert_eq!(
-            "emulated:/tmp/t4.json".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::Emulated("/tmp/t4.json".into())
-        );
-        assert_eq!(
-            "vfio:/sys/bus/mdev/devices/u"
-                .parse::<DeviceSpec>()
-                .unwrap(),
-            DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())
-        );
-        assert_eq!(
-            "vfio-cdev:fd:9".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::VfioCdev(FileArg::Fd(9))
-        );
-        assert_eq!(DeviceSpec::VfioCdev(FileArg::Fd(9)).arg(), "vfio-cdev:fd:9");
-        let group = "vfio-group:fd:8:/sys/bus/pci/devices/0000:41:00.4";
-        let spec = DeviceSpec::VfioGroup {
-            group: FileArg::Fd(8),
-            dir: "/sys/bus/pci/devices/0000:41:00.4".into(),
-        };
-        assert_eq!(group.parse::<DeviceSpec>().unwrap(), spec);
-        assert_eq!(spec.arg(), group);
-        for bad in [
-            "vfio-group:fd:8",
-            "vfio-group:fd:x:/sys/bus/mdev/devices/u",
-            "vfio-group::/sys/bus/mdev/devices/u",
-            "",
-            "emulated",
-            "emulated:",
-            "qemu:/x",
-            "/tmp/t4.json",
-            "vfio-cdev:fd:x",
-        ] {
-            assert!(bad.parse::<DeviceSpec>().is_err(), "{bad}");
-        }
-    }
-
-    fn config() -> VmmConfig {
-        VmmConfig {
-            memory_mib: 64,
-            vcpus: 1,
-            devices: vec![DeviceSpec::Emulated("/tmp/d.json".into())],
-            boot: Boot::Payload("pci-probe".into()),
-            serial_log: Some("/tmp/s.log".into()),
-            console: true,
-            kvm: None,
-            iommufd: None,
-            vfio_container: None,
-            uuid: None,
-            jail: None,
-            seccomp: None,
-        }
-    }
-
-    #[test]
-    fn a_jailed_vmm_takes_vfio_groups_and_their_container_by_descriptor() {
-        let mut c = config();
-        c.devices = vec![DeviceSpec::VfioGroup {
-            group: FileArg::Fd(8),
-            dir: "/sys/bus/mdev/devices/u".into(),
-        }];
-        (c.serial_log, c.kvm) = (Some(FileArg::Fd(6)), Some(FileArg::Fd(5)));
-        c.jail = Some(Jail { uid: 1, gid: 1 });
-        let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("/dev/vfio/vfio: a jailed VMM"), "{err}");
-        c.vfio_container = Some(FileArg::Fd(7));
-        assert!(c.validate().is_ok());
-        c.devices = vec![DeviceSpec::Vfio("/sys/bus/mdev/devices/u".into())];
-        let err = c.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("/sys/bus/mdev/devices/u: a jailed VMM"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn validation_bounds() {
-        assert!(config().validate().is_ok());
-        let mut c = config();
-        c.memory_mib = 4096;
-        assert!(c.validate().is_err());
-        c = config();
-        c.vcpus = 0;
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn command_builder_round_trips_flags() {
-        let cmd = config().command(Path::new("/usr/bin/vgpud-vmm"));
-        let args: Vec<String> = cmd
-            .get_args()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(
-            args,
-            [
-                "--memory-mib",
-                "64",
-                "--vcpus",
-                "1",
-                "--device",
-                "emulated:/tmp/d.json",
-                "--payload",
-                "pci-probe",
-                "--serial-log",
-                "/tmp/s.log",
-                "--console"
-            ]
-        );
-    }
-
-    #[test]
     fn exit_statuses() {
         assert_eq!(exit_status(&GuestExit::Code(3)), 3);
         assert_eq!(exit_status(&GuestExit::Halted), 0);
@@ -743,20 +399,5 @@ mod tests {
         assert_eq!(devs[2].config_read(0x10, 4), 0xc001);
         let lines: Vec<u32> = devs.iter_mut().map(|d| d.config_read(0x3c, 1)).collect();
         assert_eq!(lines, bus::INTX_GSIS[..3]);
-    }
-
-    #[test]
-    fn too_many_or_repeated_devices_are_refused() {
-        let mut c = config();
-        c.devices = (0..5)
-            .map(|i| DeviceSpec::Emulated(format!("/tmp/{i}.json").into()))
-            .collect();
-        assert!(c.validate().is_err());
-        c.devices = vec![
-            DeviceSpec::Emulated("/tmp/a.json".into()),
-            DeviceSpec::Emulated("/tmp/a.json".into()),
-        ];
-        let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("given twice"), "{e}");
     }
 }

@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::path::PathBuf;
+pub use vgpud_launch::{image_kind, ImageKind, ELF_MAGIC, HDR_MAGIC};
 
 use super::FileArg;
 
@@ -33,14 +34,12 @@ pub const PCI_HOLE: (u64, u64) = (0xc000_0000, 0x1_0000_0000);
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
-const HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const BOOT_FLAG: u16 = 0xaa55;
 const LOADER_UNDEFINED: u8 = 0xff;
 const LOADFLAGS_CAN_USE_HEAP: u8 = 0x80;
 /// xloadflags bit: the kernel has the 64-bit entry point at load address + 0x200.
 const XLF_KERNEL_64: u16 = 1 << 0;
 const STARTUP_64_OFFSET: u64 = 0x200;
-const ELF_MAGIC: [u8; 4] = [0x7f, b'E', b'L', b'F'];
 /// The boot protocol's default when the header gives no initrd_addr_max (ELF vmlinux).
 const DEFAULT_INITRD_MAX: u64 = 0x37ff_ffff;
 
@@ -138,23 +137,6 @@ impl LinuxFiles {
             cmdline: cmdline.to_owned(),
         })
     }
-}
-
-/// The kind of kernel image, from its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageKind {
-    Elf,
-    BzImage,
-}
-
-/// ELF by its magic, bzImage by the "HdrS" magic at 0x202 of the setup header.
-pub fn image_kind(head: &[u8]) -> Option<ImageKind> {
-    if head.get(..4) == Some(&ELF_MAGIC[..]) {
-        return Some(ImageKind::Elf);
-    }
-    let magic = head.get(0x202..0x206)?;
-    (u32::from_le_bytes([magic[0], magic[1], magic[2], magic[3]]) == HDR_MAGIC)
-        .then_some(ImageKind::BzImage)
 }
 
 /// ELFCLASS64, little endian, EM_X86_64.

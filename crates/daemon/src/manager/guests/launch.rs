@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use crate::manager::holders::{group_node, vfio_cdev};
 use crate::manager::DeviceView;
+use vgpud_launch::{Boot, DeviceSpec, FileArg, Jail, VmmConfig};
 use vgpud_model::error::{Error, Result};
 use vgpud_model::MdevUuid;
-use vgpud_vmm::{Boot, DeviceSpec, FileArg, Jail, VmmConfig};
 
 /// How the VMM gets a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,7 +359,7 @@ fn check_kernel_head(kernel: &CallerFile) -> Result<()> {
     let mut head = [0u8; 0x210];
     let n = nix::sys::uio::pread(&*kernel.0, &mut head, 0)
         .map_err(|e| Error::InvalidArgument(format!("kernel: {e}")))?;
-    if vgpud_vmm::linux::image_kind(&head[..n]).is_none() {
+    if vgpud_launch::image_kind(&head[..n]).is_none() {
         return Err(Error::InvalidArgument(
             "kernel: not a Linux kernel (neither a bzImage nor an ELF vmlinux)".into(),
         ));

@@ -55,10 +55,10 @@ impl Manager {
         let Some(cfg) = self.config.guests.clone() else {
             return Err(Error::Unsupported("this daemon does not run guests".into()));
         };
-        if devices.is_empty() || devices.len() > vgpud_vmm::bus::MAX_DEVICES {
+        if devices.is_empty() || devices.len() > vgpud_launch::MAX_DEVICES {
             return Err(Error::InvalidArgument(format!(
                 "a guest takes 1 to {} devices, not {}",
-                vgpud_vmm::bus::MAX_DEVICES,
+                vgpud_launch::MAX_DEVICES,
                 devices.len()
             )));
         }
