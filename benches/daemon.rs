@@ -19,7 +19,7 @@ use serde_json::{json, Value as Json};
 use vgpud_api::proxies::{DeviceProxy, ManagerProxy};
 use vgpud_testkit::privbus::{BusKind, PrivateBus};
 use vgpud_testkit::prove::check::object_manager;
-use vgpud_testkit::prove::rig::{terminate, Bins, Sim};
+use vgpud_testkit::prove::rig::{name_acquired, terminate, Bins, Sim};
 use zbus::zvariant::OwnedObjectPath;
 
 const VGPUD: &str = env!("CARGO_BIN_EXE_vgpud");
@@ -286,16 +286,7 @@ impl Host {
             .stderr(log_file)
             .spawn()
             .map_err(|e| format!("cannot run vgpud: {e}"))?;
-        let owned = async {
-            while let Some(signal) = owners.next().await {
-                if let Ok(args) = signal.args() {
-                    if args.new_owner().is_some() {
-                        return true;
-                    }
-                }
-            }
-            false
-        };
+        let owned = name_acquired(&mut owners);
         let acquired = tokio::time::timeout(budget(START_BUDGET), owned).await;
         let startup = t0.elapsed();
         if acquired != Ok(true) {

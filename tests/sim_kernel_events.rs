@@ -225,12 +225,7 @@ fn a_subscriber_gets_events_from_the_moment_connect_returns() {
 #[test]
 fn an_injected_errno_fails_exactly_the_next_write() {
     let sim = Sim::start(&["mtty"]);
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: Some("EIO".into()),
-        delay_ms: None,
-        count: None,
-    });
+    sim.inject_errno(MTTY_1_CREATE, "EIO");
     assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(EIO)));
     assert!(sim.devices().is_empty(), "the failed write created nothing");
     sim.created("mtty", "mtty-1");
@@ -239,12 +234,7 @@ fn an_injected_errno_fails_exactly_the_next_write() {
 #[test]
 fn an_injected_errno_applies_to_its_path_only() {
     let sim = Sim::start(&["mtty"]);
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: Some("EIO".into()),
-        delay_ms: None,
-        count: None,
-    });
+    sim.inject_errno(MTTY_1_CREATE, "EIO");
     sim.created("mtty", "mtty-2");
     assert_eq!(sim.create("mtty", "mtty-1"), Err(WriteErr::Write(EIO)));
 }
@@ -254,7 +244,7 @@ fn an_injected_delay_slows_the_write_but_not_readers() {
     let sim = Sim::start(&["mtty"]);
     let delay = Duration::from_millis(1000);
     sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
+        path: MTTY_1_CREATE.into(),
         errno: None,
         delay_ms: Some(delay.as_millis() as u64),
         count: None,

@@ -602,20 +602,10 @@ fn host_create_on_an_unbound_parent_is_unknown_parent() {
     assert!(matches!(err, Error::UnknownParent(_)), "{err:?}");
 }
 
-/// Makes the next write to mtty-1's `create` fail with `errno`.
-fn inject_create_errno(sim: &Sim, errno: &str) {
-    sim.ctl(Request::Inject {
-        path: "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create".into(),
-        errno: Some(errno.into()),
-        delay_ms: None,
-        count: None,
-    });
-}
-
 #[test]
 fn host_create_refused_with_enodev_is_parent_going_away() {
     let sim = Sim::start(&["mtty"]);
-    inject_create_errno(&sim, "ENODEV");
+    sim.inject_errno(MTTY_1_CREATE, "ENODEV");
     let err = host(&sim)
         .create(&parent("mtty"), &type_id("mtty-1"), &MdevUuid::new_v4())
         .unwrap_err();
@@ -625,7 +615,7 @@ fn host_create_refused_with_enodev_is_parent_going_away() {
 #[test]
 fn host_create_refused_with_eagain_is_a_deferred_probe() {
     let sim = Sim::start(&["mtty"]);
-    inject_create_errno(&sim, "EAGAIN");
+    sim.inject_errno(MTTY_1_CREATE, "EAGAIN");
     let err = host(&sim)
         .create(&parent("mtty"), &type_id("mtty-1"), &MdevUuid::new_v4())
         .unwrap_err();
@@ -638,7 +628,7 @@ fn host_create_refused_with_eagain_is_a_deferred_probe() {
 #[test]
 fn host_create_refused_with_eio_is_driver_refused() {
     let sim = Sim::start(&["mtty"]);
-    inject_create_errno(&sim, "EIO");
+    sim.inject_errno(MTTY_1_CREATE, "EIO");
     let err = host(&sim)
         .create(&parent("mtty"), &type_id("mtty-1"), &MdevUuid::new_v4())
         .unwrap_err();

@@ -221,6 +221,16 @@ impl Sim {
         });
     }
 
+    /// Makes writes to `path` (root-relative) fail with `errno` from now on.
+    pub fn inject_errno(&self, path: &str, errno: &str) {
+        self.ctl(Request::Inject {
+            path: path.into(),
+            errno: Some(errno.into()),
+            delay_ms: None,
+            count: None,
+        });
+    }
+
     /// A control request on its own connection and thread, for requests that block.
     pub fn ctl_pending(&self, req: Request) -> mpsc::Receiver<Result<Value, String>> {
         let mut client = self.client();
@@ -322,6 +332,9 @@ impl Drop for Sim {
         }
     }
 }
+
+/// Where mtty-1 devices are created, root-relative.
+pub const MTTY_1_CREATE: &str = "class/mdev_bus/mtty/mdev_supported_types/mtty-1/create";
 
 // ---- uevents -----------------------------------------------------------------------------------
 

@@ -293,16 +293,7 @@ impl Rig {
             .map_err(|e| format!("cannot run {}: {e}", self.bins.vgpud.display()))?;
         self.daemon = Some(child);
         self.starts += 1;
-        let owned = async {
-            while let Some(signal) = owners.next().await {
-                if let Ok(args) = signal.args() {
-                    if args.new_owner().is_some() {
-                        return true;
-                    }
-                }
-            }
-            false
-        };
+        let owned = name_acquired(&mut owners);
         let acquired = tokio::time::timeout(READY_BUDGET, owned).await;
         let took = t0.elapsed();
         if acquired != Ok(true) {
@@ -378,4 +369,15 @@ impl Rig {
             .map(str::to_owned)
             .collect()
     }
+}
+
+/// Waits on a NameOwnerChanged stream for one name until it reports a new owner; false if the
+/// stream ends first.
+pub async fn name_acquired(owners: &mut zbus::fdo::NameOwnerChangedStream) -> bool {
+    while let Some(signal) = owners.next().await {
+        if signal.args().is_ok_and(|args| args.new_owner().is_some()) {
+            return true;
+        }
+    }
+    false
 }
